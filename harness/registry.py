@@ -1,0 +1,47 @@
+"""Backend names -> classes, imported on first use.
+
+Built-in backends live in backends/, one file each. Third-party packages add their
+own through the ``harness.backends`` entry-point group (``name = "pkg.mod:Class"``).
+Nothing here imports an engine: a backend module imports its engine inside load().
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from functools import lru_cache
+from importlib.metadata import entry_points
+
+from harness.backend import Backend
+from harness.errors import BackendError
+
+ENTRY_POINT_GROUP = "harness.backends"
+
+BUILTIN: dict[str, str] = {
+    "llamacpp": "backends.llamacpp:LlamaCppBackend",
+}
+
+
+@lru_cache(maxsize=1)
+def available() -> dict[str, str]:
+    """Every known backend name with its ``module:Class`` target."""
+    found = dict(BUILTIN)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def get(name: str) -> type[Backend]:
+    targets = available()
+    if name not in targets:
+        close = difflib.get_close_matches(name, targets, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise BackendError(f"unknown backend '{name}'{hint}; known backends: {', '.join(sorted(targets))}")
+    module_name, _, class_name = targets[name].partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise BackendError(f"backend '{name}' could not be loaded from {targets[name]}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise BackendError(f"backend '{name}' at {targets[name]} is not a harness Backend")
+    return cls

@@ -1,0 +1,114 @@
+"""The measuring process: ``python -m harness.worker`` with a job on stdin.
+
+It loads one model once, measures each case of its load group in turn and sends
+one JSON line per event on its original stdout. The engine's own output (C code
+printing to fd 1 or 2) is moved to stderr so it can never corrupt that channel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel
+
+from harness import __version__, registry
+from harness.config import PerfTests
+from harness.environment import fingerprint, redact
+from harness.errors import HarnessError
+from harness.meters import GpuMeter, now_ns, rss_mib
+from harness.models import ModelInfo
+from harness.perf import run_test
+from harness.record import BackendInfo, Failure, LoadResult, RunRecord
+
+
+class JobCase(BaseModel):
+    index: int
+    run_id: str
+    settings: dict[str, Any]
+
+
+class Job(BaseModel):
+    backend: str
+    model: ModelInfo
+    cases: list[JobCase]
+    tests: PerfTests
+    command: list[str] = []
+
+
+class Channel:
+    def __init__(self) -> None:
+        self._out = os.fdopen(os.dup(1), "w", buffering=1)
+        os.dup2(2, 1)  # anything else written to stdout now lands on stderr
+        sys.stdout = sys.stderr
+
+    def send(self, event: str, **data: Any) -> None:
+        self._out.write(json.dumps({"event": event, **data}) + "\n")
+        self._out.flush()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_job(job: Job, channel: Channel) -> None:
+    cls = registry.get(job.backend)
+    first = cls.Settings(**job.cases[0].settings)
+    backend = cls(job.model, first)
+    env = fingerprint()
+    gpu = GpuMeter()
+    t0 = now_ns()
+    channel.send("loading", model=job.model.ref)
+    try:
+        info = backend.load()
+    except HarnessError as exc:
+        for case in job.cases:
+            channel.send("failed", index=case.index, cause="load failed", detail=redact(str(exc)))
+        return
+    load_ms = (now_ns() - t0) / 1e6
+    load = LoadResult(load_ms=load_ms, rss_after_load_mib=rss_mib(), model_file_mib=job.model.size_bytes / 2**20,
+                      mmap=info.mmap, n_ctx=info.n_ctx, n_vocab=info.n_vocab)
+    try:
+        for case in job.cases:
+            started = now_ns()
+            backend.apply(cls.Settings(**case.settings))
+            record = RunRecord(
+                run_id=case.run_id, created_at=_now(), harness_version=__version__, command=job.command,
+                model=job.model, environment=env, load=load,
+                backend=BackendInfo(name=cls.name, version=cls.installed_version(), engine_version=cls.engine_version(),
+                                    settings=backend.effective_settings(), device=info.device),
+            )
+            for kind, sizes in (("pp", job.tests.pp), ("tg", job.tests.tg)):
+                for n in sizes:
+                    def progress(test: str, rep: int, reps: int, index=case.index) -> None:
+                        channel.send("progress", index=index, test=test, rep=rep, reps=reps)
+                    try:
+                        record.perf.append(run_test(backend, kind, n, job.tests.reps, gpu if gpu.ok else None,
+                                                    seed=case.settings.get("seed", 0), progress=progress))
+                    except HarnessError as exc:
+                        record.failures.append(Failure(cause=f"{kind}{n} failed", detail=redact(str(exc))))
+            if record.failures:
+                record.status = "partial" if record.perf else "failed"
+            record.wall_s = (now_ns() - started) / 1e9
+            channel.send("record", index=case.index, record=json.loads(record.model_dump_json()))
+    finally:
+        backend.close()
+
+
+def main() -> int:
+    channel = Channel()
+    job = Job.model_validate_json(sys.stdin.read())
+    try:
+        run_job(job, channel)
+    except Exception:
+        sys.stderr.write(redact(traceback.format_exc()))
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
