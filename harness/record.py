@@ -93,7 +93,7 @@ class RunRecord(BaseModel):
     model: ModelInfo
     backend: BackendInfo
     environment: dict[str, Any] = Field(default_factory=dict)
-    load: LoadResult | None = None
+    model_load: LoadResult | None = None
     perf: list[PerfResult] = Field(default_factory=list)
     accuracy: list[dict[str, Any]] = Field(default_factory=list)
     status: Literal["ok", "failed", "partial"] = "ok"

@@ -78,7 +78,7 @@ def run_job(job: Job, channel: Channel) -> None:
             backend.apply(cls.Settings(**case.settings))
             record = RunRecord(
                 run_id=case.run_id, created_at=_now(), harness_version=__version__, command=job.command,
-                model=job.model, environment=env, load=load,
+                model=job.model, environment=env, model_load=load,
                 backend=BackendInfo(name=cls.name, version=cls.installed_version(), engine_version=cls.engine_version(),
                                     settings=backend.effective_settings(), device=info.device),
             )
