@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 from harness.errors import HarnessError
 
@@ -168,24 +168,28 @@ def env() -> None:
 
 
 def main() -> None:
+    # standalone_mode=False lets usage errors reach us, so they print as one line
+    # instead of click's boxed usage text
     try:
-        app(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+        code = app(standalone_mode=False)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
         print("error: aborted", file=sys.stderr)
-        sys.exit(130)
-    except click.ClickException as exc:
-        print(f"error: {exc.format_message()}", file=sys.stderr)
-        sys.exit(2)
+        code = 130
+    except TyperException as exc:
+        if exc.format_message():  # empty when the message is the help already shown
+            print(f"error: {exc.format_message()}", file=sys.stderr)
+        code = 2
     except HarnessError as exc:
         from harness.environment import redact
 
         print(f"error: {redact(str(exc))}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,44 @@
+"""A third-party backend package, as a user would publish one, used by the tests.
+
+It is found only through the ``harness.backends`` entry-point group (see the
+dist-info folder beside it), which is the point: plugin discovery is exercised for
+real. The backends wrap the real llama.cpp backend.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import ClassVar
+
+from backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+
+
+class CrashSettings(LlamaCppSettings):
+    crash_on_load: bool = False
+
+    load_keys: ClassVar[tuple[str, ...]] = LlamaCppSettings.load_keys + ("crash_on_load",)
+
+
+class CrashingBackend(LlamaCppBackend):
+    """llama.cpp that dies from a real SIGSEGV after loading when asked to."""
+
+    name = "crashy"
+    Settings = CrashSettings
+
+    def load(self):
+        info = super().load()
+        if self.settings.crash_on_load:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return info
+
+
+class UninstalledBackend(LlamaCppBackend):
+    """A backend whose engine package is missing."""
+
+    name = "uninstalled"
+    install_hint = "pip install imaginary-engine"
+
+    @classmethod
+    def installed_version(cls):
+        return None
