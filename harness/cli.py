@@ -138,8 +138,11 @@ def models(fmt: str = typer.Option("md", "--format", "-f", help="md or json")) -
     from harness.printers import _md_table
 
     header = ["name", "source", "size MiB", "params", "quant", "license", "path"]
-    print(_md_table(header, [[str(r.get(k.split()[0], "") or "") for k in
-                              ("name", "source", "size_mib", "parameters", "quantization", "license", "path")] for r in rows], {2}))
+    from harness.printers import _params_label
+
+    table = [[r["name"], r["source"], str(r.get("size_mib", "")), _params_label(r.get("parameters")) if "parameters" in r else "",
+              r.get("quantization") or "", r.get("license") or "", r.get("error") or r["path"]] for r in rows]
+    print(_md_table(header, table, {2, 3}))
 
 
 @app.command()

@@ -66,6 +66,5 @@ class PerfTests(BaseModel):
         return [f"pp{n}" for n in self.pp] + [f"tg{n}" for n in self.tg]
 
     def max_context(self) -> int:
-        # a pp test fills n_prompt positions (plus one sampled token for TTFT); a tg test
-        # starts from one token and adds n_gen
-        return max([n + 1 for n in self.pp] + [n + 1 for n in self.tg] + [1])
+        # each test starts from an empty cache: ppN fills N positions, tgN fills N
+        return max(self.pp + self.tg + [1])
