@@ -1,0 +1,656 @@
+"""Any OpenAI-compatible server over HTTP: vLLM's, llama.cpp's, a hosted API.
+
+Requests are streamed (server-sent events) and every chunk's arrival is stamped with
+harness.meters.now_ns, so time to first token, the gaps between chunks and end-to-end
+latency come from the same clock as every other figure. The definitions are vLLM's
+and are written out in results/README.md.
+
+The API key comes only from an environment variable the user names; it lives in one
+private attribute, is sent only in the Authorization header, and every message that
+leaves this module passes through scrub(), which removes it (and anything else that
+looks like a key) before it can reach a result, a log or an error line.
+
+429 and 5xx answers and failed connections are retried with exponential backoff; a
+Retry-After header, when the server sends one, sets the wait. A request still failing
+after the last retry is a RequestResult with ok=False (harness load counts it as an
+error) or a BackendError (everything else).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Callable, ClassVar, Iterator, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import field_validator
+
+from harness.backend import Backend, BackendSettings, Capabilities, LoadInfo, LogitsWanted
+from harness.environment import redact
+from harness.errors import BackendError, BackendNotInstalled, ConfigError
+from harness.meters import now_ns
+from harness.models import ModelInfo
+
+Api = Literal["chat", "completions"]
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504}) | frozenset(range(505, 600))
+ERROR_TEXT_CHARS = 300  # of a server's error body, in a message
+
+
+# ------------------------------------------------------------------ small pieces
+
+
+def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Remove the given secrets literally, then anything that looks like a key."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[REDACTED]")
+    return redact(text)
+
+
+def api_key_from_env(name: str | None) -> str | None:
+    """The key in the variable the user named; a named but unset variable is an error."""
+    if not name:
+        return None
+    if not name.replace("_", "").isalnum():
+        raise ConfigError(f"--api-key-env: '{name}' is not an environment variable name (give the NAME, not the key)")
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        raise ConfigError(f"--api-key-env {name}: the environment variable {name} is not set (export it, or drop --api-key-env)")
+    return value.strip()
+
+
+def normalize_base_url(url: str) -> str:
+    """'http://host:8000' or 'http://host:8000/v1/' -> 'http://host:8000/v1'."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--base-url: '{safe_url(url)}' is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/v1"):
+        path += "/v1"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def safe_url(url: str) -> str:
+    """The URL without user:password@ or a query string, for records and messages."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return redact(urlunsplit((parts.scheme, netloc, parts.path, "", "")))
+    except ValueError:
+        return "<unparseable URL>"
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 3
+    backoff_s: float = 0.5  # first wait; doubles each retry
+    max_backoff_s: float = 30.0
+    max_retry_after_s: float = 120.0  # a server asking for longer than this is given up on
+
+    def delay(self, attempt: int, retry_after: float | None) -> float | None:
+        """Seconds to wait before retry number ``attempt`` (1-based), or None to give up."""
+        if attempt > self.max_retries:
+            return None
+        if retry_after is not None:
+            return retry_after if retry_after <= self.max_retry_after_s else None
+        return min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+
+
+def _error_text(body: bytes | str) -> str:
+    """The message in an OpenAI-style error body, or the start of the body."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        data = json.loads(text)
+        err = data.get("error", data) if isinstance(data, dict) else data
+        if isinstance(err, dict):
+            text = str(err.get("message") or err.get("detail") or err)
+        elif isinstance(err, str):
+            text = err
+    except (json.JSONDecodeError, AttributeError):
+        pass
+    text = " ".join(text.split())
+    return text[:ERROR_TEXT_CHARS] + ("..." if len(text) > ERROR_TEXT_CHARS else "")
+
+
+def _transport_error(exc: Exception) -> str:
+    import httpx
+
+    if isinstance(exc, httpx.ConnectError):
+        return "connection refused or host unreachable"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+# ------------------------------------------------------------------ one streamed request
+
+
+@dataclass
+class RequestResult:
+    """One streamed request as the client saw it; times are now_ns() readings."""
+
+    ok: bool = False
+    status: int | None = None
+    error: str | None = None
+    error_kind: str | None = None  # "http 500", "connect", "timeout", "stream", ...
+    start_ns: int = 0  # the first attempt's send: retries count as latency, as a user sees it
+    chunk_ns: list[int] = field(default_factory=list)  # arrival of every chunk that carried text
+    end_ns: int = 0  # the stream's end
+    text: str = ""
+    finish_reason: str | None = None
+    usage_prompt_tokens: int | None = None
+    usage_completion_tokens: int | None = None
+    retries: int = 0
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.chunk_ns)
+
+    @property
+    def ttft_ns(self) -> int | None:
+        return self.chunk_ns[0] - self.start_ns if self.chunk_ns else None
+
+    @property
+    def e2el_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+    @property
+    def itl_ns(self) -> list[int]:
+        return [b - a for a, b in zip(self.chunk_ns, self.chunk_ns[1:])]
+
+
+class StreamParser:
+    """Feeds server-sent-event lines into a RequestResult, stamping each text chunk."""
+
+    def __init__(self, api: Api, result: RequestResult):
+        self.api = api
+        self.result = result
+        self.done = False
+
+    def feed(self, line: str, at_ns: int) -> None:
+        if not line.startswith("data:"):
+            return  # blank separators, ": ping" comments, "event:" lines
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            self.done = True
+            return
+        try:
+            data = json.loads(payload)
+        except json.JSONDecodeError:
+            raise StreamError(f"the server sent a chunk that is not JSON: {payload[:80]!r}") from None
+        if not isinstance(data, dict):
+            return
+        if data.get("error"):
+            raise StreamError(f"the server reported an error mid-stream: {_error_text(json.dumps(data))}")
+        choices = data.get("choices") or []
+        if choices:
+            choice = choices[0]
+            piece = choice.get("text") if self.api == "completions" else (choice.get("delta") or {}).get("content")
+            if piece:
+                self.result.chunk_ns.append(at_ns)
+                self.result.text += piece
+            if choice.get("finish_reason"):
+                self.result.finish_reason = choice["finish_reason"]
+        usage = data.get("usage")
+        if isinstance(usage, dict):  # with continuous usage stats every chunk has one: the last wins
+            self.result.usage_prompt_tokens = usage.get("prompt_tokens")
+            self.result.usage_completion_tokens = usage.get("completion_tokens")
+
+
+class StreamError(Exception):
+    pass
+
+
+def request_body(api: Api, model: str, prompt: str | list[dict], max_tokens: int, *, temperature: float = 0.0,
+                 ignore_eos: bool = False, stop: list[str] | None = None, stream: bool = True,
+                 extra: dict | None = None) -> dict:
+    """A completions or chat completions body; ``prompt`` may already be chat messages."""
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": temperature, "stream": stream}
+    if api == "chat":
+        body["messages"] = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    else:
+        if isinstance(prompt, list):
+            raise BackendError("the completions API takes a text prompt, not chat messages; use --api chat")
+        body["prompt"] = prompt
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    if ignore_eos:
+        # vLLM reads ignore_eos; llama-cpp-python's server ignores it but honours min_tokens
+        body["ignore_eos"] = True
+        body["min_tokens"] = max_tokens
+    if stop:
+        body["stop"] = stop
+    if extra:
+        body.update(extra)
+    return body
+
+
+# ------------------------------------------------------------------ the client
+
+
+class OpenAIClient:
+    """Sync and async access to one server, sharing the retry policy and the scrubbing."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 300.0,
+                 retry: RetryPolicy = RetryPolicy(), max_connections: int = 100):
+        try:
+            import httpx
+        except ImportError:
+            raise BackendNotInstalled("httpx is not installed; run: pip install 'openbench-harness[openai]' (or make setup)") from None
+        self._httpx = httpx
+        self.base_url = normalize_base_url(base_url)
+        self.root_url = self.base_url[: -len("/v1")]
+        self.shown_url = safe_url(self.base_url)
+        self._key = api_key
+        self.retry = retry
+        self._timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
+        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._sync: Any = None
+        self._async: Any = None
+        self._sleep: Callable[[float], None] = time.sleep
+
+    # -- secrets
+    def scrub(self, text: str) -> str:
+        return scrub(text, (self._key,) if self._key else ())
+
+    def _headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json"}
+        if self._key:
+            h["Authorization"] = f"Bearer {self._key}"
+        return h
+
+    def _url(self, path: str) -> str:
+        """'completions' is under /v1; '/tokenize' (vLLM) and '/extras/...' are at the root."""
+        return self.root_url + path if path.startswith("/") else f"{self.base_url}/{path}"
+
+    @property
+    def sync(self):
+        if self._sync is None:
+            self._sync = self._httpx.Client(timeout=self._timeout, limits=self._limits, headers=self._headers())
+        return self._sync
+
+    def async_client(self):
+        """A new AsyncClient (one per event loop); the caller closes it."""
+        return self._httpx.AsyncClient(timeout=self._timeout, limits=self._limits, headers=self._headers())
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    # -- plain JSON requests (model list, tokenizer), retried
+    def get_json(self, path: str) -> Any:
+        return self._call("GET", path, None)
+
+    def post_json(self, path: str, body: dict) -> Any:
+        return self._call("POST", path, body)
+
+    def _call(self, method: str, path: str, body: dict | None) -> Any:
+        url = self._url(path)
+        attempt = 0
+        while True:
+            try:
+                resp = self.sync.request(method, url, json=body)
+            except self._httpx.TransportError as exc:
+                wait = self.retry.delay(attempt + 1, None)
+                if wait is None:
+                    raise BackendError(self.scrub(f"cannot reach {self.shown_url}: {_transport_error(exc)} "
+                                                  f"(after {attempt + 1} attempt{'s' if attempt else ''})")) from None
+            else:
+                if resp.status_code < 400:
+                    try:
+                        return resp.json()
+                    except ValueError:
+                        raise BackendError(self.scrub(f"{safe_url(url)} answered with something that is not JSON")) from None
+                wait = self.retry.delay(attempt + 1, retry_after_s(resp.headers.get("retry-after"))) \
+                    if resp.status_code in RETRY_STATUSES else None
+                if wait is None:
+                    raise HttpStatusError(resp.status_code, self.scrub(
+                        f"{self.shown_url} answered HTTP {resp.status_code} to {method} {path}"
+                        f"{f' after {attempt + 1} attempts' if attempt else ''}: {_error_text(resp.content)}"))
+            attempt += 1
+            self._sleep(wait)
+
+    # -- streamed generation
+    def stream(self, path: str, body: dict, api: Api, on_text: Callable[[str], None] | None = None) -> RequestResult:
+        """One streamed request, retried; never raises for server or network trouble."""
+        result = RequestResult(start_ns=now_ns())
+        attempt = 0
+        while True:
+            retry_after = None
+            try:
+                with self.sync.stream("POST", self._url(path), json=body) as resp:
+                    result.status = resp.status_code
+                    if resp.status_code >= 400:
+                        retry_after = retry_after_s(resp.headers.get("retry-after"))
+                        self._fail(result, f"http {resp.status_code}", _error_text(resp.read()))
+                    else:
+                        parser = StreamParser(api, result)
+                        for line in resp.iter_lines():
+                            before = len(result.text)
+                            parser.feed(line, now_ns())
+                            if on_text and len(result.text) > before:
+                                on_text(result.text[before:])
+                        result.end_ns = now_ns()
+                        return self._finish(result, parser)
+            except self._httpx.TransportError as exc:
+                self._fail(result, "connect" if isinstance(exc, self._httpx.ConnectError) else
+                           "timeout" if isinstance(exc, self._httpx.TimeoutException) else "transport",
+                           _transport_error(exc))
+            except StreamError as exc:
+                self._fail(result, "stream", str(exc))
+                return result  # a broken stream is not retried: tokens were already delivered
+            wait = self._retry_wait(result, attempt, retry_after)
+            if wait is None:
+                return result
+            attempt += 1
+            result.retries = attempt
+            self._sleep(wait)
+
+    async def astream(self, client, path: str, body: dict, api: Api) -> RequestResult:
+        """The async twin of stream(), on a caller's AsyncClient."""
+        result = RequestResult(start_ns=now_ns())
+        attempt = 0
+        while True:
+            retry_after = None
+            try:
+                async with client.stream("POST", self._url(path), json=body) as resp:
+                    result.status = resp.status_code
+                    if resp.status_code >= 400:
+                        retry_after = retry_after_s(resp.headers.get("retry-after"))
+                        self._fail(result, f"http {resp.status_code}", _error_text(await resp.aread()))
+                    else:
+                        parser = StreamParser(api, result)
+                        async for line in resp.aiter_lines():
+                            parser.feed(line, now_ns())
+                        result.end_ns = now_ns()
+                        return self._finish(result, parser)
+            except self._httpx.TransportError as exc:
+                self._fail(result, "connect" if isinstance(exc, self._httpx.ConnectError) else
+                           "timeout" if isinstance(exc, self._httpx.TimeoutException) else "transport",
+                           _transport_error(exc))
+            except StreamError as exc:
+                self._fail(result, "stream", str(exc))
+                return result
+            wait = self._retry_wait(result, attempt, retry_after)
+            if wait is None:
+                return result
+            attempt += 1
+            result.retries = attempt
+            await asyncio.sleep(wait)
+
+    def _fail(self, result: RequestResult, kind: str, detail: str) -> None:
+        result.ok = False
+        result.error_kind = kind
+        result.error = self.scrub(detail)
+        result.end_ns = now_ns()
+
+    def _retry_wait(self, result: RequestResult, attempt: int, retry_after: float | None) -> float | None:
+        retryable = result.error_kind in ("connect", "timeout", "transport") or (
+            result.status is not None and result.status in RETRY_STATUSES and result.error_kind.startswith("http"))
+        return self.retry.delay(attempt + 1, retry_after) if retryable else None
+
+    def _finish(self, result: RequestResult, parser: StreamParser) -> RequestResult:
+        result.error_kind = result.error = None
+        if not result.chunk_ns and not parser.done and result.finish_reason is None:
+            self._fail(result, "stream", "the stream ended without a chunk or [DONE]")
+            return result
+        result.ok = True
+        return result
+
+    # -- what the server serves
+    def served_models(self) -> list[dict] | None:
+        """The /v1/models list, or None when the server offers no such endpoint."""
+        try:
+            data = self.get_json("models")
+        except HttpStatusError as exc:
+            if exc.status in (404, 405):
+                return None
+            if exc.status in (401, 403):
+                raise BackendError(f"{self.shown_url} refused the request (HTTP {exc.status}): check the key in --api-key-env") from None
+            raise
+        models = data.get("data") if isinstance(data, dict) else None
+        return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else None
+
+    def resolve_model(self, name: str | None) -> tuple[str, dict]:
+        """The served model name to use (checked against /v1/models) and its listing."""
+        models = self.served_models()
+        if models is None:
+            if not name:
+                raise ConfigError(f"{self.shown_url} lists no models; name the one to use with --model-name")
+            return name, {}
+        ids = [str(m.get("id")) for m in models]
+        if name is None:
+            if len(ids) == 1:
+                return ids[0], models[0]
+            raise ConfigError(f"{self.shown_url} serves {len(ids)} models ({', '.join(ids) or 'none'}); pick one with --model-name")
+        if name not in ids:
+            raise ConfigError(f"model '{name}' is not served at {self.shown_url}; it serves: {', '.join(ids) or 'nothing'}")
+        return name, models[ids.index(name)]
+
+
+class HttpStatusError(BackendError):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+# ------------------------------------------------------------------ the backend
+
+
+class OpenAISettings(BackendSettings):
+    base_url: str
+    model_name: str | None = None  # the name the server serves; None: the only one it lists
+    api: Api = "chat"
+    api_key_env: str | None = None  # the NAME of the variable holding the key, never the key
+    timeout_s: float = 300.0
+    max_retries: int = 3
+    backoff_s: float = 0.5
+
+    load_keys: ClassVar[tuple[str, ...]] = ("base_url", "model_name", "api", "api_key_env")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return normalize_base_url(v)
+
+    @field_validator("max_retries")
+    @classmethod
+    def _retries(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("max_retries must be 0 or more")
+        return v
+
+
+def remote_model_info(base_url: str, model_name: str) -> ModelInfo:
+    """A ModelInfo for a model known only by its name at a server (no file, no hash)."""
+    shown = safe_url(normalize_base_url(base_url))
+    return ModelInfo(ref=f"openai:{model_name}", name=model_name, path=shown, sha256="", format="openai-api",
+                     size_bytes=0, source=f"served at {shown}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generate() answer, for the lm-eval adapter."""
+
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+class OpenAIHttpBackend(Backend):
+    """The Backend contract over HTTP, as far as an OpenAI-compatible API allows.
+
+    Generation (stream, generate) works on every server. Tokenizing needs the server's
+    own endpoint (vLLM's /tokenize, llama-cpp-python's /extras/tokenize). Token-level
+    evaluation (logits) has no OpenAI-API equivalent: evaluate() says so.
+    """
+
+    name = "openai"
+    Settings = OpenAISettings
+    install_hint = "pip install 'openbench-harness[openai]' (or: make setup)"
+
+    def __init__(self, model: ModelInfo, settings: OpenAISettings):
+        super().__init__(model, settings)
+        self.client: OpenAIClient | None = None
+        self.served_name: str | None = None
+        self._listing: dict = {}
+        self._tokenizer_route: str | None = None  # "vllm" or "llamacpp", found on first use
+        self._bos: int | None = None
+
+    @classmethod
+    def installed_version(cls) -> str | None:
+        try:
+            return version("httpx")
+        except PackageNotFoundError:
+            return None
+
+    @classmethod
+    def default_settings(cls, model: ModelInfo, **overrides) -> OpenAISettings:
+        return OpenAISettings(**overrides)
+
+    def load(self) -> LoadInfo:
+        s = self.settings
+        key = api_key_from_env(s.api_key_env)
+        self.client = OpenAIClient(s.base_url, key, s.timeout_s, RetryPolicy(max_retries=s.max_retries, backoff_s=s.backoff_s))
+        self.served_name, self._listing = self.client.resolve_model(s.model_name or None)
+        return LoadInfo(n_ctx=int(self._listing.get("max_model_len") or 0), n_vocab=0, device="remote", mmap=False)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(logprobs=False, streaming=True, batching=True, chat_template=self.settings.api == "chat")
+
+    def effective_settings(self) -> dict:
+        d = self.settings.model_dump()
+        d["base_url"] = safe_url(d["base_url"])
+        if self.served_name:
+            d["model_name"] = self.served_name
+        return d
+
+    def _need(self) -> OpenAIClient:
+        if self.client is None:
+            raise BackendError("the openai backend is not loaded; call load() first")
+        return self.client
+
+    # -- tokens, through the server's own tokenizer
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        client = self._need()
+        for route in ([self._tokenizer_route] if self._tokenizer_route else ["vllm", "llamacpp"]):
+            try:
+                if route == "vllm":
+                    data = client.post_json("/tokenize", {"model": self.served_name, "prompt": text,
+                                                          "add_special_tokens": add_special})
+                else:
+                    data = client.post_json("/extras/tokenize", {"input": text})
+            except HttpStatusError as exc:
+                if exc.status in (404, 405) and not self._tokenizer_route:
+                    continue
+                raise
+            self._tokenizer_route = route
+            return [int(t) for t in data["tokens"]]
+        raise BackendError(f"{client.shown_url} offers no tokenizer endpoint (/tokenize or /extras/tokenize); "
+                           "this needs a server that exposes its tokenizer")
+
+    def detokenize(self, tokens: list[int]) -> str:
+        client = self._need()
+        if not self._tokenizer_route:
+            self.tokenize("a")  # finds the route, or says there is none
+        if self._tokenizer_route == "vllm":
+            return client.post_json("/detokenize", {"model": self.served_name, "tokens": list(tokens)})["prompt"]
+        return client.post_json("/extras/detokenize", {"tokens": list(tokens)})["text"]
+
+    @property
+    def bos_token(self) -> int | None:
+        return None  # the server adds its own special tokens to a text prompt
+
+    @property
+    def eos_token(self) -> int | None:
+        return None
+
+    @property
+    def n_vocab(self) -> int:
+        raise BackendError("an OpenAI-compatible server does not report its vocabulary size")
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self._listing.get("max_model_len") or 0)
+
+    # -- evaluation: not offered by the API
+    def reset(self) -> None:
+        pass  # nothing is kept between requests
+
+    def evaluate(self, tokens: list[int], logits: LogitsWanted = "none"):
+        raise BackendError("the openai backend cannot evaluate tokens or return logits (an OpenAI-compatible API "
+                           "has no such call); use `harness load` for serving figures")
+
+    def truncate(self, n_tokens: int) -> None:
+        raise BackendError("the openai backend keeps no KV cache to truncate")
+
+    # -- generation
+    def _path(self) -> str:
+        return "chat/completions" if self.settings.api == "chat" else "completions"
+
+    def stream_request(self, prompt: str | list[dict], max_tokens: int, *, ignore_eos: bool = False,
+                       temperature: float = 0.0, stop: list[str] | None = None,
+                       on_text: Callable[[str], None] | None = None) -> RequestResult:
+        """One streamed request with per-chunk arrival times; failures are in the result."""
+        client = self._need()
+        body = request_body(self.settings.api, self.served_name, prompt, max_tokens, temperature=temperature,
+                            ignore_eos=ignore_eos, stop=stop)
+        return client.stream(self._path(), body, self.settings.api, on_text)
+
+    def generate(self, prompt: str | list[dict], max_tokens: int, stop: list[str] | None = None,
+                 temperature: float = 0.0) -> Generation:
+        """Text for a prompt (or chat messages): what lm-eval's generate_until needs."""
+        r = self.stream_request(prompt, max_tokens, temperature=temperature, stop=stop)
+        if not r.ok:
+            raise BackendError(f"generation failed at {self._need().shown_url}: {r.error_kind}: {r.error}"
+                               f"{f' (after {r.retries} retries)' if r.retries else ''}")
+        return Generation(r.text, r.finish_reason, r.usage_prompt_tokens, r.usage_completion_tokens)
+
+    def stream(self, prompt: list[int], max_tokens: int, ignore_eos: bool = False,
+               temperature: float = 0.0) -> Iterator[int]:
+        """The contract's token stream: the prompt goes as text, each chunk comes back re-tokenized.
+
+        Token ids are not part of the OpenAI API, so the ids here are the server
+        tokenizer's reading of each text chunk, yielded once the request has ended; for
+        timing use stream_request(), which adds no calls and stamps every chunk.
+        """
+        if self.settings.api == "chat":
+            raise BackendError("token-id streaming needs the completions API (--api completions); chat takes messages")
+        text = self.detokenize(prompt)
+        chunks: list[str] = []
+        result = self.stream_request(text, max_tokens, ignore_eos=ignore_eos, temperature=temperature,
+                                     on_text=chunks.append)
+        if not result.ok:
+            raise BackendError(f"generation failed at {self._need().shown_url}: {result.error_kind}: {result.error}")
+        for piece in chunks:
+            yield from self.tokenize(piece, add_special=False)
