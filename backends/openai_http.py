@@ -291,9 +291,11 @@ class OpenAIClient:
             self._sync = self._httpx.Client(timeout=self._timeout, limits=self._limits, headers=self._headers())
         return self._sync
 
-    def async_client(self):
-        """A new AsyncClient (one per event loop); the caller closes it."""
-        return self._httpx.AsyncClient(timeout=self._timeout, limits=self._limits, headers=self._headers())
+    def async_client(self, max_connections: int | None = None):
+        """A new AsyncClient (one per event loop) with room for that many requests in flight; the caller closes it."""
+        limits = self._limits if max_connections is None else self._httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections)
+        return self._httpx.AsyncClient(timeout=self._timeout, limits=limits, headers=self._headers())
 
     def close(self) -> None:
         if self._sync is not None:

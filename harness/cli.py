@@ -170,6 +170,63 @@ def env() -> None:
     print(json.dumps(fingerprint(), indent=2))
 
 
+@app.command()
+def load(
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="a running OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1"),
+    serve: Optional[str] = typer.Option(None, "--serve", help="start a server on loopback for the run and stop it after: llamacpp or vllm"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model reference: what --serve loads, and the tokenizer for random prompts"),
+    model_name: Optional[str] = typer.Option(None, "--model-name", help="the model's name at the server (default: the only one it lists)"),
+    api: str = typer.Option("completions", "--api", help="completions or chat"),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="NAME of the environment variable that holds the API key"),
+    concurrency: Optional[str] = typer.Option(None, "--concurrency", "-c", help="fixed concurrencies, comma-separated (default 1)"),
+    rate: Optional[str] = typer.Option(None, "--rate", help="request rates per second with Poisson arrivals, comma-separated; inf = all at once"),
+    sweep: Optional[int] = typer.Option(None, "--sweep", help="synchronous, all-at-once, then this many rates spaced between their throughputs"),
+    max_concurrency: Optional[int] = typer.Option(None, "--max-concurrency", help="cap on in-flight requests for --rate and --sweep"),
+    requests: Optional[int] = typer.Option(None, "--requests", "-n", help="requests per load point (default 16 unless --duration is given)"),
+    duration: Optional[float] = typer.Option(None, "--duration", help="seconds per load point: no request starts after this"),
+    warmup: int = typer.Option(1, "--warmup", help="uncounted requests before the first load point"),
+    input_len: Optional[int] = typer.Option(None, "--input-len", help="prompt tokens (random tokens; default 128; with --dataset: cut to this)"),
+    output_len: int = typer.Option(64, "--output-len", help="output tokens per request"),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="prompts: JSON lines with a \"prompt\" field, or one prompt per line"),
+    ignore_eos: bool = typer.Option(True, "--ignore-eos/--no-ignore-eos", help="ask for exactly --output-len tokens (ignore_eos + min_tokens)"),
+    slo: Optional[str] = typer.Option(None, "--slo", help="service-level objectives for goodput, e.g. ttft_ms=500,tpot_ms=50 (also e2el_ms)"),
+    seed: int = typer.Option(0, "--seed", help="seed for prompts and arrival times"),
+    retries: int = typer.Option(2, "--retries", help="retries of a 429/5xx or failed connection (backoff, Retry-After honoured)"),
+    timeout: float = typer.Option(300.0, "--timeout", help="seconds before one request is given up"),
+    serve_python: Optional[str] = typer.Option(None, "--serve-python", help="Python interpreter that runs the --serve server (default: this one)"),
+    serve_arg: list[str] = typer.Option([], "--serve-arg", help="extra argument for the --serve server; repeat for several"),
+    serve_timeout: Optional[float] = typer.Option(None, "--serve-timeout", help="seconds to wait for the --serve server to be ready"),
+    out: Path = typer.Option(Path("results/runs"), "--out", "-o", help="folder for result files"),
+    fmt: str = typer.Option("md", "--format", "-f", help=FORMAT_HELP),
+) -> None:
+    """Load-test an OpenAI-compatible server: throughput, TTFT, TPOT, ITL, latency, goodput."""
+    from harness.config import parse_int_list
+    from harness.load import LoadRequest, parse_rates, parse_slo, run_load
+    from harness.printers import PRINTERS
+
+    _check_format(fmt)
+    if serve is not None and serve not in ("llamacpp", "vllm"):
+        raise HarnessError(f"--serve: unknown server '{serve}'; use llamacpp or vllm")
+    if api not in ("completions", "chat"):
+        raise HarnessError(f"--api: '{api}' is not completions or chat")
+    for option, value in (("--sweep", sweep), ("--max-concurrency", max_concurrency), ("--requests", requests)):
+        if value is not None and value < 1:
+            raise HarnessError(f"{option}: {value} must be at least 1")
+    request = LoadRequest(
+        base_url=base_url, serve=serve, model=model, model_name=model_name, api=api, api_key_env=api_key_env,
+        concurrency=parse_int_list("--concurrency", concurrency) or [], rates=parse_rates("--rate", rate) or [],
+        sweep=sweep, max_concurrency=max_concurrency,
+        requests=requests if requests is not None or duration is not None else 16, duration_s=duration,
+        warmup=warmup, input_len=input_len if input_len is not None or dataset is not None else 128,
+        output_len=output_len, dataset=dataset, ignore_eos=ignore_eos, slo=parse_slo(slo), seed=seed,
+        retries=retries, timeout_s=timeout, serve_python=serve_python, serve_args=serve_arg,
+        serve_timeout_s=serve_timeout, out_dir=out, command=["harness", *sys.argv[1:]],
+    )
+    outcome = run_load(request, log=lambda line: print(f"[harness] {line}", file=sys.stderr, flush=True))
+    print(PRINTERS[fmt]([outcome.record]))
+    print(f"[harness] wrote {outcome.path}", file=sys.stderr)
+
+
 def main() -> None:
     # standalone_mode=False lets usage errors reach us, so they print as one line
     # instead of click's boxed usage text

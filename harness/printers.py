@@ -84,7 +84,7 @@ def _md_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
     return "\n".join([line(header), sep] + [line(r) for r in rows])
 
 
-def markdown(records: list[RunRecord]) -> str:
+def perf_markdown(records: list[RunRecord]) -> str:
     settings = _shown_settings(records)
     show_dev = any((r.backend.device or "cpu") != "cpu" for r in records)
     header = ["model", "size", "params", "backend"] + (["dev"] if show_dev else []) + \
@@ -104,6 +104,42 @@ def markdown(records: list[RunRecord]) -> str:
     return _md_table(header, rows, right)
 
 
+def _ms(v: float | None) -> str:
+    return "" if v is None else f"{v:.1f}"
+
+
+def load_markdown(records: list[RunRecord]) -> str:
+    """One row per load point of `harness load` (vLLM's serving metrics; medians, TTFT p99)."""
+    show_goodput = any(p.goodput_per_s is not None for r in records for p in r.load)
+    header = ["model", "server", "api", "load", "in", "out", "ok/sent", "req/s", "out tok/s", "total tok/s",
+              "TTFT med ms", "TTFT p99 ms", "TPOT med ms", "ITL med ms", "e2e med ms"] + (["goodput/s"] if show_goodput else [])
+    right = set(range(4, len(header)))
+    rows = []
+    for r in records:
+        label = model_label(r) if r.model.architecture else (r.model.name or r.model.ref)
+        server = r.backend.settings.get("served_by") or "remote"
+        for p in r.load:
+            row = [label, server, p.api, p.label, _fmt(p.input_len), str(p.output_len), f"{p.completed}/{p.requests}",
+                   f"{p.request_throughput_per_s:.2f}", f"{p.output_tokens_per_s:.2f}", f"{p.total_tokens_per_s:.2f}",
+                   _ms(p.ttft_ms_median), _ms(p.ttft_ms_p99), _ms(p.tpot_ms_median), _ms(p.itl_ms_median),
+                   _ms(p.e2el_ms_median)]
+            if show_goodput:
+                row.append("" if p.goodput_per_s is None else f"{p.goodput_per_s:.2f}")
+            rows.append(row)
+    return _md_table(header, rows, right)
+
+
+def markdown(records: list[RunRecord]) -> str:
+    """The perf table (llama-bench style), then the load table when there are load points."""
+    has_load = any(r.load for r in records)
+    parts = []
+    if not has_load or any(r.perf or r.failures for r in records):
+        parts.append(perf_markdown(records))
+    if has_load:
+        parts.append(load_markdown(records))
+    return "\n\n".join(parts)
+
+
 def flat_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
     rows = []
     for r in records:
@@ -119,6 +155,11 @@ def flat_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
             for k in ("samples_tps", "samples_ms", "samples_ttft_ms"):
                 d[k] = ";".join(f"{x:.6g}" for x in (d[k] or []))
             rows.append({**base, **d})
+        for p in r.load:
+            d = p.model_dump(exclude={"samples", "unavailable", "label", "slo", "error_kinds"})
+            d["error_kinds"] = ";".join(f"{k}:{v}" for k, v in p.error_kinds.items())
+            d["slo"] = ";".join(f"{k}={v:g}" for k, v in p.slo.items())
+            rows.append({**base, "test": f"load {p.label}", **d})
         for f in r.failures:
             rows.append({**base, "test": "FAILED", "failure": f.cause})
     return rows

