@@ -1,0 +1,154 @@
+"""Real HTTP servers on 127.0.0.1 for the HTTP backend and load tests.
+
+``llamacpp_server`` starts llama-cpp-python's own OpenAI-compatible server on the
+bundled SmolLM2. ``ScriptedServer`` is a small stdlib server that speaks just enough of
+the OpenAI API (model list, streamed completions) and answers each request from a
+script: a status code, headers, or a normal stream. It exists to make a real server
+return 429/5xx/401 on cue, which a real engine will not do on demand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextmanager
+def llamacpp_server(model_path: str, alias: str = "smollm2") -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--model_alias", alias,
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--n_threads", "2",
+         "--interrupt_requests", "False"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, "llama-cpp-python's server exited during start-up"
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "llama-cpp-python's server did not come up in 120 s"
+            time.sleep(0.2)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+class ScriptedServer:
+    """Answers POSTs from ``script``: each entry is a status (int) or (status, headers, body).
+
+    Once the script is used up every POST gets a normal two-chunk stream. GET /v1/models
+    always lists ``model``. Every request's arrival time, path and Authorization header
+    are kept in ``seen``.
+    """
+
+    def __init__(self, script: list | None = None, model: str = "scripted", require_key: str | None = None,
+                 models_status: int = 200, error_body: str = "scripted failure"):
+        self.script = list(script or [])
+        self.model = model
+        self.require_key = require_key
+        self.models_status = models_status
+        self.error_body = error_body
+        self.seen: list[dict] = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict | None = None, ctype="application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _record(self) -> bool:
+                with server.lock:
+                    server.seen.append({"t": time.monotonic(), "path": self.path, "method": self.command,
+                                        "auth": self.headers.get("Authorization")})
+                if server.require_key and self.headers.get("Authorization") != f"Bearer {server.require_key}":
+                    # a careless server that repeats the credential it refused
+                    got = self.headers.get("Authorization")
+                    self._send(401, json.dumps({"error": {"message": f"invalid api key: {got}"}}).encode())
+                    return False
+                return True
+
+            def do_GET(self):
+                if not self._record():
+                    return
+                if self.path.rstrip("/") == "/v1/models":
+                    if server.models_status != 200:
+                        self._send(server.models_status, json.dumps({"error": {"message": server.error_body}}).encode())
+                    else:
+                        self._send(200, json.dumps({"object": "list", "data": [{"id": server.model}]}).encode())
+                else:
+                    self._send(404, b'{"error": {"message": "not found"}}')
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                if not self._record():
+                    return
+                with server.lock:
+                    step = server.script.pop(0) if server.script else None
+                if step is not None:
+                    status, headers, text = step if isinstance(step, tuple) else (step, {}, server.error_body)
+                    self._send(status, json.dumps({"error": {"message": text}}).encode(), headers)
+                    return
+                n = int(body.get("max_tokens") or 2)
+                events = [{"choices": [{"index": 0, "text": f" w{i}", "finish_reason": None}]} for i in range(n)]
+                events.append({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]})
+                events.append({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": n,
+                                                        "total_tokens": 3 + n}})
+                payload = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+                self._send(200, payload.encode(), ctype="text/event-stream")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "ScriptedServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def posts(self) -> list[dict]:
+        return [s for s in self.seen if s["method"] == "POST"]

@@ -1,0 +1,167 @@
+"""The OpenAI-compatible HTTP backend against real servers on 127.0.0.1.
+
+llama-cpp-python's own server runs the bundled SmolLM2 (completions and chat); a small
+scripted stdlib server answers 429/5xx/401 on cue for the retry and key tests.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from backends.openai_http import (OpenAIClient, OpenAIHttpBackend, OpenAISettings, RetryPolicy, api_key_from_env,
+                                  remote_model_info, request_body, retry_after_s, safe_url)
+from harness.errors import BackendError, ConfigError
+from loopback_servers import ScriptedServer, llamacpp_server
+
+SECRET = "sk-test-DO-NOT-LEAK-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def server_url(smollm2_path):
+    with llamacpp_server(str(smollm2_path)) as url:
+        yield url
+
+
+def _backend(url: str, **kw) -> OpenAIHttpBackend:
+    settings = OpenAISettings(base_url=url, **kw)
+    b = OpenAIHttpBackend(remote_model_info(url, kw.get("model_name") or "?"), settings)
+    b.load()
+    return b
+
+
+@pytest.mark.slow
+def test_streamed_completion_times_every_chunk(server_url):
+    b = _backend(server_url, api="completions")
+    try:
+        assert b.served_name == "smollm2"
+        r = b.stream_request("The capital of France is", 8, ignore_eos=True)
+        assert r.ok, r.error
+        assert r.finish_reason == "length"
+        assert r.text.strip()
+        # one chunk per token from this server, each stamped in order after the send
+        assert r.n_chunks == 8
+        assert r.start_ns < r.chunk_ns[0] and r.chunk_ns == sorted(r.chunk_ns) and r.chunk_ns[-1] <= r.end_ns
+        assert r.ttft_ns == r.chunk_ns[0] - r.start_ns > 0
+        assert len(r.itl_ns) == 7 and all(g >= 0 for g in r.itl_ns)
+        assert r.e2el_ns >= r.ttft_ns + sum(r.itl_ns)
+    finally:
+        b.close()
+
+
+@pytest.mark.slow
+def test_chat_generation_and_server_tokenizer(server_url, smollm2_path):
+    from harness.load import LocalTokenizer
+
+    b = _backend(server_url, api="chat")
+    try:
+        assert b.capabilities.logprobs is False and b.capabilities.chat_template
+        g = b.generate([{"role": "user", "content": "Say hello."}], 6)
+        assert g.text.strip() and g.finish_reason in ("stop", "length")
+        # the server's tokenizer is the model's own: same ids as reading the GGUF locally
+        local = LocalTokenizer(str(smollm2_path))
+        text = "Benchmarks measure what they measure."
+        assert b.tokenize(text, add_special=False) == local.tokenize(text)
+        assert b.detokenize(local.tokenize(text)) == text
+        with pytest.raises(BackendError, match="cannot evaluate"):
+            b.evaluate([1, 2, 3], logits="last")
+    finally:
+        b.close()
+
+
+@pytest.mark.slow
+def test_contract_stream_yields_ids_that_decode_to_the_text(server_url):
+    b = _backend(server_url, api="completions")
+    try:
+        prompt = b.tokenize("Once upon a time", add_special=False)
+        ids = list(b.stream(prompt, 5, ignore_eos=True))
+        assert ids and all(isinstance(i, int) for i in ids)
+        assert b.detokenize(ids).strip()
+    finally:
+        b.close()
+
+
+@pytest.mark.slow
+def test_wrong_model_name_names_what_is_served(server_url):
+    settings = OpenAISettings(base_url=server_url, model_name="gpt-nonexistent")
+    b = OpenAIHttpBackend(remote_model_info(server_url, "gpt-nonexistent"), settings)
+    with pytest.raises(ConfigError, match="'gpt-nonexistent' is not served .* it serves: smollm2"):
+        b.load()
+
+
+def test_429_then_500_is_retried_honouring_retry_after():
+    with ScriptedServer([(429, {"Retry-After": "1"}, "slow down"), 500]) as srv:
+        client = OpenAIClient(srv.url, retry=RetryPolicy(max_retries=3, backoff_s=0.05))
+        r = client.stream("completions", request_body("completions", "scripted", "hi", 3), "completions")
+        client.close()
+    assert r.ok, r.error
+    assert r.retries == 2 and r.text == " w0 w1 w2" and r.usage_completion_tokens == 3
+    posts = srv.posts()
+    assert len(posts) == 3
+    assert posts[1]["t"] - posts[0]["t"] >= 0.95  # the server asked for 1 s
+    assert posts[2]["t"] - posts[1]["t"] < 0.9  # no Retry-After: the short backoff
+    # latency counts from the first send, retries included, as a user waits
+    assert r.e2el_ns / 1e9 >= 1.0
+
+
+def test_5xx_counted_as_error_after_the_last_retry():
+    with ScriptedServer([503] * 10, error_body="overloaded") as srv:
+        client = OpenAIClient(srv.url, retry=RetryPolicy(max_retries=2, backoff_s=0.01))
+        r = client.stream("completions", request_body("completions", "scripted", "hi", 3), "completions")
+    assert not r.ok and r.error_kind == "http 503" and "overloaded" in r.error
+    assert r.retries == 2 and len(srv.posts()) == 3
+
+
+def test_client_errors_are_not_retried():
+    with ScriptedServer([400, 400]) as srv:
+        client = OpenAIClient(srv.url, retry=RetryPolicy(max_retries=3, backoff_s=0.01))
+        r = client.stream("completions", request_body("completions", "scripted", "hi", 3), "completions")
+    assert not r.ok and r.error_kind == "http 400" and len(srv.posts()) == 1
+
+
+def test_key_is_sent_but_never_repeated(monkeypatch):
+    monkeypatch.setenv("HARNESS_TEST_KEY", SECRET)
+    with ScriptedServer(require_key="the-right-key") as srv:
+        settings = OpenAISettings(base_url=srv.url, api_key_env="HARNESS_TEST_KEY", max_retries=0)
+        b = OpenAIHttpBackend(remote_model_info(srv.url, "scripted"), settings)
+        with pytest.raises(BackendError) as err:
+            b.load()
+    assert srv.seen[0]["auth"] == f"Bearer {SECRET}"  # the key did go out, in the header
+    message = str(err.value)
+    assert "401" in message and SECRET not in message
+    assert SECRET not in str(b.effective_settings())
+
+
+def test_accepted_key_and_generation(monkeypatch):
+    monkeypatch.setenv("HARNESS_TEST_KEY", "plainkey42")
+    with ScriptedServer(require_key="plainkey42") as srv:
+        b = _backend(srv.url, api="completions", api_key_env="HARNESS_TEST_KEY")
+        assert b.generate("hi", 2).text == " w0 w1"
+        b.close()
+
+
+def test_missing_key_variable_is_one_clear_error(monkeypatch):
+    monkeypatch.delenv("HARNESS_NO_SUCH_KEY", raising=False)
+    with pytest.raises(ConfigError, match="HARNESS_NO_SUCH_KEY is not set"):
+        api_key_from_env("HARNESS_NO_SUCH_KEY")
+    with pytest.raises(ConfigError, match="not an environment variable name"):
+        api_key_from_env(SECRET[:12] + "=x")
+
+
+def test_unreachable_server_is_one_line_after_retries():
+    from loopback_servers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    t0 = time.monotonic()
+    b = OpenAIHttpBackend(remote_model_info(url, "x"), OpenAISettings(base_url=url, max_retries=2, backoff_s=0.05))
+    with pytest.raises(BackendError, match=r"cannot reach .* \(after 3 attempts\)") as err:
+        b.load()
+    assert "\n" not in str(err.value) and time.monotonic() - t0 >= 0.15
+
+
+def test_retry_after_forms_and_safe_urls():
+    assert retry_after_s("3") == 3.0
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait
+    assert retry_after_s("soon") is None
+    assert safe_url(f"https://user:{SECRET}@api.example.com/v1?key={SECRET}") == "https://api.example.com/v1"
