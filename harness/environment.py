@@ -7,6 +7,7 @@ ENV_ALLOWLIST, and their values pass through redact() first.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -33,14 +34,84 @@ ENV_ALLOWLIST = (
 )
 
 SECRET_PATTERN = re.compile(
-    r"(?i)\b(sk-[A-Za-z0-9_\-]{8,}|hf_[A-Za-z0-9]{8,}|gh[pousr]_[A-Za-z0-9]{8,}|xox[abp]-[A-Za-z0-9\-]{8,}|"
-    r"AKIA[0-9A-Z]{12,}|eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,})"
+    r"(?i)\b(sk-[A-Za-z0-9_\-]{8,}|hf_[A-Za-z0-9]{8,}|gh[pousr]_[A-Za-z0-9]{8,}|github_pat_[A-Za-z0-9_]{20,}|"
+    r"glpat-[A-Za-z0-9_\-]{16,}|xox[abprs]-[A-Za-z0-9\-]{8,}|AKIA[0-9A-Z]{12,}|AIza[0-9A-Za-z_\-]{30,}|"
+    r"eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}(?:\.[A-Za-z0-9_\-]+)?)"
 )
+# "Authorization: Bearer <token>", and credentials inside a URL (https://user:pass@host)
+BEARER_PATTERN = re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/\-]{8,}=*")
+URL_CREDENTIALS_PATTERN = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s:@\"']+:[^/\s@\"']+@")
+# a name that says it holds a secret; "tokenizer", "tokens" and "secrets_dir" do not
+_SECRET_WORD = r"(?:api[_\-]?key|access[_\-]?key|private[_\-]?key|secret|token|passw(?:or)?d|credentials?|auth)(?![a-z])"
+# NAME=value, NAME: value, "NAME": "value" (a config dump, a command line, a JSON body);
+# numbers, lists and objects are left alone ("max_token": 128 is not a secret)
+ASSIGNMENT_PATTERN = re.compile(
+    rf"(?i)\b([A-Za-z0-9_\-]*{_SECRET_WORD}[A-Za-z0-9_\-]*)(\"?\s*[=:]\s*\"?)(?![\[{{\"'])(?!\d+(?:\.\d+)?\b)([^\s\"',;&\\]{{6,}})"
+)
+# Environment variables whose values are secrets whatever they look like: their literal
+# values are redacted wherever they appear, even a key with no recognisable prefix.
+SECRET_ENV_NAME = re.compile(rf"(?i){_SECRET_WORD}")
+# names that match SECRET_ENV_NAME but hold settings, not secrets
+NOT_SECRET_ENV = {"SSH_AUTH_SOCK", "XAUTHORITY"}
+_registered: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Redact this exact value from now on (an API key read from a variable the user named)."""
+    if value and len(value) >= 6:
+        _registered.add(value)
+
+
+def _secret_values() -> list[str]:
+    values = set(_registered)
+    for name, value in os.environ.items():
+        if name in NOT_SECRET_ENV or not SECRET_ENV_NAME.search(name):
+            continue
+        if len(value) >= 6 and value.lower() not in ("true", "false", "none", "null") and not value.isdigit():
+            values.add(value)
+    return sorted(values, key=len, reverse=True)  # longest first: a value inside another goes too
 
 
 def redact(text: str) -> str:
-    """Replace anything that looks like a token or key."""
-    return SECRET_PATTERN.sub("[REDACTED]", text)
+    """Replace anything that looks like a token or key, and every secret variable's value.
+
+    Applied to every result file, log line, error message and captured error output the
+    harness writes. The replacement contains no quote or backslash, so redacting JSON text
+    keeps it valid JSON.
+    """
+    if not text:
+        return text
+    for value in _secret_values():
+        # the value as it is, and as it appears inside a JSON string
+        for form in {value, json.dumps(value)[1:-1]}:
+            if form in text:
+                text = text.replace(form, "[REDACTED]")
+    text = SECRET_PATTERN.sub("[REDACTED]", text)
+    text = BEARER_PATTERN.sub(lambda m: f"{m.group(1)}{m.group(2)}[REDACTED]", text)
+    text = URL_CREDENTIALS_PATTERN.sub(lambda m: f"{m.group(1)}[REDACTED]@", text)
+    return ASSIGNMENT_PATTERN.sub(lambda m: f"{m.group(1)}{m.group(2)}[REDACTED]", text)
+
+
+class RedactingStream:
+    """A text stream that passes everything written to it through redact().
+
+    harness.cli.main() puts one over stdout and stderr, so no command, printer or library
+    can print a key, whatever it formats.
+    """
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str):  # flush, isatty, fileno, encoding, ...
+        return getattr(self._stream, name)
 
 
 def _pkg_version(name: str) -> str | None:
