@@ -4,25 +4,36 @@ Each group gets its own process, so its memory peaks are its own and a crash (a
 signal, an abort inside the engine, running out of memory) ends only that group:
 its unfinished cases are recorded as failed with the cause and the tail of the
 worker's error output, and the next group runs.
+
+A worker runs in its own session (its own process group) under an optional wall-clock
+timeout. When it times out, is stopped, or ends, nothing it started may outlive it:
+its process group is signalled, and so is every descendant seen while it ran (a server
+it started in a session of its own leaves the group, not the tree).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
+import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
+import psutil
+
 from harness import __version__
 from harness.config import PerfTests
 from harness.environment import fingerprint, redact
+from harness.meters import now_ns
 from harness.plan import Case, LoadGroup
 from harness.record import BackendInfo, Failure, RunRecord
 from harness.registry import get as get_backend
@@ -38,6 +49,7 @@ Event = Callable[[dict], None]
 class Outcome:
     records: list[RunRecord] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
+    stopped: str | None = None  # why the run was stopped before its end (a signal's name), if it was
 
     @property
     def failed(self) -> list[RunRecord]:
@@ -48,15 +60,92 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def _exit_cause(code: int) -> str:
+# what engines print when a device or host allocation fails, before they abort
+GPU_OOM = re.compile(r"(?i)(CUDA out of memory|OutOfMemoryError|cudaMalloc failed|CUDA error: out of memory|"
+                     r"hipMalloc failed|HIP out of memory|failed to allocate (CUDA|Metal|Vulkan|ROCm)[^\n]*buffer|"
+                     r"ggml_backend_\w+_buffer_type_alloc_buffer: allocating [^\n]* failed)")
+HOST_OOM = re.compile(r"(MemoryError|std::bad_alloc|Cannot allocate memory|out of memory)")
+
+
+def oom_kill_count() -> int | None:
+    """Processes the kernel's out-of-memory killer has ended in this cgroup, or None if unreadable."""
+    for path, key in (("/sys/fs/cgroup/memory.events", "oom_kill"), ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill")):
+        try:
+            for line in Path(path).read_text().splitlines():
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def exit_cause(code: int, stderr_tail: str | None = None, oom_killed: bool = False) -> str:
+    """Why a worker ended without its results, from its exit status and its last words."""
+    tail = stderr_tail or ""
+    if GPU_OOM.search(tail):
+        what = "out of GPU memory"
+    elif code == -signal.SIGKILL and oom_killed:
+        return "out of memory: the kernel's OOM killer ended the worker (SIGKILL)"
+    elif HOST_OOM.search(tail):
+        what = "out of memory"
+    else:
+        what = None
     if code < 0:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        hint = " (killed: out of memory?)" if -code == signal.SIGKILL else ""
+        if what:
+            return f"{what}: worker died from {name}"
+        hint = " (killed from outside, or out of memory)" if -code == signal.SIGKILL else ""
         return f"worker died from {name}{hint}"
-    return f"worker exited with code {code}"
+    return f"{what}: worker exited with code {code}" if what else f"worker exited with code {code}"
+
+
+class ProcessTree:
+    """A worker and every process it starts, found while it runs, so all can be ended."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.seen: dict[int, psutil.Process] = {}
+
+    def snapshot(self) -> None:
+        try:
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                self.seen.setdefault(child.pid, child)
+        except psutil.Error:
+            pass
+
+    def _signal_all(self, sig: int) -> list[psutil.Process]:
+        try:
+            os.killpg(self.proc.pid, sig)  # the worker's session: pgid == its pid
+        except (ProcessLookupError, PermissionError):
+            pass
+        alive = []
+        for p in self.seen.values():
+            try:
+                p.send_signal(sig)  # psutil refuses a pid that was reused since we saw it
+                alive.append(p)
+            except psutil.Error:
+                pass
+        return alive
+
+    def kill(self, grace_s: float = 2.0) -> None:
+        """SIGTERM (servers get to shut down), then SIGKILL whatever is left after grace_s."""
+        self.snapshot()
+        alive = self._signal_all(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        psutil.wait_procs(alive, timeout=grace_s if self.proc.poll() is None else 0.5)
+        self._signal_all(signal.SIGKILL)
+        self.proc.wait()
+
+    def kill_leftovers(self) -> None:
+        """After the worker ended: anything it left running goes too."""
+        self._signal_all(signal.SIGKILL)
 
 
 def _failure_record(group: LoadGroup, case: Case, run_id: str, failure: Failure, command: list[str]) -> RunRecord:
@@ -69,8 +158,103 @@ def _failure_record(group: LoadGroup, case: Case, run_id: str, failure: Failure,
     )
 
 
+@dataclass
+class WorkerExit:
+    code: int | None
+    stderr_tail: str | None  # redacted
+    ended_by: str | None  # "timeout", the stop reason, or None when the worker ended by itself
+    oom_killed: bool  # the kernel's OOM killer ended a process of this cgroup meanwhile
+
+    def cause(self, timeout_s: float | None) -> str:
+        if self.ended_by == "timeout":
+            return f"timed out after {timeout_s:g} s (wall clock); the worker and every process it started were killed"
+        if self.ended_by:
+            return f"stopped by {self.ended_by}"
+        return exit_cause(self.code, self.stderr_tail, self.oom_killed) if self.code else "worker ended without a result"
+
+
+def run_worker(module: str, job_json: str, on_event: Event, timeout_s: float | None = None,
+               stop: Callable[[], str | None] | None = None) -> WorkerExit:
+    """``python -m MODULE`` in a session of its own with the job on stdin; its JSON-line
+    events (redacted) go to ``on_event`` as they come.
+
+    ``timeout_s`` bounds its wall-clock time; ``stop`` is polled while it runs and, when it
+    returns a reason (say "SIGINT"), ends it early. Either way the worker and everything it
+    started are ended (SIGTERM, then SIGKILL), and so is anything it leaves behind.
+    """
+    ended_by: str | None = None
+    oom_before = oom_kill_count()
+    with tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=err, text=True, start_new_session=True,
+        )
+        tree = ProcessTree(proc)
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def pump() -> None:  # a thread, so the wait below can watch the clock
+            for line in proc.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = now_ns() + int(timeout_s * 1e9) if timeout_s else None
+        try:
+            try:
+                proc.stdin.write(job_json)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # the worker died at once; its exit status says why
+            while True:
+                reason = stop() if stop else None
+                if reason:
+                    ended_by = reason
+                    break
+                left = (deadline - now_ns()) / 1e9 if deadline else 0.25
+                if left <= 0:
+                    ended_by = "timeout"
+                    break
+                try:
+                    line = lines.get(timeout=min(0.25, left))
+                except queue.Empty:
+                    tree.snapshot()
+                    continue
+                if line is None:
+                    break
+                try:
+                    event = json.loads(redact(line))  # so no secret reaches a record, a file or the screen
+                except json.JSONDecodeError:
+                    continue
+                on_event(event)
+            if ended_by is None:
+                # stdout is closed; a worker that hangs on after that still meets the deadline
+                left = (deadline - now_ns()) / 1e9 if deadline else None
+                try:
+                    proc.wait(timeout=max(left, 0.01) if left is not None else None)
+                except subprocess.TimeoutExpired:
+                    ended_by = "timeout"
+            if ended_by:
+                tree.kill()
+            tree.kill_leftovers()
+        except BaseException:
+            # Ctrl-C or anything unexpected: take the worker and all it started down with us
+            tree.kill(grace_s=0.5)
+            raise
+        err.seek(0)
+        tail = redact(err.read()[-STDERR_TAIL_CHARS:]) or None
+    oom_after = oom_kill_count()
+    return WorkerExit(code=proc.returncode, stderr_tail=tail, ended_by=ended_by,
+                      oom_killed=oom_before is not None and oom_after is not None and oom_after > oom_before)
+
+
 def run_group(group: LoadGroup, tests: PerfTests, out_dir: Path, command: list[str],
-              on_event: Event | None = None, timeout_s: float | None = None) -> Outcome:
+              on_event: Event | None = None, timeout_s: float | None = None,
+              stop: Callable[[], str | None] | None = None) -> Outcome:
+    """Run one load group in a worker process and record every case, finished or not.
+
+    A timeout records the unfinished cases as timed out; a stop (see run_worker) leaves
+    them without a record and ``Outcome.stopped`` says why.
+    """
     run_ids = {c.index: new_run_id() for c in group.cases}
     job = Job(
         backend=group.backend, model=group.model, tests=tests, command=command,
@@ -78,45 +262,28 @@ def run_group(group: LoadGroup, tests: PerfTests, out_dir: Path, command: list[s
     )
     outcome = Outcome()
     failures: dict[int, Failure] = {}
-    with tempfile.TemporaryFile(mode="w+") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=err, text=True, start_new_session=True,
-        )
-        proc.stdin.write(job.model_dump_json())
-        proc.stdin.close()
-        try:
-            for line in proc.stdout:
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                kind = event.get("event")
-                if kind == "record":
-                    record = RunRecord.model_validate(event["record"])
-                    outcome.records.append(record)
-                    outcome.paths.append(write_record(record, out_dir))
-                elif kind == "failed":
-                    failures[event["index"]] = Failure(cause=event["cause"], detail=event.get("detail"))
-                if on_event:
-                    on_event(event)
-            code = proc.wait(timeout=timeout_s)
-        except BaseException:
-            # Ctrl-C or a timeout: take the whole worker process group down with us
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-            raise
-        err.seek(0)
-        tail = redact(err.read()[-STDERR_TAIL_CHARS:]) or None
+
+    def handle(event: dict) -> None:
+        kind = event.get("event")
+        if kind == "record":
+            record = RunRecord.model_validate(event["record"])
+            outcome.records.append(record)
+            outcome.paths.append(write_record(record, out_dir))
+        elif kind == "failed":
+            failures[event["index"]] = Failure(cause=event["cause"], detail=event.get("detail"))
+        if on_event:
+            on_event(event)
+
+    ended = run_worker("harness.worker", job.model_dump_json(), handle, timeout_s, stop)
+    if ended.ended_by not in (None, "timeout"):
+        outcome.stopped = ended.ended_by
+        return outcome
     done = {r.run_id for r in outcome.records}
     for case in group.cases:
         if run_ids[case.index] in done:
             continue
-        failure = failures.get(case.index) or Failure(cause=_exit_cause(code) if code else "worker ended without a result")
-        failure.stderr_tail = tail
+        failure = (failures.get(case.index) if ended.ended_by is None else None) or Failure(cause=ended.cause(timeout_s))
+        failure.stderr_tail = ended.stderr_tail
         record = _failure_record(group, case, run_ids[case.index], failure, command)
         outcome.records.append(record)
         outcome.paths.append(write_record(record, out_dir))
