@@ -163,6 +163,79 @@ def backends() -> None:
 
 
 @app.command()
+def sweep(
+    file: Path = typer.Argument(..., help="matrix file (YAML): models, backends with settings, perf tests, suites"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for the sweep's results and its sweep.json (default results/runs/sweep-<file name>)"),
+    resume: bool = typer.Option(False, "--resume", help="keep cells that finished with the same content, run the others (failed ones again)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="check everything and print the plan with a duration estimate; run nothing"),
+    fmt: str = typer.Option("md", "--format", "-f", help=FORMAT_HELP),
+) -> None:
+    """Run a matrix of models x backends x tests, each cell in its own process, surviving faults."""
+    from harness.environment import redact
+    from harness.printers import PRINTERS, SWEEP_PRINTERS, sweep_plan_markdown
+    from harness.sweep import SweepRequest, prepare, run_sweep
+
+    _check_format(fmt)
+    command = ["harness", *sys.argv[1:]]
+    plan = prepare(SweepRequest(matrix_file=file, out_dir=out, resume=resume, dry_run=dry_run, command=command))
+    if dry_run:
+        print(sweep_plan_markdown(plan))
+        return
+
+    def log(line: str) -> None:
+        print(redact(f"[harness] {line}"), file=sys.stderr, flush=True)
+
+    def on_event(ev: dict) -> None:
+        if ev["event"] == "progress":
+            what = "warm-up" if ev["rep"] == 0 else f"rep {ev['rep']}/{ev['reps']}"
+            log(f"cell {ev['index']} {ev['test']} {what}")
+
+    outcome = run_sweep(plan, command, log, on_event)
+    summary = outcome.summary
+    print(SWEEP_PRINTERS[fmt](summary))
+    measured = [r for r in outcome.records if r.perf or r.accuracy]
+    if fmt == "md" and measured:
+        print()
+        print(PRINTERS[fmt](measured))
+    log(f"wrote {outcome.summary_path}")
+    if summary.interrupted_by:
+        raise typer.Exit(143 if summary.interrupted_by == "SIGTERM" else 130)
+    if any(c.status != "ok" for c in summary.cells):
+        raise typer.Exit(1)
+
+
+@app.command()
+def show(
+    paths: list[Path] = typer.Argument(..., help="result files, folders of them, or sweep summaries (sweep.json)"),
+    fmt: str = typer.Option("md", "--format", "-f", help=FORMAT_HELP),
+) -> None:
+    """Print result files; a sweep summary prints its cells, then their results (as CSV: its cells)."""
+    from harness.printers import PRINTERS, SWEEP_PRINTERS
+    from harness.store import load_records
+
+    _check_format(fmt)
+    for p in paths:
+        if not p.exists():
+            raise HarnessError(f"no such file or folder: {p}")
+    records, sweeps = load_records(paths)
+    if not records and not sweeps:
+        raise HarnessError(f"no result files in {', '.join(map(str, paths))}")
+    if fmt == "json":
+        runs = [json.loads(r.model_dump_json()) for r in records]
+        print(json.dumps({"sweeps": [json.loads(s.model_dump_json()) for s in sweeps], "runs": runs} if sweeps else
+                         (runs[0] if len(runs) == 1 else runs), indent=2))
+        return
+    if fmt == "csv" and sweeps:  # one CSV: a sweep's cells, each with its status
+        print(SWEEP_PRINTERS["csv"](sweeps), end="")
+        return
+    for s in sweeps:
+        print(SWEEP_PRINTERS[fmt](s))
+        print()
+    if records:
+        print(PRINTERS[fmt](records))
+
+
+@app.command()
 def env() -> None:
     """Print the environment fingerprint stored with every result."""
     from harness.environment import fingerprint

@@ -183,3 +183,67 @@ def json_text(records: list[RunRecord]) -> str:
 
 
 PRINTERS: dict[str, Callable[[list[RunRecord]], str]] = {"md": markdown, "csv": csv_text, "json": json_text}
+
+
+# ------------------------------------------------------------- sweeps (harness sweep)
+
+
+def sweep_markdown(summary) -> str:
+    """A sweep summary: one row per cell with its status, then the counts."""
+    counts = ", ".join(f"{v} {k}" for k, v in summary.counts().items())
+    head = f"sweep {summary.sweep_id} ({summary.status}{', by ' + summary.interrupted_by if summary.interrupted_by else ''}): " \
+        f"{len(summary.cells)} cells: {counts}"
+    rows = [[str(c.index), c.label, c.status + (" (kept)" if c.reused else ""),
+             "" if c.wall_s is None else f"{c.wall_s:.1f}", c.cause or "", c.result_file or ""] for c in summary.cells]
+    return head + "\n\n" + _md_table(["#", "cell", "status", "wall s", "cause", "result file"], rows, {3})
+
+
+def sweep_rows(summary) -> list[dict[str, Any]]:
+    return [{"sweep_id": summary.sweep_id, "index": c.index, "label": c.label, "kind": c.kind, "model": c.model_ref,
+             "model_sha256": c.model_sha256, "backend": c.backend, "status": c.status, "reused": c.reused,
+             "attempts": c.attempts, "wall_s": c.wall_s, "cause": c.cause, "result_file": c.result_file,
+             **{f"setting_{k}": _fmt(v) for k, v in c.settings.items()}} for c in summary.cells]
+
+
+def sweep_csv(summary) -> str:
+    """The cells of one sweep summary, or of a list of them, as one CSV."""
+    rows = [row for s in (summary if isinstance(summary, list) else [summary]) for row in sweep_rows(s)]
+    fields: list[str] = []
+    for row in rows:
+        fields.extend(k for k in row if k not in fields)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def sweep_json(summary) -> str:
+    return json.dumps(json.loads(summary.model_dump_json()), indent=2)
+
+
+SWEEP_PRINTERS: dict[str, Callable[[Any], str]] = {"md": sweep_markdown, "csv": sweep_csv, "json": sweep_json}
+
+
+def sweep_plan_markdown(plan) -> str:
+    """`harness sweep --dry-run`: every cell with its timeout, its estimate and what --resume does with it."""
+    from harness.sweep import format_duration
+
+    rows = []
+    for c in plan.cells:
+        if c.key in plan.resume.kept:
+            action = "keep (finished)"
+        elif c.key in plan.resume.rerun:
+            action = "run again"
+        else:
+            action = "run"
+        est = "-" if c.key in plan.resume.kept else format_duration(c.estimate_s) + ("" if c.estimate_source == "measured" else " *")
+        rows.append([str(c.index), c.kind, c.label, f"{c.timeout_s:g}", est, action])
+    table = _md_table(["#", "kind", "cell", "timeout s", "estimate", "action"], rows, {3, 4})
+    to_run = sum(1 for c in plan.cells if c.key not in plan.resume.kept)
+    unknown = plan.unknown_estimates
+    total = f"about {format_duration(plan.total_estimate_s)}" + (f" plus {unknown} cell(s) of unknown length" if unknown else "")
+    notes = [f"{len(plan.cells)} cells, {to_run} to run, {total}; results in {plan.out_dir}",
+             "* estimated from the model's size and the thread count (rough); measured speeds from earlier "
+             "results in the folder replace the guess"]
+    return table + "\n\n" + "\n".join(notes)

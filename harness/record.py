@@ -179,3 +179,63 @@ class RunRecord(BaseModel):
     status: Literal["ok", "failed", "partial"] = "ok"
     failures: list[Failure] = Field(default_factory=list)
     wall_s: float | None = None
+
+
+# ----------------------------------------------------------------------------- sweeps
+# The summary `harness sweep` keeps beside the result files of its cells. It has its own
+# kind and version: a reader of run records must not take it for one, and it can change
+# without touching RunRecord.
+
+SWEEP_SCHEMA_VERSION = "1.0"
+
+CellStatus = Literal["pending", "ok", "partial", "failed", "interrupted"]
+
+
+class SweepCell(BaseModel):
+    """One cell of the matrix: one model, one backend with one set of settings, one piece of work."""
+
+    index: int  # 1-based position in the sweep, as the log lines count
+    key: str  # sha256 of what the cell measures: model sha256, backend and version, settings, work, harness version
+    label: str
+    kind: Literal["perf", "suite"]
+    model_ref: str
+    model_sha256: str
+    backend: str
+    backend_version: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)  # as validated before the run, not yet resolved by a load
+    perf: dict[str, Any] | None = None  # {pp, tg, reps} for a perf cell
+    suite: str | None = None
+    timeout_s: float
+    status: CellStatus = "pending"
+    cause: str | None = None  # why it is not ok: the first failure's cause
+    stderr_tail: str | None = None
+    result_file: str | None = None  # relative to the summary's folder
+    run_id: str | None = None
+    wall_s: float | None = None  # the whole cell as the sweep saw it: process start, model load, work
+    finished_at: str | None = None
+    reused: bool = False  # finished in an earlier invocation and kept by --resume
+    attempts: int = 0  # how many times a process was started for it, over all invocations
+
+
+class SweepRecord(BaseModel):
+    schema_version: str = SWEEP_SCHEMA_VERSION
+    kind: Literal["sweep"] = "sweep"
+    sweep_id: str
+    created_at: str
+    updated_at: str
+    harness_version: str
+    command: list[str] = Field(default_factory=list)
+    matrix_file: str
+    matrix_sha256: str
+    matrix: dict[str, Any] = Field(default_factory=dict)
+    status: Literal["running", "complete", "interrupted"] = "running"
+    interrupted_by: str | None = None  # SIGINT or SIGTERM
+    environment: dict[str, Any] = Field(default_factory=dict)
+    cells: list[SweepCell] = Field(default_factory=list)
+    superseded_files: list[str] = Field(default_factory=list)  # results of cells whose content changed, kept
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.cells:
+            out[c.status] = out.get(c.status, 0) + 1
+        return out

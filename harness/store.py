@@ -1,4 +1,8 @@
-"""Result files: written atomically, read back validated."""
+"""Result files: written atomically, read back validated.
+
+Everything written here passes through environment.redact() first, so no token or key
+reaches a result file or a log, whatever a backend or an engine put into the text.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from harness.environment import redact
 from harness.errors import ResultFileError
-from harness.record import SCHEMA_VERSION, RunRecord
+from harness.record import SCHEMA_VERSION, SWEEP_SCHEMA_VERSION, RunRecord, SweepRecord
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -41,7 +46,7 @@ def record_filename(record: RunRecord) -> str:
 
 def write_record(record: RunRecord, out_dir: Path) -> Path:
     path = out_dir / record_filename(record)
-    write_atomic(path, record.model_dump_json(indent=2) + "\n")
+    write_atomic(path, redact(record.model_dump_json(indent=2)) + "\n")
     return path
 
 
@@ -52,8 +57,7 @@ def _major(version: str) -> int:
         return -1
 
 
-def read_record(path: Path) -> RunRecord:
-    """Load and validate one result file; refuse damaged or newer-schema files by name."""
+def _read_json(path: Path) -> dict:
     try:
         text = path.read_text()
     except OSError as exc:
@@ -64,22 +68,146 @@ def read_record(path: Path) -> RunRecord:
         raise ResultFileError(f"{path} is not valid JSON (truncated or damaged at line {exc.lineno}); rerun the benchmark that wrote it") from None
     if not isinstance(data, dict) or "schema_version" not in data:
         raise ResultFileError(f"{path} is not a harness result file (no schema_version)")
-    if _major(data["schema_version"]) > _major(SCHEMA_VERSION):
-        raise ResultFileError(f"{path} has schema {data['schema_version']}, newer than this harness reads ({SCHEMA_VERSION}); upgrade the harness")
+    return data
+
+
+def _validate(path: Path, data: dict, cls, schema_version: str):
+    if _major(data["schema_version"]) > _major(schema_version):
+        raise ResultFileError(f"{path} has schema {data['schema_version']}, newer than this harness reads ({schema_version}); upgrade the harness")
     try:
-        return RunRecord.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ResultFileError(f"{path} fails schema validation at '{where}': {first['msg']}") from None
 
 
-def expand_paths(paths: list[Path]) -> list[Path]:
-    """Result files named directly, and every *.json inside named folders."""
+def read_record(path: Path) -> RunRecord:
+    """Load and validate one result file; refuse damaged or newer-schema files by name."""
+    data = _read_json(path)
+    if data.get("kind") == "sweep":
+        raise ResultFileError(f"{path} is a sweep summary, not a run record; give it to `harness show`, or read it with harness.store.load_records")
+    return _validate(path, data, RunRecord, SCHEMA_VERSION)
+
+
+# ------------------------------------------------------------------- sweep summaries
+
+SWEEP_SUMMARY_NAME = "sweep.json"  # what `harness sweep` calls its summary, in the sweep's folder
+
+
+def write_sweep(summary: SweepRecord, path: Path) -> None:
+    write_atomic(path, redact(summary.model_dump_json(indent=2)) + "\n")
+
+
+def read_sweep(path: Path) -> SweepRecord:
+    """Load and validate a sweep summary, with read_record's refusals."""
+    data = _read_json(path)
+    if data.get("kind") != "sweep":
+        raise ResultFileError(f"{path} is not a sweep summary (kind '{data.get('kind', 'run')}')")
+    return _validate(path, data, SweepRecord, SWEEP_SCHEMA_VERSION)
+
+
+def read_any(path: Path) -> RunRecord | SweepRecord:
+    data = _read_json(path)
+    if data.get("kind") == "sweep":
+        return _validate(path, data, SweepRecord, SWEEP_SCHEMA_VERSION)
+    return _validate(path, data, RunRecord, SCHEMA_VERSION)
+
+
+def sweep_cell_records(summary: SweepRecord, summary_path: Path) -> list[tuple[Path, RunRecord]]:
+    """The run records a sweep summary lists, each read (and validated) from its file."""
+    out = []
+    for cell in summary.cells:
+        if cell.result_file:
+            path = summary_path.parent / cell.result_file
+            out.append((path, read_record(path)))
+    return out
+
+
+def load_records(paths: list[Path]) -> tuple[list[RunRecord], list[SweepRecord]]:
+    """Every run record the paths name: files, folders (their *.json), and sweep summaries
+    (the cells' result files they list). Each file is read once; a damaged one is refused."""
+    records: list[RunRecord] = []
+    sweeps: list[SweepRecord] = []
+    seen: set[Path] = set()
+
+    def add(path: Path, record: RunRecord) -> None:
+        real = path.resolve()
+        if real not in seen:
+            seen.add(real)
+            records.append(record)
+
+    for path in expand_paths(paths, summaries=True):
+        item = read_any(path)
+        if isinstance(item, SweepRecord):
+            sweeps.append(item)
+            seen.add(path.resolve())
+            for cell_path, record in sweep_cell_records(item, path):
+                add(cell_path, record)
+        else:
+            add(path, item)
+    return records, sweeps
+
+
+# ------------------------------------------------------------------ per-sample logs
+
+
+class JsonlLog:
+    """A per-sample log: one JSON object a line, appended and flushed line by line.
+
+    A crash loses at most the line being written; read_jsonl() skips a torn last line.
+    Lines are redacted like every other file the harness writes.
+    """
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fh = open(path, "a", buffering=1)
+
+    def append(self, obj: dict) -> None:
+        self._fh.write(redact(json.dumps(obj)) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+
+    def __enter__(self) -> "JsonlLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The complete lines of a per-sample log; a torn final line (a crash mid-write) is dropped."""
+    out = []
+    lines = path.read_text().split("\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n == len(lines):  # the last line, with no newline after it: torn by a crash
+                break
+            raise ResultFileError(f"{path} line {n} is not valid JSON; the log is damaged") from None
+    return out
+
+
+def expand_paths(paths: list[Path], summaries: bool = False) -> list[Path]:
+    """Result files named directly, and every *.json inside named folders.
+
+    A folder's sweep summaries (sweep.json) are left out unless ``summaries``: the run
+    records they list are in the folder already, and a summary is not a run record.
+    """
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*.json") if not q.name.startswith(".")))
+            out.extend(sorted(q for q in p.rglob("*.json") if not q.name.startswith(".")
+                              and (summaries or q.name != SWEEP_SUMMARY_NAME)))
         else:
             out.append(p)
     return out

@@ -1,0 +1,79 @@
+"""Backends that fail the way real ones do, for the sweep fault tests.
+
+Found only through the ``harness.backends`` entry-point group (the dist-info folder
+beside this package; put this folder on PYTHONPATH). Each wraps the real llama.cpp
+backend, so a cell without a fault measures the real SmolLM2; the faults are real too:
+a real loopback server that never answers, a real abort.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+from harness.errors import BackendError
+
+# A server that accepts every connection and never answers: the shape of a wedged
+# inference server (its socket is open, its engine is stuck).
+SILENT_SERVER = r"""
+import os, socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(16)
+with open(sys.argv[1] + ".tmp", "w") as fh:
+    fh.write(str(s.getsockname()[1]))
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+held = []
+while True:
+    conn, _ = s.accept()
+    held.append(conn)
+"""
+
+# what an engine that logs its configuration might print before it dies
+LEAKY_VARS = ("OPENAI_API_KEY", "HF_TOKEN", "MY_SERVICE_PASSWORD")
+
+
+class FaultySettings(LlamaCppSettings):
+    fault: Literal["none", "hang_http", "abort_with_env"] = "none"
+    state_dir: str = ""  # hang_http: where the server's port and pid files go
+
+    load_keys: ClassVar[tuple[str, ...]] = LlamaCppSettings.load_keys + ("fault", "state_dir")
+
+
+class FaultyBackend(LlamaCppBackend):
+    name = "faulty"
+    Settings = FaultySettings
+
+    def load(self):
+        if self.settings.fault == "hang_http":
+            self._talk_to_silent_server()
+        elif self.settings.fault == "abort_with_env":
+            for var in LEAKY_VARS:
+                print(f"engine config: {var}={os.environ.get(var, '')}", file=sys.stderr)
+            sys.stderr.flush()
+            os.abort()
+        return super().load()
+
+    def _talk_to_silent_server(self) -> None:
+        """Start a server in a session of its own (as a daemonizing server would, leaving
+        the worker's process group) and wait for an answer that never comes."""
+        state = Path(self.settings.state_dir)
+        port_file = state / "port"
+        port_file.unlink(missing_ok=True)
+        server = subprocess.Popen([sys.executable, "-c", SILENT_SERVER, str(port_file)], start_new_session=True)
+        (state / "server.pid").write_text(str(server.pid))
+        for _ in range(200):
+            if port_file.exists():
+                break
+            time.sleep(0.05)
+        else:
+            raise BackendError("the test server did not start")
+        (state / "worker.pid").write_text(str(os.getpid()))
+        # no timeout: only the cell's wall-clock limit can end this
+        urllib.request.urlopen(f"http://127.0.0.1:{port_file.read_text()}/v1/models")

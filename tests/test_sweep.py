@@ -1,0 +1,257 @@
+"""`harness sweep`: the matrix, pre-flight, --dry-run, interrupt and --resume, damaged files.
+
+Cells run the real SmolLM2 GGUF through the real llama-cpp-python, kept tiny
+(pp16, tg8, one repetition) so the whole file takes well under a minute of model time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from sweep_helpers import FAULT_PLUGINS, LiveCli, all_files, gone, result_files, wait_file
+
+from harness.errors import ResultFileError
+from harness.store import load_records, read_record, read_sweep
+
+TINY = "perf: {pp: [16], tg: [8], reps: 1}\n"
+
+
+def matrix(tmp_path: Path, text: str, name: str = "matrix.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def assert_refused(res, out: Path, *needles: str) -> str:
+    assert res.code != 0
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ") and "Traceback" not in res.stderr + res.stdout
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert not out.exists() or all_files(out) == [], "a refused sweep left files behind"
+    return lines[0]
+
+
+# ---------------------------------------------------------------- plan and pre-flight
+
+
+def test_dry_run_prints_the_plan_with_an_estimate_and_writes_nothing(cli, tmp_path):
+    m = matrix(tmp_path, "models: [smollm2-135m]\nbackends:\n  - name: llamacpp\n    threads: [1, 2]\n"
+                         "    n_batch: [256, 512]\n" + TINY)
+    out = tmp_path / "out"
+    res = cli("sweep", str(m), "--out", str(out), "--dry-run")
+    assert res.code == 0, res.stderr
+    rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "pp16,tg8 x1" in line]
+    assert len(rows) == 4  # 2 thread counts x 2 batch sizes, in matrix order
+    assert "n_threads=1 n_batch=256" in rows[0] and "n_threads=2 n_batch=512" in rows[3]
+    assert all("| run " in r and "3600" in r for r in rows)
+    assert "4 cells, 4 to run, about " in res.stdout and " s" in res.stdout.split("about ")[1]
+    assert not out.exists()
+
+
+def test_wrong_model_path_in_the_middle_is_refused_before_any_cell(cli, tmp_path, smollm2_path):
+    """Decision: pre-flight resolves every model first, so a wrong path in the middle of the
+    matrix costs nothing: one line naming the first cell that uses it, and no cell runs."""
+    copy = tmp_path / "copy.gguf"
+    shutil.copy(smollm2_path, copy)
+    missing = tmp_path / "models" / "missing.gguf"
+    m = matrix(tmp_path, f"models: [smollm2-135m, {missing}, {copy}]\nbackends:\n  - name: llamacpp\n"
+                         "    threads: [1, 2]\n" + TINY)
+    out = tmp_path / "out"
+    line = assert_refused(cli("sweep", str(m), "--out", str(out)), out,
+                          "cell 3 of 6", str(missing), "llamacpp n_threads=1", "model file not found", "no cell was run")
+    assert str(copy) not in line
+
+
+@pytest.mark.parametrize("case, text, needles", [
+    ("typo at top level", "model: [smollm2-135m]\nbackends: [llamacpp]\n" + TINY, ["model", "unknown key", "models"]),
+    ("unknown setting", "models: [smollm2-135m]\nbackends:\n  - name: llamacpp\n    thread: 2\n" + TINY,
+     ["backends.0 (llamacpp)", "no setting 'thread'", "did you mean"]),
+    ("unknown backend", "models: [smollm2-135m]\nbackends: [llamacp]\n" + TINY, ["unknown backend 'llamacp'", "llamacpp"]),
+    ("bad yaml", "models: [smollm2-135m\nbackends: [llamacpp]\n", ["not valid YAML", "line"]),
+    ("not a mapping", "- smollm2-135m\n", ["a matrix file is a mapping"]),
+    ("zero reps", "models: [smollm2-135m]\nbackends: [llamacpp]\nperf: {pp: [16], tg: [8], reps: 0}\n", ["perf.reps", "at least 1"]),
+    ("bad setting value", "models: [smollm2-135m]\nbackends:\n  - name: llamacpp\n    threads: two\n" + TINY,
+     ["cell 1 of 1", "n_threads"]),
+    ("zero timeout", "models: [smollm2-135m]\nbackends: [llamacpp]\ntimeout_s: 0\n" + TINY, ["timeout_s", "positive"]),
+    ("nothing to run", "models: [smollm2-135m]\nbackends: [llamacpp]\n", ["nothing to run"]),
+    ("context too small", "models: [smollm2-135m]\nbackends:\n  - name: llamacpp\n    n_ctx: 8\n" + TINY,
+     ["cell 1 of 1", "context too small"]),
+    ("repeated cell", "models: [smollm2-135m]\nbackends:\n  - name: llamacpp\n    threads: 1\n"
+     "  - name: llamacpp\n    threads: 1\n" + TINY, ["cell 2 of 2", "repeats cell 1"]),
+    ("no disk space", "models: [smollm2-135m]\nbackends: [llamacpp]\nmin_free_disk_mib: 1e12\n" + TINY,
+     ["MiB free", "min_free_disk_mib"]),
+])
+def test_bad_matrix_is_refused_in_one_line(cli, tmp_path, case, text, needles):
+    out = tmp_path / "out"
+    assert_refused(cli("sweep", str(matrix(tmp_path, text)), "--out", str(out)), out, *needles)
+
+
+def test_backend_not_installed_and_missing_file_are_refused(cli, tmp_path):
+    out = tmp_path / "out"
+    assert_refused(cli("sweep", str(tmp_path / "nope.yaml"), "--out", str(out)), out, "matrix file not found")
+    m = matrix(tmp_path, "models: [smollm2-135m]\nbackends: [uninstalled]\n" + TINY)
+    res = cli("sweep", str(m), "--out", str(out), env={"PYTHONPATH": str(Path(__file__).parent / "plugins")})
+    assert_refused(res, out, "backends.0 (uninstalled)", "not installed", "pip install imaginary-engine")
+
+
+def test_unknown_suite_is_refused_with_close_matches(cli, tmp_path):
+    out = tmp_path / "out"
+    m = matrix(tmp_path, "models: [smollm2-135m]\nbackends: [llamacpp]\nsuites: [quik]\n")
+    assert_refused(cli("sweep", str(m), "--out", str(out)), out, "unknown suite 'quik'", "quick")
+
+
+# ---------------------------------------------------- interrupt, resume, damaged files
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A two-cell sweep stopped by SIGINT while cell 2 runs, then resumed."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    m = matrix(tmp, "models: [smollm2-135m]\nbackends:\n  - name: llamacpp\n    threads: [1, 2]\n" + TINY)
+    out = tmp / "out"
+    live = LiveCli("sweep", str(m), "--out", str(out))
+    live.wait_for(r"cell 1/2 .*: ok")
+    live.wait_for(r"cell 2 pp16 warm-up")  # cell 2's worker has loaded the model and is measuring
+    workers = [w.pid for w in live.workers()]
+    live.proc.send_signal(signal.SIGINT)
+    code, stdout, stderr = live.finish()
+    first = {"code": code, "stdout": stdout, "stderr": stderr, "workers": workers,
+             "summary": read_sweep(out / "sweep.json"), "files": {p.name: p.read_bytes() for p in result_files(out)},
+             "mtimes": {p.name: p.stat().st_mtime_ns for p in result_files(out)}}
+    live = LiveCli("sweep", str(m), "--out", str(out), "--resume")
+    code, stdout, stderr = live.finish()
+    second = {"code": code, "stdout": stdout, "stderr": stderr, "summary": read_sweep(out / "sweep.json")}
+    return m, out, first, second
+
+
+@pytest.mark.slow
+def test_sigint_ends_the_running_cell_and_keeps_the_finished_one(interrupted):
+    _, out, first, _ = interrupted
+    assert first["code"] == 130, first["stderr"]
+    assert "cell 2/2" in first["stderr"] and "interrupted by SIGINT" in first["stderr"]
+    summary = first["summary"]
+    assert summary.status == "interrupted" and summary.interrupted_by == "SIGINT"
+    ok, stopped = summary.cells
+    assert ok.status == "ok" and ok.result_file in first["files"]
+    assert stopped.status == "interrupted" and stopped.result_file is None and stopped.cause == "stopped by SIGINT"
+    # only the finished cell has a result file, and it is whole
+    assert list(first["files"]) == [ok.result_file]
+    assert read_record(out / ok.result_file).status == "ok"
+    assert first["workers"] and all(gone(pid) for pid in first["workers"])
+    assert "| interrupted |" in first["stdout"]
+
+
+@pytest.mark.slow
+def test_resume_keeps_finished_cells_untouched_and_runs_the_rest(interrupted):
+    _, out, first, second = interrupted
+    assert second["code"] == 0, second["stderr"]
+    summary = second["summary"]
+    assert summary.status == "complete" and summary.sweep_id == first["summary"].sweep_id
+    kept, rerun = summary.cells
+    assert kept.reused and kept.attempts == 1 and "kept from an earlier run" in second["stderr"]
+    assert "cell 1/2" in second["stderr"] and "cell 1 pp16" not in second["stderr"]  # cell 1 did not run again
+    # the finished cell's result is byte for byte what it was, the file untouched
+    assert (out / kept.result_file).read_bytes() == first["files"][kept.result_file]
+    assert (out / kept.result_file).stat().st_mtime_ns == first["mtimes"][kept.result_file]
+    assert kept.model_dump(exclude={"reused"}) == first["summary"].cells[0].model_dump(exclude={"reused"})
+    assert rerun.status == "ok" and rerun.attempts == 2 and not rerun.reused
+    record = read_record(out / rerun.result_file)
+    assert record.backend.settings["n_threads"] == 2 and {p.test for p in record.perf} == {"pp16", "tg8"}
+    assert [p.name for p in result_files(out)] == sorted([kept.result_file, rerun.result_file])
+
+
+@pytest.mark.slow
+def test_printers_accept_the_sweep_summary(cli, interrupted):
+    _, out, _, second = interrupted
+    md = cli("show", str(out / "sweep.json"))
+    assert md.code == 0, md.stderr
+    assert "(complete): 2 cells: 2 ok" in md.stdout and "ok (kept)" in md.stdout
+    assert md.stdout.count("pp16") == 2 + 2  # two cell labels, then two perf rows
+    csv_out = cli("show", str(out / "sweep.json"), "--format", "csv")
+    lines = csv_out.stdout.strip().splitlines()
+    assert lines[0].startswith("sweep_id,index,label") and len(lines) == 3
+    js = cli("show", str(out), "--format", "json").json()
+    assert len(js["sweeps"]) == 1 and len(js["runs"]) == 2
+    assert {r["run_id"] for r in js["runs"]} == {c.run_id for c in second["summary"].cells}
+    records, sweeps = load_records([out / "sweep.json"])
+    assert len(records) == 2 and sweeps[0].sweep_id == second["summary"].sweep_id
+
+
+@pytest.mark.slow
+def test_dry_run_resume_keeps_everything_finished(cli, interrupted):
+    m, out, _, _ = interrupted
+    res = cli("sweep", str(m), "--out", str(out), "--resume", "--dry-run")
+    assert res.code == 0, res.stderr
+    assert res.stdout.count("keep (finished)") == 2 and "2 cells, 0 to run" in res.stdout
+
+
+@pytest.mark.slow
+def test_a_second_sweep_into_the_same_folder_needs_resume(cli, interrupted):
+    m, out, _, _ = interrupted
+    before = (out / "sweep.json").read_bytes()
+    res = cli("sweep", str(m), "--out", str(out))
+    assert res.code == 2 and "already holds a sweep" in res.stderr and "--resume" in res.stderr
+    assert (out / "sweep.json").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_truncated_result_file_is_refused_by_name(cli, interrupted, tmp_path):
+    m, out, _, second = interrupted
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    victim = damaged / second["summary"].cells[0].result_file
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    summary_before = (damaged / "sweep.json").read_bytes()
+
+    with pytest.raises(ResultFileError, match="truncated or damaged"):
+        read_record(victim)
+    res = cli("sweep", str(m), "--out", str(damaged), "--resume")
+    assert res.code == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith("error: cannot resume: ") and str(victim) in res.stderr and "Traceback" not in res.stderr
+    assert (damaged / "sweep.json").read_bytes() == summary_before  # nothing rewritten, nothing run
+    for args in (["show", str(damaged)], ["show", str(damaged / "sweep.json")], ["compare", str(damaged), str(out)]):
+        res = cli(*args)
+        assert res.code != 0 and str(victim) in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
+
+
+@pytest.mark.slow
+def test_damaged_or_newer_summary_is_refused_by_name(cli, interrupted, tmp_path):
+    m, out, _, _ = interrupted
+    for name, edit, needle in (
+        ("newer", lambda d: {**d, "schema_version": "9.0"}, "newer than this harness reads"),
+        ("invalid", lambda d: {**d, "cells": "many"}, "fails schema validation at 'cells'"),
+    ):
+        folder = tmp_path / name
+        shutil.copytree(out, folder)
+        summary = folder / "sweep.json"
+        summary.write_text(json.dumps(edit(json.loads(summary.read_text()))))
+        res = cli("sweep", str(m), "--out", str(folder), "--resume")
+        assert res.code == 2 and str(summary) in res.stderr and needle in res.stderr, res.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_hanging_cell_and_its_server(tmp_path):
+    """SIGTERM during a cell stuck on a silent server: the sweep ends at once, the cell and
+    the server it started are gone, the summary says interrupted."""
+    state = tmp_path / "state"
+    state.mkdir()
+    m = matrix(tmp_path, f"models: [smollm2-135m]\nbackends:\n  - name: faulty\n    fault: hang_http\n"
+                         f"    state_dir: {state}\n" + TINY)
+    out = tmp_path / "out"
+    live = LiveCli("sweep", str(m), "--out", str(out), env={"PYTHONPATH": str(FAULT_PLUGINS)})
+    live.wait_for(r"cell 1/1 .*running")
+    wait_file(state / "worker.pid")  # the worker has started its server and waits on it
+    worker, server = int((state / "worker.pid").read_text()), int((state / "server.pid").read_text())
+    live.proc.send_signal(signal.SIGTERM)
+    code, stdout, stderr = live.finish(timeout=30)
+    assert code == 143, stderr
+    summary = read_sweep(out / "sweep.json")
+    assert summary.interrupted_by == "SIGTERM" and summary.cells[0].status == "interrupted"
+    assert gone(worker) and gone(server)
+    assert result_files(out) == []
