@@ -61,6 +61,12 @@ def api_key_from_env(name: str | None) -> str | None:
     value = os.environ.get(name)
     if value is None or not value.strip():
         raise ConfigError(f"--api-key-env {name}: the environment variable {name} is not set (export it, or drop --api-key-env)")
+    try:  # from here on every line the harness writes has this value removed
+        from harness.environment import register_secret
+
+        register_secret(value.strip())
+    except ImportError:
+        pass
     return value.strip()
 
 
@@ -553,6 +559,8 @@ class OpenAIHttpBackend(Backend):
     def effective_settings(self) -> dict:
         d = self.settings.model_dump()
         d["base_url"] = safe_url(d["base_url"])
+        # recorded as key_variable: redact() takes any value under a name like "api_key..." for a secret
+        d["key_variable"] = d.pop("api_key_env")
         if self.served_name:
             d["model_name"] = self.served_name
         return d

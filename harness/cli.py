@@ -295,7 +295,13 @@ def load(
         retries=retries, timeout_s=timeout, serve_python=serve_python, serve_args=serve_arg,
         serve_timeout_s=serve_timeout, out_dir=out, command=["harness", *sys.argv[1:]],
     )
-    outcome = run_load(request, log=lambda line: print(f"[harness] {line}", file=sys.stderr, flush=True))
+    try:
+        outcome = run_load(request, log=lambda line: print(f"[harness] {line}", file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        # typer would turn this into a silent exit 130; say what happened (any server started is stopped by now)
+        error = HarnessError("interrupted; no result file written" + (f" (the {serve} server started for the run is stopped)" if serve else ""))
+        error.exit_code = 130
+        raise error from None
     print(PRINTERS[fmt]([outcome.record]))
     print(f"[harness] wrote {outcome.path}", file=sys.stderr)
 

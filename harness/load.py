@@ -620,7 +620,7 @@ def run_load(req: LoadRequest, log: Log = lambda s: None) -> LoadOutcome:
 
     shown = safe_url(base_url) if not served_by else f"http://127.0.0.1 (started by harness: {served_by})"
     settings = {"base_url": shown, "api": req.api, "model_name": name, "served_by": served_by,
-                "api_key_env": req.api_key_env, "retries": req.retries, "timeout_s": req.timeout_s,
+                "key_variable": req.api_key_env, "retries": req.retries, "timeout_s": req.timeout_s,
                 "seed": req.seed, "dataset": str(req.dataset) if req.dataset else None,
                 "serve_args": req.serve_args or None}
     from harness.registry import get as get_backend

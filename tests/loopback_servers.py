@@ -124,7 +124,7 @@ class ScriptedServer:
                 if not self._record():
                     return
                 with server.lock:
-                    step = server.script.pop(0) if server.script else None
+                    step = server.script.pop(0) if server.script else None  # None: a normal answer
                 if step is not None:
                     status, headers, text = step if isinstance(step, tuple) else (step, {}, server.error_body)
                     self._send(status, json.dumps({"error": {"message": text}}).encode(), headers)
@@ -152,3 +152,6 @@ class ScriptedServer:
 
     def posts(self) -> list[dict]:
         return [s for s in self.seen if s["method"] == "POST"]
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,0 +1,235 @@
+"""`harness load` as a user runs it, against real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from harness.store import read_record
+from loopback_servers import REPO_ROOT, ScriptedServer, free_port, llamacpp_server, port_open
+
+SECRET = "sk-load-DO-NOT-LEAK-9876543210fedcba"
+
+
+@pytest.fixture(scope="module")
+def server_url(smollm2_path):
+    with llamacpp_server(str(smollm2_path)) as url:
+        yield url
+
+
+def _only_record(out_dir):
+    files = sorted(out_dir.glob("*.json"))
+    assert len(files) == 1, files
+    return read_record(files[0]), files[0].read_text()
+
+
+def _check_point_arithmetic(p):
+    """Every summary figure follows from the raw samples kept beside it."""
+    ok = [s for s in p.samples if s.ok]
+    assert p.completed == len(ok) and p.requests == len(p.samples)
+    assert p.total_output_tokens == sum(s.output_tokens for s in ok)
+    assert p.output_tokens_per_s == pytest.approx(p.total_output_tokens / p.duration_s)
+    assert p.request_throughput_per_s == pytest.approx(p.completed / p.duration_s)
+    assert p.ttft_ms_median == pytest.approx(float(np.median([s.ttft_ms for s in ok])))
+    assert p.e2el_ms_p99 == pytest.approx(float(np.percentile([s.e2el_ms for s in ok], 99)))
+    all_itl = [x for s in ok for x in s.itl_ms]
+    assert p.itl_ms_mean == pytest.approx(float(np.mean(all_itl)))
+    for s in ok:
+        assert len(s.itl_ms) == s.chunks - 1
+        assert s.tpot_ms == pytest.approx((s.e2el_ms - s.ttft_ms) / (s.output_tokens - 1))
+        assert 0 < s.ttft_ms <= s.e2el_ms
+
+
+@pytest.mark.slow
+def test_concurrency_points_against_llamacpp_server(cli, server_url, tmp_path):
+    r = cli("load", "--base-url", server_url, "--model", "smollm2-135m", "--api", "completions",
+            "-c", "1,2", "--requests", "3", "--input-len", "16", "--output-len", "6",
+            "--slo", "ttft_ms=60000,tpot_ms=60000", "--out", str(tmp_path))
+    assert r.code == 0, r.stderr
+    assert "c=1" in r.stdout and "c=2" in r.stdout and "TTFT med ms" in r.stdout
+    record, _ = _only_record(tmp_path)
+    assert [p.label for p in record.load] == ["c=1", "c=2"]
+    assert record.backend.name == "openai" and record.backend.settings["model_name"] == "smollm2"
+    assert record.perf == [] and record.model_load is None  # model_load is a different thing
+    for p in record.load:
+        assert p.errors == 0 and p.completed == 3 and p.warmup_requests == 1
+        # ignore_eos + min_tokens: every request gives exactly the asked-for length
+        assert all(s.output_tokens == 6 and s.finish_reason == "length" for s in p.samples)
+        assert p.short_outputs == 0 and p.token_count_disagreements == 0
+        # the prompts re-tokenize to exactly the asked-for length
+        assert all(s.prompt_tokens == 16 for s in p.samples) and p.total_input_tokens == 48
+        assert p.goodput_per_s == pytest.approx(p.request_throughput_per_s)  # generous SLOs: all good
+        _check_point_arithmetic(p)
+    # this server runs one request at a time: at c=2 the second waits for the first
+    c2 = record.load[1]
+    assert max(s.ttft_ms for s in c2.samples) > min(s.e2el_ms for s in c2.samples) * 0.9
+
+
+@pytest.mark.slow
+def test_chat_rate_point_and_tight_slo(cli, server_url, tmp_path):
+    r = cli("load", "--base-url", server_url, "--model", "smollm2-135m", "--api", "chat", "--rate", "4",
+            "--requests", "3", "--input-len", "12", "--output-len", "5", "--warmup", "0",
+            "--slo", "ttft_ms=0.001", "--format", "json", "--out", str(tmp_path))
+    assert r.code == 0, r.stderr
+    printed = r.json()
+    record, _ = _only_record(tmp_path)
+    assert printed["run_id"] == record.run_id
+    (p,) = record.load
+    assert p.profile == "rate" and p.request_rate_per_s == 4 and p.api == "chat" and p.completed == 3
+    assert p.goodput_per_s == 0.0  # nobody answers in a microsecond
+    starts = [s.start_ms for s in p.samples]
+    assert starts == sorted(starts) and starts[0] < 50  # the first arrival is at once
+    _check_point_arithmetic(p)
+
+
+@pytest.mark.slow
+def test_serve_llamacpp_starts_and_always_stops_its_server(cli, tmp_path):
+    r = cli("load", "--serve", "llamacpp", "--model", "smollm2-135m", "--sweep", "1", "--requests", "2",
+            "--input-len", "8", "--output-len", "4", "--out", str(tmp_path), "--format", "csv")
+    assert r.code == 0, r.stderr
+    port = int(re.search(r"127\.0\.0\.1:(\d+)", r.stderr).group(1))
+    assert not port_open(port)
+    record, text = _only_record(tmp_path)
+    labels = [p.label for p in record.load]
+    assert labels[:2] == ["sweep c=1", "sweep rate=inf"]
+    assert len(labels) in (2, 3)  # a third rate only when all-at-once was faster than one at a time
+    assert record.backend.settings["served_by"] == "llamacpp"
+    assert "llama-cpp-python" in record.backend.engine_version
+    assert "load sweep c=1" in r.stdout  # the csv printer has a row per load point
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_started_server(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "load", "--serve", "llamacpp", "--model", "smollm2-135m",
+         "--duration", "60", "-c", "1", "--input-len", "8", "--output-len", "32", "--out", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+        # a shell's background job starts with SIGINT ignored; Ctrl-C must reach the harness here
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    port = None
+    for line in proc.stderr:
+        if m := re.search(r"127\.0\.0\.1:(\d+)", line):
+            port = int(m.group(1))
+        if "load point" in line:
+            break
+    assert port and port_open(port)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()  # read() keeps what the line iterator had buffered
+    proc.wait(timeout=60)
+    assert proc.returncode == 130, rest
+    assert "error: interrupted" in rest and "Traceback" not in rest
+    assert not port_open(port)
+    assert not list(tmp_path.glob("*.json"))
+
+
+def test_key_reaches_the_server_and_nowhere_else(cli, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "one"}\n{"prompt": "two"}\n')
+    with ScriptedServer(require_key=SECRET, model="m") as srv:
+        r = cli("load", "--base-url", srv.url, "--api-key-env", "HARNESS_LOAD_KEY", "--dataset", str(prompts),
+                "--requests", "4", "-c", "2", "--output-len", "3", "--out", str(tmp_path / "out"),
+                env={"HARNESS_LOAD_KEY": SECRET})
+    assert r.code == 0, r.stderr
+    assert all(s["auth"] == f"Bearer {SECRET}" for s in srv.seen)
+    record, text = _only_record(tmp_path / "out")
+    assert SECRET not in text and SECRET not in r.stdout and SECRET not in r.stderr
+    assert record.backend.settings["key_variable"] == "HARNESS_LOAD_KEY"
+    (p,) = record.load
+    assert p.completed == 4 and all(s.output_tokens_source == "usage" and s.output_tokens == 3 for s in p.samples)
+    assert p.input_len is None and p.total_input_tokens == 12  # dataset prompts as they are; usage counts them
+
+
+def test_rejected_key_is_not_repeated_in_the_error(cli, tmp_path):
+    with ScriptedServer(require_key="another-key") as srv:
+        r = cli("load", "--base-url", srv.url, "--api-key-env", "HARNESS_LOAD_KEY", "--out", str(tmp_path),
+                env={"HARNESS_LOAD_KEY": SECRET})
+    assert r.code != 0 and r.stderr.startswith("error: ") and "401" in r.stderr
+    assert SECRET not in r.stderr and SECRET not in r.stdout
+
+
+def test_errors_mid_run_are_counted_with_retries(cli, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello\n")
+    # warm-up succeeds on its second try; then one request fails for good (3 x 500)
+    with ScriptedServer([503, None, 500, 500, 500]) as srv:  # None: a normal answer
+        r = cli("load", "--base-url", srv.url, "--dataset", str(prompts), "--requests", "4", "--retries", "2",
+                "--output-len", "2", "--out", str(tmp_path / "out"))
+    assert r.code == 0, r.stderr
+    record, _ = _only_record(tmp_path / "out")
+    (p,) = record.load
+    assert p.requests == 4 and p.completed == 3 and p.errors == 1 and p.error_kinds == {"http 500": 1}
+    assert record.status == "partial" and "1 of 4 requests failed" in r.stderr
+
+
+# ------------------------------------------------------------------ bad input: one line, no file
+
+
+def _assert_one_line_error(r, out_dir, pattern):
+    assert r.code != 0
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("[harness]")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+    assert not out_dir.exists() or not list(out_dir.glob("*.json"))
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--concurrency", "0"], r"--concurrency: 0 is too small"),
+    (["--concurrency", "-3"], r"--concurrency: -3 is too small"),
+    (["--rate", "0"], r"--rate: 0 is not a positive request rate"),
+    (["--rate", "-2"], r"--rate: -2 is not a positive request rate"),
+    (["--sweep", "0"], r"--sweep: 0 must be at least 1"),
+    (["--api-key-env", "HARNESS_UNSET_VAR"], r"HARNESS_UNSET_VAR is not set"),
+    (["--slo", "ttft=5"], r"--slo: 'ttft=5' is not KEY=MS"),
+])
+def test_bad_options(cli, tmp_path, args, pattern):
+    with ScriptedServer() as srv:
+        r = cli("load", "--base-url", srv.url, "--model", "smollm2-135m", *args, "--out", str(tmp_path))
+    _assert_one_line_error(r, tmp_path, pattern)
+    assert not srv.posts()
+
+
+def test_unreachable_url(cli, tmp_path):
+    r = cli("load", "--base-url", f"http://127.0.0.1:{free_port()}", "--model", "smollm2-135m", "--out", str(tmp_path))
+    _assert_one_line_error(r, tmp_path, r"cannot reach http://127\.0\.0\.1:\d+/v1: .* \(after 3 attempts\)")
+
+
+def test_wrong_model_name(cli, tmp_path):
+    with ScriptedServer(model="served-one") as srv:
+        r = cli("load", "--base-url", srv.url, "--model-name", "other", "--model", "smollm2-135m", "--out", str(tmp_path))
+    _assert_one_line_error(r, tmp_path, r"model 'other' is not served at .*; it serves: served-one")
+
+
+def test_server_answering_errors(cli, tmp_path):
+    with ScriptedServer([500] * 20, error_body="engine is down") as srv:
+        r = cli("load", "--base-url", srv.url, "--model", "smollm2-135m", "--retries", "1", "--out", str(tmp_path))
+    _assert_one_line_error(r, tmp_path, r"failed the warm-up request: http 500: engine is down \(after 1 retries\)")
+
+
+def test_server_whose_model_list_fails(cli, tmp_path):
+    with ScriptedServer(models_status=503, error_body="starting up") as srv:
+        r = cli("load", "--base-url", srv.url, "--model", "smollm2-135m", "--retries", "1", "--out", str(tmp_path))
+    _assert_one_line_error(r, tmp_path, r"answered HTTP 503 .* after 2 attempts: starting up")
+
+
+def test_vllm_not_installed(cli, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    r = cli("load", "--serve", "vllm", "--model", "smollm2-135m", "--out", str(tmp_path))
+    _assert_one_line_error(r, tmp_path, r"vllm is not installed, so --serve vllm cannot start a server")
+
+
+def test_neither_url_nor_server(cli, tmp_path):
+    r = cli("load", "--out", str(tmp_path))
+    _assert_one_line_error(r, tmp_path, r"give either --base-url URL .* or --serve")
