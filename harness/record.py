@@ -188,7 +188,8 @@ class RunRecord(BaseModel):
 
 SWEEP_SCHEMA_VERSION = "1.0"
 
-CellStatus = Literal["pending", "ok", "partial", "failed", "interrupted"]
+# "running" in a summary on disk: the sweep was killed outright while that cell ran
+CellStatus = Literal["pending", "running", "ok", "partial", "failed", "interrupted"]
 
 
 class SweepCell(BaseModel):

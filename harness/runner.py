@@ -158,6 +158,30 @@ def _failure_record(group: LoadGroup, case: Case, run_id: str, failure: Failure,
     )
 
 
+def _prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# resolved here, in the parent: between fork and exec the child only makes the call
+_PRCTL = _prctl()
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the worker, before exec: if the harness itself is killed (SIGKILL leaves it no
+    chance to clean up), the kernel kills the worker too instead of leaving it running
+    in its own session. Linux only; elsewhere a no-op."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
 @dataclass
 class WorkerExit:
     code: int | None
@@ -187,7 +211,7 @@ def run_worker(module: str, job_json: str, on_event: Event, timeout_s: float | N
     with tempfile.TemporaryFile(mode="w+") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=err, text=True, start_new_session=True,
+            stderr=err, text=True, start_new_session=True, preexec_fn=_die_with_parent,
         )
         tree = ProcessTree(proc)
         lines: queue.Queue[str | None] = queue.Queue()

@@ -704,6 +704,8 @@ def run_sweep(plan: SweepPlan, command: list[str], log: Callable[[str], None],
                 break
             log(f"cell {cell.index}/{n} {cell.label}: running (timeout {cell.timeout_s:g} s)")
             entry.attempts += 1
+            entry.status = "running"
+            write_sweep(summary, summary_path)
             started = now_ns()
             problem = _model_unchanged(cell.model, stamps)
             if problem:
@@ -729,7 +731,7 @@ def run_sweep(plan: SweepPlan, command: list[str], log: Callable[[str], None],
                 # the rerun's result replaces the failed one: one result per cell in the folder
                 (out_dir / earlier.result_file).unlink(missing_ok=True)
             log(f"cell {cell.index}/{n} {cell.label}: {record.status}" + (f": {entry.cause}" if entry.cause else ""))
-        unfinished = any(c.status in ("pending", "interrupted") for c in summary.cells)
+        unfinished = any(c.status in ("pending", "running", "interrupted") for c in summary.cells)
         summary.interrupted_by = stop() if unfinished else None
     summary.status = "interrupted" if summary.interrupted_by else "complete"
     summary.updated_at = _now()

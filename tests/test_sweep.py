@@ -7,8 +7,10 @@ Cells run the real SmolLM2 GGUF through the real llama-cpp-python, kept tiny
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -255,3 +257,39 @@ def test_sigterm_stops_a_hanging_cell_and_its_server(tmp_path):
     assert summary.interrupted_by == "SIGTERM" and summary.cells[0].status == "interrupted"
     assert gone(worker) and gone(server)
     assert result_files(out) == []
+
+
+@pytest.mark.slow
+def test_sweep_killed_outright_takes_its_worker_and_resume_reruns_the_cell(tmp_path):
+    """SIGKILL of the harness itself: no cleanup runs, but the kernel ends the worker with
+    it (PR_SET_PDEATHSIG); the summary says the cell was running, so --resume runs it again."""
+    state = tmp_path / "state"
+    state.mkdir()
+    m = matrix(tmp_path, f"models: [smollm2-135m]\ntimeout_s: 4\nbackends:\n  - name: faulty\n    fault: hang_http\n"
+                         f"    state_dir: {state}\n" + TINY)
+    out = tmp_path / "out"
+    env = {"PYTHONPATH": str(FAULT_PLUGINS)}
+    live = LiveCli("sweep", str(m), "--out", str(out), env=env)
+    wait_file(state / "worker.pid")
+    worker, server = int((state / "worker.pid").read_text()), int((state / "server.pid").read_text())
+    live.proc.kill()
+    live.finish(timeout=30)
+    try:
+        for _ in range(100):
+            if gone(worker):
+                break
+            time.sleep(0.05)
+        assert gone(worker)
+        summary = read_sweep(out / "sweep.json")
+        assert summary.status == "running" and summary.cells[0].status == "running" and summary.cells[0].attempts == 1
+    finally:
+        # a server in a session of its own outlives a harness killed outright: nothing is left to end it
+        if not gone(server):
+            os.kill(server, signal.SIGKILL)
+    (state / "worker.pid").unlink()
+    live = LiveCli("sweep", str(m), "--out", str(out), "--resume", env=env)
+    code, _, stderr = live.finish(timeout=60)
+    assert code == 1, stderr
+    c = read_sweep(out / "sweep.json").cells[0]
+    assert c.status == "failed" and c.attempts == 2 and c.cause.startswith("timed out after 4 s")
+    assert gone(int((state / "server.pid").read_text()))
