@@ -197,17 +197,31 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+def _sweep_summary(path: Path) -> SweepRecord | None:
+    """The sweep summary at path, or None when it is something else (or unreadable: the
+    caller's read_record then refuses it by name)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return read_sweep(path) if isinstance(data, dict) and data.get("kind") == "sweep" else None
+
+
 def expand_paths(paths: list[Path], summaries: bool = False) -> list[Path]:
     """Result files named directly, and every *.json inside named folders.
 
-    A folder's sweep summaries (sweep.json) are left out unless ``summaries``: the run
-    records they list are in the folder already, and a summary is not a run record.
+    A sweep summary named directly stands for the result files of its cells, so every
+    reader of run records (compare, report) accepts one. A folder's sweep summaries
+    (sweep.json) are left out: the run records they list are in the folder already. With
+    ``summaries`` both are kept as they are, for a caller that reads them itself.
     """
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
             out.extend(sorted(q for q in p.rglob("*.json") if not q.name.startswith(".")
                               and (summaries or q.name != SWEEP_SUMMARY_NAME)))
+        elif not summaries and (summary := _sweep_summary(p)) is not None:
+            out.extend(p.parent / c.result_file for c in summary.cells if c.result_file)
         else:
             out.append(p)
     return out
