@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from harness.models import ModelInfo
+from harness.record import EngineMemory
 
 
 class BackendSettings(BaseModel):
@@ -34,8 +35,36 @@ class BackendSettings(BaseModel):
 class Capabilities:
     logprobs: bool  # can return logits/log-probabilities of evaluated tokens
     streaming: bool
-    batching: bool
+    batching: bool  # generate() runs several requests at once
     chat_template: bool
+    # evaluate() runs the model there and then on a live KV cache, so a single call can be
+    # timed (llama-bench's way). False for engines that work on whole requests (vLLM):
+    # harness.perf then times generate() requests instead.
+    incremental_eval: bool = True
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One whole request for generate(): prompt token ids in, up to max_tokens out."""
+
+    prompt: list[int]
+    max_tokens: int
+    ignore_eos: bool = False
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # stop strings (the engine's own semantics)
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]
+    text: str | None = None
+    finish_reason: str | None = None
+    # the engine's own timestamps for the request, in seconds on the engine's monotonic
+    # clock (only differences are meaningful), where it reports them
+    engine_scheduled_s: float | None = None
+    engine_first_token_s: float | None = None
+    engine_last_token_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +102,14 @@ class Backend(ABC):
     def default_settings(cls, model: ModelInfo, **overrides) -> BackendSettings:
         return cls.Settings(**overrides)
 
+    @classmethod
+    def resolve_model(cls, ref: str) -> ModelInfo:
+        """A model reference -> the checked model this backend loads (a GGUF file by default;
+        a backend that loads another format converts or downloads here, before any worker)."""
+        from harness.models import resolve
+
+        return resolve(ref)
+
     # -- lifecycle
     @abstractmethod
     def load(self) -> LoadInfo: ...
@@ -94,6 +131,11 @@ class Backend(ABC):
     def effective_settings(self) -> dict:
         """Every setting as it applies after load, defaults resolved, for the record."""
         return self.settings.model_dump()
+
+    def engine_memory(self) -> "EngineMemory | None":
+        """What the engine itself says about its memory after load (reserved shares, weights,
+        KV-cache capacity), for engines that reserve memory up front; None otherwise."""
+        return None
 
     # -- tokens
     @abstractmethod
@@ -141,3 +183,34 @@ class Backend(ABC):
         self, prompt: list[int], max_tokens: int, ignore_eos: bool = False, temperature: float = 0.0
     ) -> Iterator[int]:
         """Generate after ``prompt``, yielding each token id as soon as it exists."""
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Run whole requests, each from an empty cache; a batching backend runs them together.
+
+        This default runs them one after another through stream() (stop strings are
+        matched on the decoded text, which is cut before the stop string).
+        """
+        results = []
+        for req in requests:
+            self.reset()
+            tokens: list[int] = []
+            text, reason = "", "length"
+            stream = self.stream(req.prompt, req.max_tokens, ignore_eos=req.ignore_eos, temperature=req.temperature)
+            try:
+                for tok in stream:
+                    tokens.append(tok)
+                    if req.stop:
+                        text = self.detokenize(tokens)
+                        hit = min((text.find(s) for s in req.stop if s and s in text), default=-1)
+                        if hit >= 0:
+                            text, reason = text[:hit], "stop"
+                            break
+            finally:
+                stream.close()
+            if reason != "stop":
+                text = self.detokenize(tokens)
+                if len(tokens) < req.max_tokens:
+                    reason = "stop"
+            results.append(GenerationResult(tokens=tokens, text=text, finish_reason=reason))
+        self.reset()
+        return results

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict
 from harness import registry
 from harness.config import PerfTests
 from harness.errors import BackendNotInstalled, ConfigError
-from harness.models import resolve
 from harness.plan import build_plan
 from harness.runner import Event, Outcome, run_plan
 
@@ -30,11 +29,30 @@ class BenchRequest(BaseModel):
     grid: dict[str, list[Any] | None] = {}
     out_dir: Path
     command: list[str] = []
+    # offline batch throughput: batch sizes, and the prompt / generated tokens of each request
+    batch: list[int] = []
+    batch_pp: int = 128
+    batch_tg: int = 128
 
 
 def check_installed(backend_cls: type[registry.Backend]) -> None:
     if backend_cls.installed_version() is None:
         raise BackendNotInstalled(f"backend '{backend_cls.name}' is not installed; install it with: {backend_cls.install_hint}")
+
+
+def parse_set_options(items: list[str] | None) -> dict[str, list[Any]]:
+    """``--set KEY=V1,V2`` (repeatable) -> {KEY: ["V1", "V2"]}: any backend setting, typed by
+    the backend's settings model later; 'none' stands for None (the engine's default)."""
+    grid: dict[str, list[Any]] = {}
+    for item in items or []:
+        key, sep, values = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key or not values.strip():
+            raise ConfigError(f"--set: '{item}' is not KEY=VALUE[,VALUE...] (e.g. --set enable_prefix_caching=0,1)")
+        if key in grid:
+            raise ConfigError(f"--set: {key} is given twice; list its values once, comma-separated")
+        grid[key] = [None if v.strip().lower() == "none" else v.strip() for v in values.split(",")]
+    return grid
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -45,16 +63,26 @@ def check_out_dir(out_dir: Path) -> None:
 def run_bench(request: BenchRequest, on_event: Event | None = None) -> Outcome:
     if request.reps < 1:
         raise ConfigError("--reps must be at least 1")
-    if not request.pp and not request.tg:
-        raise ConfigError("nothing to measure: give at least one --pp or --tg length")
+    if not request.pp and not request.tg and not request.batch:
+        raise ConfigError("nothing to measure: give at least one --pp, --tg or --batch size")
+    if request.batch and (request.batch_pp < 1 or request.batch_tg < 1):
+        raise ConfigError("--batch-pp and --batch-tg must be at least 1")
     backend_cls = registry.get(request.backend)
     check_installed(backend_cls)
     check_out_dir(request.out_dir)
     unknown = [k for k, v in request.grid.items() if v and k not in backend_cls.Settings.model_fields]
     if unknown:
         raise ConfigError(f"backend '{backend_cls.name}' has no setting {', '.join(unknown)}")
-    models = [resolve(ref) for ref in request.models]
-    tests = PerfTests(pp=request.pp, tg=request.tg, reps=request.reps)
+    # the backend resolves: a GGUF for llama.cpp, a Hugging Face directory (converted from a
+    # GGUF once, cached) for vLLM
+    models = [backend_cls.resolve_model(ref) for ref in request.models]
+    tests = PerfTests(pp=request.pp, tg=request.tg, reps=request.reps, batch=request.batch,
+                      batch_pp=request.batch_pp, batch_tg=request.batch_tg)
     grid = {k: v for k, v in request.grid.items() if v}
     groups = build_plan(backend_cls, models, grid, tests)
+    if request.batch:
+        case = groups[0].cases[0]
+        if not backend_cls(case.model, case.settings).capabilities.batching:  # __init__ is cheap: no model load
+            raise ConfigError(f"--batch: backend '{backend_cls.name}' runs one request at a time; "
+                              f"batch throughput needs a batching backend (--backend vllm)")
     return run_plan(groups, tests, request.out_dir, request.command, on_event)

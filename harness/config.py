@@ -54,6 +54,11 @@ class PerfTests(BaseModel):
     pp: list[int] = Field(default_factory=lambda: [512])
     tg: list[int] = Field(default_factory=lambda: [128])
     reps: int = 5
+    # offline batch throughput (bench --batch): for each size B, B requests of batch_pp random
+    # prompt tokens submitted at once, batch_tg tokens generated each
+    batch: list[int] = Field(default_factory=list)
+    batch_pp: int = 128
+    batch_tg: int = 128
 
     @field_validator("reps")
     @classmethod
@@ -63,8 +68,8 @@ class PerfTests(BaseModel):
         return v
 
     def names(self) -> list[str]:
-        return [f"pp{n}" for n in self.pp] + [f"tg{n}" for n in self.tg]
+        return [f"pp{n}" for n in self.pp] + [f"tg{n}" for n in self.tg] + [f"batch{b}" for b in self.batch]
 
     def max_context(self) -> int:
         # each test starts from an empty cache: ppN fills N positions, tgN fills N
-        return max(self.pp + self.tg + [1])
+        return max(self.pp + self.tg + ([self.batch_pp + self.batch_tg] if self.batch else []) + [1])

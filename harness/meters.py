@@ -26,7 +26,8 @@ def now_ns() -> int:
 class MemoryPeaks:
     peak_rss_mib: float | None = None
     peak_uss_mib: float | None = None
-    peak_vram_mib: float | None = None
+    peak_rss_tree_mib: float | None = None  # this process plus every process it started, summed
+    peak_vram_mib: float | None = None  # NVML's figure for this process and the processes it started
     device_mem_used_mib: float | None = None
     device_mem_total_mib: float | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
@@ -41,11 +42,17 @@ class MemorySampler:
     times a second and holds the GIL for microseconds).
     """
 
-    def __init__(self, gpu: "GpuMeter | None" = None, interval_s: float = 0.05, uss_every: int = 10):
+    def __init__(self, gpu: "GpuMeter | None" = None, interval_s: float = 0.05, uss_every: int = 10,
+                 tree_every: int = 4):
         self._proc = psutil.Process()
         self._gpu = gpu
         self._interval = interval_s
         self._uss_every = uss_every
+        # engines such as vLLM keep the model in processes of their own: the process tree is
+        # walked every tree_every samples (a walk reads /proc, so not every time)
+        self._tree_every = tree_every
+        self._tree_rss = 0
+        self._pids = {self._proc.pid}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.peaks = MemoryPeaks()
@@ -54,8 +61,26 @@ class MemorySampler:
         self._uss_ok = True
         self._vram = 0
 
+    def _sample_tree(self) -> None:
+        rss = self._proc.memory_info().rss
+        pids = {self._proc.pid}
+        try:
+            children = self._proc.children(recursive=True)
+        except psutil.Error:
+            children = []
+        for child in children:
+            try:
+                rss += child.memory_info().rss
+                pids.add(child.pid)
+            except psutil.Error:  # ended between the listing and the reading
+                continue
+        self._pids = pids
+        self._tree_rss = max(self._tree_rss, rss)
+
     def _sample(self, n: int) -> None:
         self._rss = max(self._rss, self._proc.memory_info().rss)
+        if n % self._tree_every == 0:
+            self._sample_tree()
         if self._uss_ok and n % self._uss_every == 0:
             try:
                 self._uss = max(self._uss, self._proc.memory_full_info().uss)
@@ -63,7 +88,7 @@ class MemorySampler:
                 self._uss_ok = False
                 self.peaks.unavailable["peak_uss_mib"] = f"USS not readable: {exc}"
         if self._gpu is not None and self._gpu.ok and n % 5 == 0:
-            self._vram = max(self._vram, self._gpu.process_vram_bytes() or 0)
+            self._vram = max(self._vram, self._gpu.process_vram_bytes(self._pids) or 0)
 
     def _run(self) -> None:
         n = 0
@@ -83,6 +108,7 @@ class MemorySampler:
             self._thread.join()
         self._sample(0)
         self.peaks.peak_rss_mib = self._rss / MIB
+        self.peaks.peak_rss_tree_mib = self._tree_rss / MIB
         if self._uss_ok:
             self.peaks.peak_uss_mib = self._uss / MIB
         if self._gpu is None or not self._gpu.ok:
@@ -129,13 +155,14 @@ class GpuMeter:
         except Exception as exc:
             self.reason = f"NVML device query failed: {exc}"
 
-    def process_vram_bytes(self) -> int | None:
+    def process_vram_bytes(self, pids: set[int] | None = None) -> int | None:
+        """VRAM NVML attributes to these processes (default: this one)."""
         try:
             procs = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
         except Exception:
             return None
-        pid = os.getpid()
-        return sum(p.usedGpuMemory or 0 for p in procs if p.pid == pid)
+        pids = pids or {os.getpid()}
+        return sum(p.usedGpuMemory or 0 for p in procs if p.pid in pids)
 
     def device_memory_bytes(self) -> tuple[int, int]:
         info = self._nvml.nvmlDeviceGetMemoryInfo(self._handle)

@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from pydantic import BaseModel
 
@@ -45,6 +45,9 @@ class ModelInfo(BaseModel):
     chat_template: bool = False
     license: str | None = None
     source: str | None = None  # where the file came from: a package, a hub repo, a path
+    # set when the harness converted another file into this one (a GGUF dequantized into
+    # safetensors for vLLM): that file's ref, path, sha256, format, quantization and the method
+    converted_from: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

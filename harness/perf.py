@@ -9,6 +9,19 @@ one), drawn before the clock starts; the cache is cleared before the clock start
 one full-size warm-up run precedes the timed repetitions. A pp repetition also records
 time to first token: the prompt evaluation plus reading the last logits and picking
 the greedy token.
+
+Engines without a KV cache to step through (``capabilities.incremental_eval`` False:
+vLLM) are timed on whole requests through ``generate()`` instead (``method="requests"``):
+ppN is one request of the N prompt tokens with ``max_tokens=1`` (prefill plus one sampled
+token, which is also its time to first token); tgN is one request of the first token and
+N generated tokens with end-of-sequence ignored: N forward passes of one token each, as
+llama-bench's N evaluate calls. The engine's own request timestamps, where it reports
+them, are recorded beside the harness clock's figures.
+
+``batchB`` (offline throughput, as ``vllm bench throughput``): B requests of random prompt
+tokens submitted together, each generating a fixed number of tokens with end-of-sequence
+ignored (temperature 1, top-p 1, as vLLM's benchmark samples); output tokens/s and total
+(prompt + output) tokens/s over the wall time of the whole batch.
 """
 
 from __future__ import annotations
@@ -18,7 +31,8 @@ from typing import Callable
 
 import numpy as np
 
-from harness.backend import Backend
+from harness.backend import Backend, GenerationRequest, GenerationResult
+from harness.errors import BackendError
 from harness.meters import EnergyMeter, GpuMeter, MemorySampler, now_ns
 from harness.record import PerfResult
 
@@ -51,6 +65,36 @@ def _tg_once(backend: Backend, tokens: list[int]) -> int:
     return now_ns() - t0
 
 
+def _pp_request(backend: Backend, tokens: list[int]) -> tuple[int, int, float | None]:
+    t0 = now_ns()
+    [res] = backend.generate([GenerationRequest(prompt=tokens, max_tokens=1, ignore_eos=True)])
+    t = now_ns() - t0
+    engine = None
+    if res.engine_first_token_s is not None and res.engine_scheduled_s is not None \
+            and res.engine_first_token_s > res.engine_scheduled_s:
+        engine = len(tokens) / (res.engine_first_token_s - res.engine_scheduled_s)
+    return t, t, engine
+
+
+def _check_count(test: str, results: list[GenerationResult], want: int) -> None:
+    got = sum(len(r.tokens) for r in results)
+    if got != want:
+        raise BackendError(f"{test}: the engine generated {got} tokens where {want} were asked for (end-of-sequence ignored)")
+
+
+def _tg_request(backend: Backend, tokens: list[int]) -> tuple[int, float | None]:
+    n = len(tokens)
+    t0 = now_ns()
+    [res] = backend.generate([GenerationRequest(prompt=tokens[:1], max_tokens=n, ignore_eos=True)])
+    t = now_ns() - t0
+    _check_count(f"tg{n}", [res], n)
+    engine = None
+    if n > 1 and res.engine_first_token_s is not None and res.engine_last_token_s is not None \
+            and res.engine_last_token_s > res.engine_first_token_s:
+        engine = (n - 1) / (res.engine_last_token_s - res.engine_first_token_s)
+    return t, engine
+
+
 def _summary(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -63,8 +107,10 @@ def run_test(backend: Backend, kind: str, n: int, reps: int, gpu: GpuMeter | Non
     rng = np.random.default_rng(seed)
     runs = [_tokens(backend, n, rng, first_bos=True) for _ in range(reps + 1)]
     energy = EnergyMeter(gpu)
+    steps = backend.capabilities.incremental_eval
     samples_ns: list[int] = []
     ttft_ns: list[int] = []
+    engine_tps: list[float] = []
     with MemorySampler(gpu) as mem:
         for rep, tokens in enumerate(runs):
             if progress:
@@ -72,14 +118,16 @@ def run_test(backend: Backend, kind: str, n: int, reps: int, gpu: GpuMeter | Non
             if rep == 1:
                 energy.start()
             if kind == "pp":
-                t_eval, t_first = _pp_once(backend, tokens)
+                t_eval, t_first, eng = (*_pp_once(backend, tokens), None) if steps else _pp_request(backend, tokens)
                 if rep:
                     samples_ns.append(t_eval)
                     ttft_ns.append(t_first)
             else:
-                t = _tg_once(backend, tokens)
+                t, eng = (_tg_once(backend, tokens), None) if steps else _tg_request(backend, tokens)
                 if rep:
                     samples_ns.append(t)
+            if rep and eng is not None:
+                engine_tps.append(eng)
         window = energy.stop()
     tps = [n / (ns / 1e9) for ns in samples_ns]
     mean, sd = _summary(tps)
@@ -92,7 +140,11 @@ def run_test(backend: Backend, kind: str, n: int, reps: int, gpu: GpuMeter | Non
         tps_stddev=sd,
         samples_tps=tps,
         samples_ms=[ns / 1e6 for ns in samples_ns],
+        method="steps" if steps else "requests",
+        engine_tps_mean=statistics.fmean(engine_tps) if engine_tps else None,
+        engine_samples_tps=engine_tps or None,
         peak_rss_mib=mem.peaks.peak_rss_mib,
+        peak_rss_tree_mib=mem.peaks.peak_rss_tree_mib,
         peak_uss_mib=mem.peaks.peak_uss_mib,
         peak_vram_mib=mem.peaks.peak_vram_mib,
         device_mem_used_mib=mem.peaks.device_mem_used_mib,
@@ -106,3 +158,45 @@ def run_test(backend: Backend, kind: str, n: int, reps: int, gpu: GpuMeter | Non
         result.ttft_ms_mean, result.ttft_ms_stddev = _summary(ms)
         result.samples_ttft_ms = ms
     return result
+
+
+def run_batch_test(backend: Backend, batch: int, n_prompt: int, n_gen: int, reps: int, gpu: GpuMeter | None,
+                   seed: int = 0, progress: Progress | None = None) -> PerfResult:
+    """``batchB``: B requests submitted at once; output and total tokens/s over the batch's wall time."""
+    if not backend.capabilities.batching:
+        raise BackendError(f"backend '{backend.name}' runs one request at a time; the batch test needs a batching backend (vllm)")
+    name = f"batch{batch}"
+    rng = np.random.default_rng(seed)
+    runs = [[_tokens(backend, n_prompt, rng, first_bos=True) for _ in range(batch)] for _ in range(reps + 1)]
+    energy = EnergyMeter(gpu)
+    samples_ns: list[int] = []
+    with MemorySampler(gpu) as mem:
+        for rep, prompts in enumerate(runs):
+            if progress:
+                progress(name, rep, reps)
+            if rep == 1:
+                energy.start()
+            requests = [GenerationRequest(prompt=p, max_tokens=n_gen, ignore_eos=True, temperature=1.0, top_p=1.0)
+                        for p in prompts]
+            t0 = now_ns()
+            results = backend.generate(requests)
+            t = now_ns() - t0
+            _check_count(name, results, batch * n_gen)
+            if rep:
+                samples_ns.append(t)
+        window = energy.stop()
+    seconds = [ns / 1e9 for ns in samples_ns]
+    out_tps = [batch * n_gen / s for s in seconds]
+    total_tps = [batch * (n_prompt + n_gen) / s for s in seconds]
+    mean, sd = _summary(out_tps)
+    return PerfResult(
+        test=name, n_prompt=n_prompt, n_gen=n_gen, reps=reps, tps_mean=mean, tps_stddev=sd, samples_tps=out_tps,
+        samples_ms=[s * 1e3 for s in seconds], method="requests", batch=batch,
+        output_tps_mean=mean, total_tps_mean=statistics.fmean(total_tps), samples_total_tps=total_tps,
+        requests_per_s_mean=statistics.fmean([batch / s for s in seconds]),
+        peak_rss_mib=mem.peaks.peak_rss_mib, peak_rss_tree_mib=mem.peaks.peak_rss_tree_mib,
+        peak_uss_mib=mem.peaks.peak_uss_mib, peak_vram_mib=mem.peaks.peak_vram_mib,
+        device_mem_used_mib=mem.peaks.device_mem_used_mib, device_mem_total_mib=mem.peaks.device_mem_total_mib,
+        gpu_energy_j=window.gpu_energy_j, cpu_energy_j=window.cpu_energy_j,
+        unavailable={**mem.peaks.unavailable, **window.unavailable},
+    )

@@ -28,6 +28,12 @@ DIRECTION: dict[str, int] = {
     "gpu_energy_j": -1,
     "cpu_energy_j": -1,
     "load_ms": -1,
+    # batch throughput and engine figures (vLLM)
+    "output_tps_mean": +1,
+    "total_tps_mean": +1,
+    "requests_per_s_mean": +1,
+    "engine_tps_mean": +1,
+    "peak_rss_tree_mib": -1,
     # load points (harness load)
     "request_throughput_per_s": +1,
     "output_tokens_per_s": +1,
@@ -62,6 +68,23 @@ class PerfResult(BaseModel):
     ttft_ms_mean: float | None = None
     ttft_ms_stddev: float | None = None
     samples_ttft_ms: list[float] | None = None
+    # how the test ran: "steps" (evaluate() calls on a live KV cache, llama-bench's way) or
+    # "requests" (whole engine requests, for engines without such a cache; results/README.md)
+    method: Literal["steps", "requests"] = "steps"
+    # the engine's own request timestamps (vLLM's RequestStateStats), where it has them:
+    # ppN: prompt tokens / (first token - scheduled); tgN: (tokens - 1) / (last - first token)
+    engine_tps_mean: float | None = None
+    engine_samples_tps: list[float] | None = None
+    # offline batch throughput (test "batchB"): B requests of n_prompt random tokens submitted
+    # at once, n_gen tokens each (end-of-sequence ignored); tps_* above are output tokens/s
+    batch: int | None = None
+    output_tps_mean: float | None = None
+    total_tps_mean: float | None = None  # (prompt + output tokens) / s
+    requests_per_s_mean: float | None = None
+    samples_total_tps: list[float] | None = None
+    # RSS summed over the worker process and every process it started (an engine's core and
+    # workers), sampled like peak_rss_mib; pages shared between them count once per process
+    peak_rss_tree_mib: float | None = None
     # memory sampled in the background while the test ran (warm-up included)
     peak_rss_mib: float | None = None
     peak_uss_mib: float | None = None
@@ -74,6 +97,21 @@ class PerfResult(BaseModel):
     unavailable: dict[str, str] = Field(default_factory=dict)
 
 
+class EngineMemory(BaseModel):
+    """An engine's own account of the memory it reserved at load (vLLM): the device's "used"
+    figure is the reservation, not the model's need, so each part is named for what it is."""
+
+    memory_share_setting: str | None = None  # which setting sized the reservation
+    gpu_memory_utilization: float | None = None  # the configured share of device memory
+    kv_cache_space_gib: float | None = None  # a fixed KV cache size (CPU: VLLM_CPU_KVCACHE_SPACE)
+    weights_mib: float | None = None
+    weights_source: str | None = None  # how weights_mib was obtained
+    kv_cache_tokens: int | None = None  # tokens the allocated KV cache holds (all sequences)
+    kv_cache_blocks: int | None = None
+    kv_cache_block_size: int | None = None  # tokens per block
+    unavailable: dict[str, str] = Field(default_factory=dict)
+
+
 class LoadResult(BaseModel):
     """What loading the model cost."""
 
@@ -83,6 +121,10 @@ class LoadResult(BaseModel):
     mmap: bool
     n_ctx: int
     n_vocab: int | None = None
+    # sampled while load() ran: the worker alone, and the worker with every process it started
+    peak_rss_load_mib: float | None = None
+    peak_rss_tree_load_mib: float | None = None
+    engine_memory: EngineMemory | None = None
     unavailable: dict[str, str] = Field(default_factory=dict)
 
 

@@ -20,6 +20,7 @@ ENTRY_POINT_GROUP = "harness.backends"
 BUILTIN: dict[str, str] = {
     "llamacpp": "backends.llamacpp:LlamaCppBackend",
     "openai": "backends.openai_http:OpenAIHttpBackend",
+    "vllm": "backends.vllm_engine:VllmBackend",
 }
 
 

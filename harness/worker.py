@@ -20,9 +20,9 @@ from harness import __version__, registry
 from harness.config import PerfTests
 from harness.environment import fingerprint, redact
 from harness.errors import HarnessError
-from harness.meters import GpuMeter, now_ns, rss_mib
+from harness.meters import GpuMeter, MemorySampler, now_ns, rss_mib
 from harness.models import ModelInfo
-from harness.perf import run_test
+from harness.perf import run_batch_test, run_test
 from harness.record import BackendInfo, Failure, LoadResult, RunRecord
 
 
@@ -64,14 +64,18 @@ def run_job(job: Job, channel: Channel) -> None:
     t0 = now_ns()
     channel.send("loading", model=job.model.ref)
     try:
-        info = backend.load()
+        # an engine's memory peaks while it starts (vLLM profiles and allocates its KV cache)
+        with MemorySampler(gpu if gpu.ok else None, interval_s=0.1) as load_mem:
+            info = backend.load()
     except HarnessError as exc:
         for case in job.cases:
             channel.send("failed", index=case.index, cause="load failed", detail=redact(str(exc)))
         return
     load_ms = (now_ns() - t0) / 1e6
     load = LoadResult(load_ms=load_ms, rss_after_load_mib=rss_mib(), model_file_mib=job.model.size_bytes / 2**20,
-                      mmap=info.mmap, n_ctx=info.n_ctx, n_vocab=info.n_vocab)
+                      mmap=info.mmap, n_ctx=info.n_ctx, n_vocab=info.n_vocab,
+                      peak_rss_load_mib=load_mem.peaks.peak_rss_mib, peak_rss_tree_load_mib=load_mem.peaks.peak_rss_tree_mib,
+                      engine_memory=backend.engine_memory())
     try:
         for case in job.cases:
             started = now_ns()
@@ -91,6 +95,15 @@ def run_job(job: Job, channel: Channel) -> None:
                                                     seed=case.settings.get("seed", 0), progress=progress))
                     except HarnessError as exc:
                         record.failures.append(Failure(cause=f"{kind}{n} failed", detail=redact(str(exc))))
+            for size in job.tests.batch:
+                def progress(test: str, rep: int, reps: int, index=case.index) -> None:
+                    channel.send("progress", index=index, test=test, rep=rep, reps=reps)
+                try:
+                    record.perf.append(run_batch_test(backend, size, job.tests.batch_pp, job.tests.batch_tg, job.tests.reps,
+                                                      gpu if gpu.ok else None, seed=case.settings.get("seed", 0),
+                                                      progress=progress))
+                except HarnessError as exc:
+                    record.failures.append(Failure(cause=f"batch{size} failed", detail=redact(str(exc))))
             if record.failures:
                 record.status = "partial" if record.perf else "failed"
             record.wall_s = (now_ns() - started) / 1e9

