@@ -412,6 +412,102 @@ def trend(
         print(_md_table(header, rows, set(range(5, len(header)))))
 
 
+@app.command()
+def compare(
+    base: Path = typer.Argument(..., help="base: a result file or a folder of them"),
+    head: list[Path] = typer.Argument(..., help="head: result files or folders; each is compared with base"),
+    by: Optional[str] = typer.Option(None, "--by", help="the axis: a setting (threads, n_batch, ...), model, quantization or backend; found automatically when it is the only difference"),
+    threshold: str = typer.Option("5%", "--threshold", help="smallest performance change that is flagged"),
+    acc_threshold: str = typer.Option("1pt", "--acc-threshold", help="smallest accuracy change that is flagged, in points"),
+    alpha: float = typer.Option(0.05, "--alpha", help="significance level"),
+    stat: str = typer.Option("mwu", "--stat", help="performance test: mwu (Mann-Whitney U on raw samples) or bootstrap (interval of head/base)"),
+    fail_on: Optional[str] = typer.Option(None, "--fail-on", help="exit 1 on a flagged regression, e.g. tg_tps:-5%,acc:-1pt (METRIC, TEST/METRIC or accuracy)"),
+    fmt: str = typer.Option("md", "--format", "-f", help=FORMAT_HELP),
+) -> None:
+    """Compare runs: base, head and the change per metric, with noise told apart from change."""
+    from harness import compare as cmp
+
+    _check_format(fmt)
+    if stat not in ("mwu", "bootstrap"):
+        raise HarnessError(f"--stat: unknown test '{stat}'; use mwu or bootstrap")
+    perf_limit = cmp.parse_threshold("--threshold", threshold)
+    acc_limit = cmp.parse_threshold("--acc-threshold", acc_threshold)
+    if perf_limit.unit != "%" or acc_limit.unit != "pt":
+        raise HarnessError("--threshold takes a percentage (5%), --acc-threshold points (1pt)")
+    rules = cmp.parse_fail_on(fail_on) if fail_on else []
+    base_records, base_files = cmp.load_records([base], "base")
+    comparisons = []
+    for h in head:
+        head_records, head_files = cmp.load_records([h], "head")
+        comparisons.append(cmp.compare(base_records, head_records, base_paths=base_files, head_paths=head_files,
+                                       head_label=str(h) if len(head) > 1 else "head", by=by, threshold=perf_limit,
+                                       acc_threshold=acc_limit, alpha=alpha, stat=stat, gate=rules))  # type: ignore[arg-type]
+    if rules:
+        cmp.check_gate_matches(comparisons, rules)
+    print(cmp.PRINTERS[fmt](comparisons), end="" if fmt == "md" else "\n")
+    for c in comparisons:
+        for w in c.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+    failures = cmp.gate_failures(comparisons)
+    if failures:
+        raise cmp.GateFailed(f"--fail-on: {len(failures)} flagged regression(s): " + "; ".join(failures))
+
+
+@app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="result files or folders"),
+    html: Path = typer.Option(..., "--html", help="the HTML file to write (PNG plots go beside it)"),
+    png_dir: Optional[Path] = typer.Option(None, "--png-dir", help="folder for the PNG plots (default: beside the HTML)"),
+    title: str = typer.Option("Benchmark report", "--title"),
+    power_w: Optional[float] = typer.Option(None, "--power-w", help="average power draw in W (default: measured, where the meters could)"),
+    kwh_price: Optional[float] = typer.Option(None, "--kwh-price", help="electricity price per kWh"),
+    hw_cost: Optional[float] = typer.Option(None, "--hw-cost", help="hardware price, amortized over --hw-lifetime-h"),
+    hw_lifetime_h: Optional[float] = typer.Option(None, "--hw-lifetime-h", help="hours over which --hw-cost is written off"),
+    api_price: list[str] = typer.Option([], "--api-price", help="an API's prices per million tokens, NAME=IN/OUT; repeat"),
+    currency: str = typer.Option("USD", "--currency", help="currency of the prices, for labels"),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="published scores YAML (default: harness/data/published_scores.yaml)"),
+    openness: Optional[Path] = typer.Option(None, "--openness", help="openness facts YAML (default: harness/data/openness.yaml)"),
+) -> None:
+    """One self-contained HTML report: tables, plots, open against closed, openness, cost."""
+    from harness.cost import CostInputs, parse_api_price
+    from harness.report import build_report, load_runs, write_report
+
+    inputs = CostInputs(kwh_price=kwh_price, hw_cost=hw_cost, hw_lifetime_h=hw_lifetime_h, power_w=power_w,
+                        currency=currency).check()
+    prices = [parse_api_price(p) for p in api_price]
+    records, files = load_runs(runs)
+    rep = build_report(records, files, inputs, prices, title=title, scores_path=reference, openness_path=openness)
+    for path in write_report(rep, html, png_dir):
+        print(f"[harness] wrote {path}", file=sys.stderr)
+
+
+@app.command()
+def trend(
+    history: list[Path] = typer.Argument(..., help="result files or folders (e.g. results/history)"),
+    last: int = typer.Option(14, "--last", help="how many nights to show"),
+    fmt: str = typer.Option("md", "--format", "-f", help=FORMAT_HELP),
+) -> None:
+    """Metric values per night from a history of results, newest last."""
+    from harness.compare import load_records, trend as trend_table
+    from harness.printers import _md_table
+
+    _check_format(fmt)
+    if last < 1:
+        raise HarnessError("--last must be at least 1")
+    records, _ = load_records(history, "history")
+    header, rows = trend_table(records, last)
+    if fmt == "json":
+        print(json.dumps([dict(zip(header, r)) for r in rows], indent=2))
+    elif fmt == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+    else:
+        print(_md_table(header, rows, set(range(5, len(header)))))
+
+
 def main() -> None:
     from harness.environment import RedactingStream
 

@@ -43,7 +43,14 @@ DIRECTION: dict[str, int] = {
     "tpot_ms_median": -1,
     "itl_ms_median": -1,
     "e2el_ms_median": -1,
+    # compare (model load, load-point errors)
+    "rss_after_load_mib": -1,
+    "errors": -1,
 }
+
+# Accuracy metrics are higher-better unless named here; an accuracy entry's own
+# "higher_is_better" (lm-eval's flag for the metric) wins over this list.
+LOWER_IS_BETTER_ACCURACY = frozenset({"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "ter"})
 
 
 class BackendInfo(BaseModel):

@@ -1,0 +1,94 @@
+"""The report's plots, drawn with matplotlib (the optional `report` extra) as PNG bytes.
+
+Figures are built with matplotlib.figure.Figure, not pyplot: no global state, no GUI
+backend, safe to call many times in one process.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+from harness.errors import HarnessError
+
+COLORS = {"measured open": "#1f77b4", "measured closed": "#d62728", "reported": "#9e9e9e"}
+
+
+def _figure(width: float = 7.5, height: float = 4.0):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise HarnessError("harness report draws its plots with matplotlib: pip install 'openbench-harness[report]'") from None
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return fig, fig.subplots()
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def throughput_vs_concurrency(series: dict[str, list[tuple[float, float]]]) -> bytes:
+    fig, ax = _figure()
+    for label, points in series.items():
+        pts = sorted(points)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ax.set_xlabel("concurrent requests")
+    ax.set_ylabel("output tokens/s")
+    ax.set_title("Serving throughput against concurrency")
+    ax.set_xscale("log", base=2)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def latency_percentiles(groups: Sequence[tuple[str, dict[str, float]]], title: str, ylabel: str) -> bytes:
+    """Grouped bars: one group per configuration, one bar per percentile."""
+    fig, ax = _figure(width=max(6.0, 1.2 * len(groups) + 3), height=4.0)
+    names = ["p50", "p90", "p99"]
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        xs = [g + (i - 1) * width for g in range(len(groups))]
+        ax.bar(xs, [vals.get(name, 0.0) for _, vals in groups], width, label=name)
+    ax.set_xticks(range(len(groups)), [label for label, _ in groups], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def accuracy_vs_memory(points: Sequence[tuple[str, str, float, float, float | None]], memory_label: str) -> bytes:
+    """points: (configuration label, task label, memory MiB, accuracy %, stderr %)."""
+    fig, ax = _figure()
+    markers = "osD^v<>PX*"
+    tasks = sorted({p[1] for p in points})
+    for t_i, task in enumerate(tasks):
+        mine = [p for p in points if p[1] == task]
+        ax.errorbar([p[2] for p in mine], [p[3] for p in mine], yerr=[p[4] or 0.0 for p in mine],
+                    fmt=markers[t_i % len(markers)], capsize=3, label=task)
+        for p in mine:
+            ax.annotate(p[0], (p[2], p[3]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel(memory_label)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Accuracy against memory")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def open_vs_closed(title: str, bars: Sequence[tuple[str, float, float | None, str, bool]]) -> bytes:
+    """bars: (label, value %, stderr %, kind, protocol differs). Reported bars are hatched."""
+    fig, ax = _figure(width=7.5, height=max(2.5, 0.38 * len(bars) + 1.2))
+    ys = list(range(len(bars)))[::-1]
+    for y, (label, value, err, kind, differs) in zip(ys, bars):
+        ax.barh(y, value, xerr=err or None, color=COLORS.get(kind, "#777777"), capsize=3,
+                hatch="//" if kind == "reported" else None, edgecolor="black", linewidth=0.5)
+        ax.text(value + 1, y, f"{value:.1f}{' *' if differs else ''}", va="center", fontsize=7)
+    ax.set_yticks(ys, [b[0] for b in bars], fontsize=7)
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("score (%) · hatched: reported, not measured · *: protocol differs")
+    ax.set_title(title)
+    ax.grid(True, axis="x", alpha=0.3)
+    return _png(fig)
