@@ -39,6 +39,7 @@ from harness.models import ModelInfo
 Api = Literal["chat", "completions"]
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504}) | frozenset(range(505, 600))
 ERROR_TEXT_CHARS = 300  # of a server's error body, in a message
+MAX_SERVER_STOPS = 4  # OpenAI's limit on stop sequences in one request
 
 
 # ------------------------------------------------------------------ small pieces
@@ -639,12 +640,21 @@ class OpenAIHttpBackend(Backend):
 
     def generate(self, prompt: str | list[dict], max_tokens: int, stop: list[str] | None = None,
                  temperature: float = 0.0) -> Generation:
-        """Text for a prompt (or chat messages): what lm-eval's generate_until needs."""
-        r = self.stream_request(prompt, max_tokens, temperature=temperature, stop=stop)
+        """Text for a prompt (or chat messages): what lm-eval's generate_until needs.
+
+        OpenAI's API takes at most four stop sequences; any further ones are applied
+        here, by cutting the text at the earliest stop that appears.
+        """
+        stop = [s for s in (stop or []) if s]
+        r = self.stream_request(prompt, max_tokens, temperature=temperature, stop=stop[:MAX_SERVER_STOPS] or None)
         if not r.ok:
             raise BackendError(f"generation failed at {self._need().shown_url}: {r.error_kind}: {r.error}"
                                f"{f' (after {r.retries} retries)' if r.retries else ''}")
-        return Generation(r.text, r.finish_reason, r.usage_prompt_tokens, r.usage_completion_tokens)
+        text = r.text
+        cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+        if cuts:
+            text = text[: min(cuts)]
+        return Generation(text, r.finish_reason, r.usage_prompt_tokens, r.usage_completion_tokens)
 
     def stream(self, prompt: list[int], max_tokens: int, ignore_eos: bool = False,
                temperature: float = 0.0) -> Iterator[int]:

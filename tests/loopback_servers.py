@@ -96,10 +96,10 @@ class ScriptedServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def _record(self) -> bool:
+            def _record(self, body: dict | None = None) -> bool:
                 with server.lock:
                     server.seen.append({"t": time.monotonic(), "path": self.path, "method": self.command,
-                                        "auth": self.headers.get("Authorization")})
+                                        "auth": self.headers.get("Authorization"), "body": body})
                 if server.require_key and self.headers.get("Authorization") != f"Bearer {server.require_key}":
                     # a careless server that repeats the credential it refused
                     got = self.headers.get("Authorization")
@@ -121,7 +121,7 @@ class ScriptedServer:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
-                if not self._record():
+                if not self._record(body):
                     return
                 with server.lock:
                     step = server.script.pop(0) if server.script else None  # None: a normal answer

@@ -165,3 +165,13 @@ def test_retry_after_forms_and_safe_urls():
     assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait
     assert retry_after_s("soon") is None
     assert safe_url(f"https://user:{SECRET}@api.example.com/v1?key={SECRET}") == "https://api.example.com/v1"
+
+
+def test_generate_applies_stops_beyond_the_servers_four():
+    with ScriptedServer() as srv:
+        b = _backend(srv.url, api="completions")
+        g = b.generate("hi", 4, stop=["a", "b", "c", "d", " w2"])  # the stream is " w0 w1 w2 w3"
+        b.close()
+    assert g.text == " w0 w1"
+    (post,) = srv.posts()
+    assert post["body"]["stop"] == ["a", "b", "c", "d"]  # the server was given only the first four
