@@ -533,17 +533,27 @@ def _resolve_model(ref: str | None):
     return resolve(ref)
 
 
-def _vllm_model_path(model) -> str:
-    """vLLM loads a Hugging Face-format directory; a GGUF goes through the vLLM backend's conversion."""
+def _vllm_model_path(model, python: str) -> str:
+    """vLLM loads a Hugging Face-format directory; a GGUF goes through the vLLM backend's conversion.
+
+    The conversion (backends.vllm_engine.convert_gguf: dequantized to float32, cached)
+    needs torch and transformers, which live beside vLLM: it runs in the server's Python.
+    """
     if Path(model.path).is_dir():
         return model.path
+    code = ("import sys\nfrom harness.models import resolve\nfrom backends.vllm_engine import convert_gguf\n"
+            "print(convert_gguf(resolve(sys.argv[1]))[0])")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     try:
-        from backends import vllm_engine
-        convert = getattr(vllm_engine, "converted_model_dir")
-    except (ImportError, AttributeError):
-        raise ConfigError("--serve vllm needs a Hugging Face-format model directory for --model "
-                          f"({model.ref} is a GGUF file and no converter is available)") from None
-    return str(convert(model))
+        out = subprocess.run([python, "-c", code, model.path], capture_output=True, text=True, env=env, timeout=1800)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LoadError(f"converting {model.ref} for vLLM failed: {exc}") from None
+    lines = [ln for ln in (out.stderr or "").splitlines() if ln.strip()]
+    if out.returncode != 0 or not out.stdout.strip():
+        last = lines[-1].strip()[-300:] if lines else f"exit code {out.returncode}"
+        raise LoadError(f"converting {model.ref} to a Hugging Face directory for vLLM failed: {last}")
+    return out.stdout.strip().splitlines()[-1]
 
 
 def run_load(req: LoadRequest, log: Log = lambda s: None) -> LoadOutcome:
@@ -566,6 +576,7 @@ def run_load(req: LoadRequest, log: Log = lambda s: None) -> LoadOutcome:
 
     serve_cm = None
     served_by = None
+    served_path = None
     engine_version = None
     if req.serve:
         python = req.serve_python or sys.executable
@@ -574,7 +585,10 @@ def run_load(req: LoadRequest, log: Log = lambda s: None) -> LoadOutcome:
         name = req.model_name or (model.ref if model.ref in BUNDLED else Path(model.path).stem)
         needed = (req.input_len or 2048) + req.output_len + 16
         n_ctx = max(512, min(needed, model.context_length_train or needed))
-        path = model.path if req.serve == "llamacpp" else _vllm_model_path(model)
+        if req.serve == "vllm":
+            log(f"preparing {model.ref} for vLLM")
+        path = model.path if req.serve == "llamacpp" else _vllm_model_path(model, python)
+        served_path = path
         port = free_port()
         command = server_command(req.serve, python, path, name, port, n_ctx, req.serve_args)
         serve_cm = served(req.serve, command, port, req.serve_timeout_s or (900 if req.serve == "vllm" else 180), log)
@@ -622,7 +636,8 @@ def run_load(req: LoadRequest, log: Log = lambda s: None) -> LoadOutcome:
     settings = {"base_url": shown, "api": req.api, "model_name": name, "served_by": served_by,
                 "key_variable": req.api_key_env, "retries": req.retries, "timeout_s": req.timeout_s,
                 "seed": req.seed, "dataset": str(req.dataset) if req.dataset else None,
-                "serve_args": req.serve_args or None}
+                "serve_args": req.serve_args or None,
+                "served_model_path": served_path}
     from harness.registry import get as get_backend
 
     record = RunRecord(
