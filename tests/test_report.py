@@ -1,0 +1,328 @@
+"""`harness report`: reference data with sources, cost arithmetic, and the page itself
+rendered in a real headless chromium (Debian's package; .ci/run installs it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from compare_runs import real_runs, write_variant  # noqa: F401  (session fixture)
+from harness.cost import CostInputs, cost_per_mtok, hours_per_mtok, measured_power_w, parse_api_price
+from harness.errors import ConfigError
+from harness.reference import (
+    Protocol,
+    load_openness,
+    load_published_scores,
+    osi_approval,
+    protocol_differences,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_REFERENCE = REPO.parent / "shared" / "reference"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+# ---------------------------------------------------------------------------- reference data
+
+
+def test_every_published_score_has_source_and_protocol():
+    scores = load_published_scores()
+    assert len(scores.scores) == 55
+    for s in scores.scores:
+        assert s.source.strip() and s.protocol_text.strip()
+        assert s.benchmark in scores.benchmarks
+    gpt4 = {s.benchmark: s for s in scores.scores if s.model == "GPT-4 (2023-03-14)"}
+    assert gpt4["gsm8k"].value == 92.0 and gpt4["gsm8k"].protocol == Protocol(shots=5, cot=True)
+    assert gpt4["mmlu"].source == "GPT-4 Technical Report, arXiv 2303.08774, Table 2" and gpt4["mmlu"].verified
+    # [unverified] figures are kept only with the label
+    gpt4o = [s for s in scores.scores if s.model.startswith("GPT-4o")]
+    assert gpt4o and not any(s.verified for s in gpt4o)
+    claude_gsm8k = next(s for s in scores.scores if s.model.startswith("Claude") and s.benchmark == "gsm8k")
+    assert claude_gsm8k.value == 96.4 and not claude_gsm8k.verified
+    # two protocols for one model and benchmark stay two numbers
+    assert sorted(s.value for s in scores.scores if s.model.startswith("Claude") and s.benchmark == "mmlu") == [88.3, 90.4]
+    # every bundled task says how it measures its benchmark
+    suites = __import__("yaml").safe_load((REPO / "tasks" / "suites.yaml").read_text())["suites"]
+    for task in {t for suite in suites.values() for t in suite["tasks"]}:
+        assert scores.task_protocol(task) is not None, task
+
+
+@pytest.mark.skipif(not (SHARED_REFERENCE / "published_scores.md").exists(), reason="shared/reference not beside the repo")
+def test_published_scores_match_the_reference_notes_number_for_number():
+    md = (SHARED_REFERENCE / "published_scores.md").read_text()
+    scores = load_published_scores()
+    by_model: dict[str, set[float]] = {}
+    for s in scores.scores:
+        by_model.setdefault(s.model, set()).add(s.value)
+    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith(("| model", "|---"))]
+    assert len(rows) == 15
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        model = cells[0]
+        figures = " ".join(cells[1:-1])
+        # the figures of a row, without what is said of an older version in the source column
+        numbers = {float(x) for x in re.findall(r"(?<![\d.])(\d{1,2}\.\d)(?![\d.])", figures)}
+        assert numbers, row
+        assert numbers == by_model[model], (model, numbers, by_model.get(model))
+
+
+def test_openness_facts_with_sources():
+    o = load_openness()
+    smol = o.family_for("Smollm2 135M 8k Lc100K Mix1 Ep2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert smol.family == "SmolLM2" and smol.license.spdx == "Apache-2.0" and "openness.md" in smol.source
+    gemma = o.family_for("gemma-3-270m-it-Q4_K_M.gguf")
+    assert gemma.family == "Gemma 3" and gemma.license.spdx is None and gemma.training_data.value == "not released"
+    llama = o.family_for("Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf")
+    assert any("700 million monthly active users" in c.value for c in llama.clauses)
+    assert o.family_for("phi-2.Q4_0.gguf") is None
+    assert o.family_for("OLMo-2-1124-7B").osaid is not None
+    assert [f.name for f in o.frameworks][0].startswith("OSI Open Source AI Definition 1.0")
+    assert osi_approval("apache-2.0")[0] == "yes" and "SPDX License List" in osi_approval("apache-2.0")[1]
+    verdict, source = osi_approval("gemma")
+    assert verdict == "no" and "not on the SPDX License List" in source
+    assert osi_approval(None)[0] == "unknown"
+
+
+def test_protocol_differences_are_named():
+    measured = Protocol(shots=5, cot=False, metric="acc", form="loglikelihood")
+    differs, unstated = protocol_differences(measured, Protocol(shots=0, cot=True))
+    assert differs == ["shots: reported 0-shot, measured 5-shot", "cot: reported CoT, measured no CoT"] and not unstated
+    differs, unstated = protocol_differences(measured, Protocol(shots=5))
+    assert not differs and unstated == ["cot"]
+    assert protocol_differences(measured, Protocol(shots=5, cot=False, metric="acc")) == ([], [])
+    assert protocol_differences(measured, Protocol(metric="acc_norm"))[0] == ["metric: reported acc_norm, measured acc"]
+
+
+def test_bad_reference_file_is_one_clear_error(tmp_path):
+    bad = tmp_path / "scores.yaml"
+    text = (REPO / "harness" / "data" / "published_scores.yaml").read_text()
+    bad.write_text(text.replace('source: "GPT-4 Technical Report, arXiv 2303.08774, Table 2", verified: true}', "verified: true}", 1))
+    with pytest.raises(ConfigError, match=r"fails validation at 'scores\.0\.source'"):
+        load_published_scores(bad)
+    bad.write_text("scores: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_published_scores(bad)
+
+
+# ---------------------------------------------------------------------------- cost
+
+
+def test_cost_arithmetic():
+    inputs = CostInputs(kwh_price=0.30, hw_cost=3000, hw_lifetime_h=30000, currency="EUR").check()
+    c = cost_per_mtok(100.0, inputs, measured_power_w=200.0)
+    assert c.hours == pytest.approx(1e6 / 100 / 3600)  # 2.7778 h
+    assert c.power_source == "measured" and c.kwh == pytest.approx(200 * 2.7777778 / 1000)
+    assert c.electricity == pytest.approx(0.5555556 * 0.30)
+    assert c.hardware == pytest.approx(3000 / 30000 * 2.7777778)
+    assert c.total == pytest.approx(0.1666667 + 0.2777778)
+    # a user-given power wins over a measured one
+    given = cost_per_mtok(100.0, CostInputs(kwh_price=0.30, power_w=50), measured_power_w=200.0)
+    assert given.power_w == 50 and given.power_source.startswith("given")
+    assert given.electricity == pytest.approx(50 * 2.7777778 / 1000 * 0.30)
+    assert given.hardware is None and given.total is None  # no amortization given: no silent zero
+    unknown = cost_per_mtok(100.0, CostInputs(kwh_price=0.30))
+    assert unknown.power_w is None and unknown.kwh is None and unknown.electricity is None
+    assert measured_power_w(500.0, 10.0) == 50.0 and measured_power_w(None, 10.0) is None
+    assert hours_per_mtok(1e6 / 3600) == pytest.approx(1.0)
+    with pytest.raises(ConfigError):
+        hours_per_mtok(0)
+    with pytest.raises(ConfigError, match="go together"):
+        CostInputs(hw_cost=1000).check()
+    with pytest.raises(ConfigError, match="must not be negative"):
+        CostInputs(kwh_price=-1).check()
+    p = parse_api_price("gpt-4o = 2.5/10")
+    assert (p.name, p.input_per_mtok, p.output_per_mtok) == ("gpt-4o", 2.5, 10.0)
+    with pytest.raises(ConfigError, match="NAME=IN/OUT"):
+        parse_api_price("gpt-4o:2.5")
+
+
+# ---------------------------------------------------------------------------- the page in chromium
+
+
+def chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe:
+        return exe
+    if os.environ.get("CI"):
+        pytest.fail("chromium is not installed; .ci/run installs it with apt-get install -y chromium")
+    pytest.skip("chromium is not installed (apt-get install -y chromium)")
+
+
+def render(page: Path) -> tuple[str, list[str]]:
+    """The DOM after scripts ran, and every console message the page produced."""
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    try:
+        proc = subprocess.run(
+            [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+             "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()],
+            capture_output=True, text=True, timeout=180,
+        )
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    return proc.stdout, console
+
+
+def test_the_page_check_catches_broken_plots_and_script_errors(tmp_path):
+    # the check below must be able to fail: a page with a script error and a plot that
+    # does not decode is caught on both counts
+    template = (REPO / "harness" / "data" / "report.html.j2").read_text()
+    script = template[template.index("<script>"): template.index("</script>") + len("</script>")]
+    page = tmp_path / "broken.html"
+    page.write_text(f'<html><body><img class="plot" data-plot="x" src="data:image/png;base64,AAAA">'
+                    f"<script>notDefined();</script>{script}</body></html>")
+    dom, console = render(page)
+    assert 'data-plots-loaded="0/1"' in dom and '<p class="plot-failed">plot failed to load: x</p>' in dom
+    assert any("notDefined is not defined" in line for line in console)
+
+
+@pytest.fixture(scope="module")
+def load_run(tmp_path_factory):
+    """A real load test: llama-cpp-python's server started on loopback by harness load."""
+    from conftest import run_cli
+
+    out = tmp_path_factory.mktemp("load")
+    res = run_cli("load", "--serve", "llamacpp", "-m", "smollm2-135m", "-c", "1,2", "-n", "2", "--warmup", "0",
+                  "--input-len", "8", "--output-len", "4", "-o", str(out))
+    assert res.code == 0, res.stderr
+    return out
+
+
+def _eval_like(real_runs, dest: Path) -> Path:
+    """The 1-thread run with accuracy entries as harness eval records them."""
+    def add(d):
+        d["accuracy"] = [
+            {"task": "mmlu_snapshot_generative", "metric": "exact_match", "filter": "flexible-extract", "value": 0.28,
+             "stderr": 0.06, "n": 57, "num_fewshot": 5, "higher_is_better": True},
+            {"task": "gsm8k", "metric": "exact_match", "filter": "flexible-extract", "value": 0.02, "stderr": 0.014,
+             "n": 100, "num_fewshot": 5, "higher_is_better": True},
+        ]
+    return write_variant(real_runs.file(real_runs.t1), dest, add)
+
+
+def _closed_model(real_runs, dest: Path) -> Path:
+    """A closed model measured through the OpenAI-compatible backend: no file, no perf."""
+    def closed(d):
+        d["model"] = {"ref": "openai:gpt-4o-mini", "name": "gpt-4o-mini", "path": "https://api.example.com/v1",
+                      "sha256": "", "format": "openai-api", "size_bytes": 0}
+        d["backend"] = {"name": "openai", "version": "0.28.1",
+                        "settings": {"base_url": "https://api.example.com/v1", "api": "chat", "model_name": "gpt-4o-mini"}}
+        d["perf"], d["model_load"], d["load"] = [], None, []
+        d["accuracy"] = [
+            {"task": "mmlu_snapshot_generative", "metric": "exact_match", "filter": "flexible-extract", "value": 0.80,
+             "stderr": 0.05, "n": 57, "num_fewshot": 5},
+            {"task": "gsm8k", "metric": "exact_match", "filter": "flexible-extract", "value": 0.90, "stderr": 0.03,
+             "n": 100, "num_fewshot": 5},
+        ]
+    return write_variant(real_runs.file(real_runs.t1), dest, closed)
+
+
+def test_full_report_renders_in_chromium(cli, real_runs, load_run, tmp_path):
+    runs = tmp_path / "runs"
+    _eval_like(real_runs, runs / "eval")
+    _closed_model(real_runs, runs / "closed")
+    shutil.copytree(real_runs.t2, runs / "t2")
+    shutil.copytree(load_run, runs / "load")
+    html = tmp_path / "site" / "report.html"
+    res = cli("report", str(runs), "--html", str(html), "--power-w", "65", "--kwh-price", "0.30",
+              "--hw-cost", "2000", "--hw-lifetime-h", "26280", "--api-price", "gpt-4o-mini=0.15/0.60", "--currency", "EUR")
+    assert res.code == 0, res.stderr
+    pngs = sorted(html.parent.glob("report-*.png"))
+    names = {p.stem.removeprefix("report-") for p in pngs}
+    assert {"throughput", "ttft", "tpot", "accuracy_memory", "open_vs_closed_1", "open_vs_closed_2"} <= names, names
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = html.read_text()
+    # self-contained: every plot embedded, nothing fetched from anywhere
+    assert text.count('src="data:image/png;base64,') == len(pngs)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text) and "@import" not in text
+
+    dom, console = render(html)
+    assert console == [], console
+    assert f'data-plots-loaded="{len(pngs)}/{len(pngs)}"' in dom and '<p class="plot-failed">' not in dom
+    assert "no load-test data" not in dom and "no accuracy data" not in dom
+    # open against closed: measured open, measured closed, reported with source and protocol
+    assert "measured open" in dom and "measured closed" in dom and "reported (closed)" in dom
+    assert "GPT-4 Technical Report, arXiv 2303.08774, Table 2" in dom
+    assert "protocol differs: shots: reported 0-shot, measured 5-shot" in dom  # Claude's 0-shot CoT GSM8K
+    assert "[unverified]" in dom
+    assert "+88.0" in dom  # gsm8k: measured closed 90.0 against the best measured open 2.0
+    # openness card for the bundled model, every fact with its source
+    card = dom[dom.index('class="card openness-card"'):]
+    assert "apache-2.0" in card and "GGUF metadata general.license" in card
+    assert re.search(r"OSI-approved license</dt><dd>yes", card)
+    assert "open (huggingface/smollm)" in card
+    # the closed model has no reference facts: unknown, not guessed
+    assert "gpt-4o-mini" in card and "unknown" in card
+    # cost: the 1-thread tg16 throughput priced with the given inputs
+    t1 = real_runs.data(real_runs.t1)
+    tg = next(p for p in t1["perf"] if p["test"] == "tg16")
+    c = cost_per_mtok(tg["tps_mean"], CostInputs(kwh_price=0.30, hw_cost=2000, hw_lifetime_h=26280, power_w=65))
+    assert f"{c.total:.4f}" in dom and f"{c.kwh:.3f}" in dom
+    assert "gpt-4o-mini" in dom and "0.15" in dom and "served at c=" in dom
+
+
+def test_report_without_load_or_accuracy_says_so(cli, real_runs, tmp_path):
+    html = tmp_path / "bare.html"
+    png_dir = tmp_path / "png"
+    res = cli("report", str(real_runs.t1), "--html", str(html), "--png-dir", str(png_dir))
+    assert res.code == 0, res.stderr
+    dom, console = render(html)
+    assert console == []
+    assert "no load-test data" in dom and "no accuracy data" in dom and "no accuracy measured" in dom
+    assert 'data-plots-loaded="2/2"' in dom  # TTFT and time-per-token percentiles
+    assert sorted(p.name for p in png_dir.iterdir()) == ["bare-tpot.png", "bare-ttft.png"]
+    # no --power-w: the power is the measured one where the meters read it, else unknown
+    assert "unknown (give --power-w)" in dom or "measured (" in dom
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--api-price", "gpt4"], "--api-price: bad value 'gpt4'"),
+    (["--hw-cost", "1000"], "--hw-cost and --hw-lifetime-h go together"),
+    (["--kwh-price", "-0.2"], "--kwh-price must not be negative"),
+])
+def test_bad_report_input_writes_nothing(cli, real_runs, tmp_path, args, message):
+    html = tmp_path / "r.html"
+    res = cli("report", str(real_runs.t1), "--html", str(html), *args)
+    assert res.code == 2 and res.stderr.startswith(f"error: {message}"), res.stderr
+    assert "Traceback" not in res.stderr and not list(tmp_path.iterdir())
+
+
+def test_report_refuses_empty_and_damaged_inputs(cli, real_runs, tmp_path):
+    (tmp_path / "empty").mkdir()
+    res = cli("report", str(tmp_path / "empty"), "--html", str(tmp_path / "r.html"))
+    assert res.code == 2 and "holds no result files" in res.stderr
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    text = real_runs.file(real_runs.t1).read_text()
+    (cut / "r.json").write_text(text[:100])
+    res = cli("report", str(cut), "--html", str(tmp_path / "r.html"))
+    assert res.code == 2 and "not valid JSON" in res.stderr
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_trend_table_over_nights(cli, real_runs, tmp_path):
+    history = tmp_path / "history"
+    for day, folder in (("2026-01-01", real_runs.t1), ("2026-01-02", real_runs.t1_again)):
+        def redate(d, day=day):
+            d["created_at"] = f"{day}T03:00:00Z"
+        write_variant(real_runs.file(folder), history / day, redate)
+    res = cli("trend", str(history), "--format", "json")
+    assert res.code == 0, res.stderr
+    rows = {(r["test"], r["metric"]): r for r in json.loads(res.stdout)}
+    tg = rows[("tg16", "tg_tps")]
+    a = real_runs.data(real_runs.t1)
+    b = real_runs.data(real_runs.t1_again)
+    va = next(p for p in a["perf"] if p["test"] == "tg16")["tps_mean"]
+    vb = next(p for p in b["perf"] if p["test"] == "tg16")["tps_mean"]
+    assert float(tg["2026-01-01"]) == pytest.approx(va, rel=0.01) and float(tg["2026-01-02"]) == pytest.approx(vb, rel=0.01)
+    assert tg["last vs previous"] == f"{(vb - va) / va * 100:+.1f}%"
