@@ -199,6 +199,10 @@ def sweep(
         if ev["event"] == "progress":
             what = "warm-up" if ev["rep"] == 0 else f"rep {ev['rep']}/{ev['reps']}"
             log(f"cell {ev['index']} {ev['test']} {what}")
+        elif ev["event"] == "phase":
+            log(f"cell {ev['index']} {ev['what']}")
+        elif ev["event"] == "eval_progress":
+            log(f"cell {ev['index']} {ev['kind']} {ev['done']}/{ev['total']}")
 
     outcome = run_sweep(plan, command, log, on_event)
     summary = outcome.summary
@@ -410,6 +414,86 @@ def trend(
         w.writerows(rows)
     else:
         print(_md_table(header, rows, set(range(5, len(header)))))
+
+
+# ---------------------------------------------------------------------------- harness eval (accuracy)
+
+
+def _eval_progress():
+    """Progress of an accuracy run: a rich bar on a terminal, log lines otherwise."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if console.is_terminal:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TimeElapsedColumn(), console=console, transient=True)
+        bars: dict = {}
+
+        def on_event(ev: dict) -> None:
+            if not bars:
+                progress.start()
+                bars["started"] = True
+            if ev["event"] == "progress":
+                if ev["kind"] not in bars:
+                    bars[ev["kind"]] = progress.add_task(ev["kind"], total=ev["total"])
+                progress.update(bars[ev["kind"]], completed=ev["done"], total=ev["total"])
+            elif ev["event"] == "phase":
+                console.log(ev["what"])
+
+        return on_event, progress.stop
+
+    def on_log(ev: dict) -> None:
+        if ev["event"] == "progress":
+            print(f"[harness] {ev['kind']} {ev['done']}/{ev['total']}", file=sys.stderr, flush=True)
+        elif ev["event"] == "phase":
+            print(f"[harness] {ev['what']}", file=sys.stderr, flush=True)
+
+    return on_log, lambda: None
+
+
+@app.command("eval")
+def eval_(
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="model reference: a .gguf path, a bundled name, or hf:ORG/REPO:FILE"),
+    backend: str = typer.Option("llamacpp", "--backend", "-b", help="backend name (see `harness backends`)"),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-eval task or group names, comma-separated (bundled: mmlu_snapshot, gsm8k, truthfulqa_mc2, humaneval, ...)"),
+    suite: Optional[str] = typer.Option(None, "--suite", help="a bundled suite: quick, standard or open-vs-closed"),
+    tasks_dir: list[Path] = typer.Option([], "--tasks-dir", help="a folder of lm-eval task YAML files with local data; repeatable; overrides bundled tasks of the same name"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="at most N documents per task (replaces a suite's fixed sample)"),
+    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="override every task's number of few-shot examples (default: each task's own)"),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="threads (default: physical cores)"),
+    out: Path = typer.Option(Path("results/runs"), "--out", "-o", help="folder for result files"),
+    fmt: str = typer.Option("md", "--format", "-f", help=FORMAT_HELP),
+    log_samples: bool = typer.Option(False, "--log-samples", help="also write every document's prompt, answers and scores (JSON Lines) beside the result"),
+    allow_code_execution: bool = typer.Option(False, "--allow-code-execution", help="run tasks that execute model-written code (humaneval), sandboxed"),
+    apply_chat_template: bool = typer.Option(False, "--apply-chat-template", help="format prompts with the model's own chat template"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="do not reuse or store answers in lm-eval's request cache"),
+) -> None:
+    """Measure accuracy with lm-eval on the bundled offline tasks (or any lm-eval task)."""
+    from harness.evaluation import EvalRequest, run_eval
+    from harness.printers import PRINTERS
+
+    _check_format(fmt)
+    request = EvalRequest(
+        model=model, backend=backend, tasks=tasks, suite=suite, tasks_dirs=tasks_dir, limit=limit,
+        num_fewshot=num_fewshot, threads=threads, out_dir=out, log_samples=log_samples,
+        allow_code_execution=allow_code_execution, apply_chat_template=apply_chat_template, use_cache=not no_cache,
+        command=["harness", *sys.argv[1:]],
+    )
+    on_event, stop = _eval_progress()
+    try:
+        outcome = run_eval(request, on_event)
+    finally:
+        stop()
+    print(PRINTERS[fmt](outcome.records))
+    for p in outcome.paths:
+        print(f"[harness] wrote {p}", file=sys.stderr)
+    for r in outcome.records:
+        if r.evaluation and r.evaluation.samples_file:
+            print(f"[harness] wrote {r.evaluation.samples_file}", file=sys.stderr)
+    if outcome.failed or outcome.stopped:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -54,7 +54,7 @@ from harness.meters import now_ns
 from harness.models import ModelInfo, resolve
 from harness.plan import Case, LoadGroup, build_plan, expand_settings
 from harness.record import Failure, RunRecord, SweepCell, SweepRecord, BackendInfo
-from harness.runner import Event, run_group
+from harness.runner import Event, run_group, run_worker
 from harness.store import SWEEP_SUMMARY_NAME as SUMMARY_NAME
 from harness.store import expand_paths, read_record, read_sweep, write_record, write_sweep
 
@@ -114,6 +114,40 @@ class PerfSpec(BaseModel):
         return PerfTests(pp=self.pp, tg=self.tg, reps=self.reps)
 
 
+class SuiteSpec(BaseModel):
+    """One accuracy cell's work, as `harness eval` takes it: a bundled suite, or lm-eval
+    task names, with an optional per-task document limit (which replaces a suite's sample)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    suite: str | None = None
+    tasks: list[str] | None = None
+    limit: int | None = None
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _tasks(cls, v: Any) -> Any:
+        return _as_list(v)
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("limit must be at least 1; leave it out to run every document")
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> "SuiteSpec":
+        if bool(self.suite) == bool(self.tasks):
+            raise ValueError("give either suite: NAME or tasks: [T1, T2]")
+        return self
+
+    @property
+    def name(self) -> str:
+        what = f"suite {self.suite}" if self.suite else f"tasks {','.join(self.tasks)}"
+        return what + (f" limit {self.limit}" if self.limit else "")
+
+
 class BackendEntry(BaseModel):
     """One backend with its settings; any other key is a setting of that backend, a value or a list."""
 
@@ -154,15 +188,20 @@ class Matrix(BaseModel):
     models: list[str] = Field(default_factory=list)
     backends: list[BackendEntry]
     perf: PerfSpec | None = None
-    suites: list[str] = Field(default_factory=list)
+    suites: list[SuiteSpec] = Field(default_factory=list)  # a name, or {suite|tasks, limit}
     allow_code_execution: bool = False  # suites' code-execution tasks run only with this
     timeout_s: float = DEFAULT_TIMEOUT_S  # wall-clock limit of one cell
     min_free_disk_mib: float = 100.0  # refuse to start with less free space in the results folder
 
-    @field_validator("models", "suites", mode="before")
+    @field_validator("models", mode="before")
     @classmethod
     def _lists(cls, v: Any) -> Any:
         return _as_list(v) or []
+
+    @field_validator("suites", mode="before")
+    @classmethod
+    def _suites(cls, v: Any) -> Any:
+        return [{"suite": x} if isinstance(x, str) else x for x in _as_list(v) or []]
 
     @field_validator("backends", mode="before")
     @classmethod
@@ -226,15 +265,6 @@ def suite_hash(definition: dict) -> str:
     return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _accuracy_entry() -> Callable | None:
-    """The accuracy module's suite entry point, when this harness has one (issue 3)."""
-    try:
-        from harness import accuracy  # noqa: F401  (lm-eval is imported inside, lazily)
-    except ImportError:
-        return None
-    return getattr(accuracy, "run_suite_cell", None)
-
-
 # ------------------------------------------------------------------------- cells
 
 
@@ -249,8 +279,8 @@ class Cell:
     user_settings: dict[str, Any]  # what the matrix set, for the label
     timeout_s: float
     tests: PerfTests | None = None
-    suite: str | None = None
-    suite_definition: dict | None = None
+    suite: SuiteSpec | None = None
+    suite_definition: dict | None = None  # the suite as defined, and the tasks selected from it
     key: str = ""
     estimate_s: float | None = None
     estimate_source: str = ""
@@ -262,13 +292,13 @@ class Cell:
             t = self.tests
             work = ",".join(t.names()) + f" x{t.reps}"
         else:
-            work = f"suite {self.suite}"
+            work = self.suite.name
         return " ".join(x for x in (self.model.ref, self.backend, settings, work) if x)
 
     def content(self) -> dict:
         """Everything the cell's result depends on that the harness knows before running it."""
         work = {"perf": self.tests.model_dump()} if self.kind == "perf" else {
-            "suite": self.suite, "suite_definition": suite_hash(self.suite_definition or {})}
+            "suite": self.suite.model_dump(), "suite_definition": suite_hash(self.suite_definition or {})}
         return {
             "kind": self.kind, "model_sha256": self.model.sha256, "backend": self.backend,
             "backend_version": self.backend_version, "settings": self.settings.model_dump(mode="json"),
@@ -296,25 +326,32 @@ class _Spec:
     values: dict[str, Any]
     timeout_s: float
     tests: PerfTests | None
-    suite: str | None
+    suite: SuiteSpec | None
 
 
 def expand(matrix: Matrix, source: Path) -> list[Cell]:
     """Every cell of the matrix, validated: the whole pre-flight except the results folder."""
     specs: list[_Spec] = []
-    known_suites: dict[str, dict] = {}
+    known_suites: dict[str, dict] = {}  # by SuiteSpec.name
     if matrix.suites:
         try:
+            from harness.evaluation import check_lm_eval
             from harness.suites import get_suite, select_tasks  # the accuracy pre-flight; no lm-eval import
         except ImportError:
-            raise ConfigError(f"{source}: suites: this harness has no accuracy suites (harness.suites is missing)") from None
-    for name in matrix.suites:
+            raise ConfigError(f"{source}: suites: this harness has no accuracy evaluation (harness.evaluation is missing)") from None
         try:
-            selection = select_tasks(None, name, None, matrix.allow_code_execution)
+            check_lm_eval()
         except HarnessError as exc:
             raise ConfigError(f"{source}: suites: {exc}") from None
+    for n, spec in enumerate(matrix.suites):
+        try:
+            selection = select_tasks(",".join(spec.tasks) if spec.tasks else None, spec.suite, spec.limit,
+                                     matrix.allow_code_execution)
+        except HarnessError as exc:
+            raise ConfigError(f"{source}: suites.{n}: {exc}") from None
         # what the suite evaluates is part of the cell's content: a changed sample reruns it
-        known_suites[name] = {**get_suite(name).model_dump(), "selected": selection.model_dump()}
+        known_suites[spec.name] = {"suite": get_suite(spec.suite).model_dump() if spec.suite else None,
+                              "selected": selection.model_dump(), "limit": spec.limit}
     for e, entry in enumerate(matrix.backends):
         where = f"{source}: backends.{e} ({entry.name})"
         try:
@@ -366,10 +403,19 @@ def expand(matrix: Matrix, source: Path) -> list[Cell]:
             raise ConfigError(f"{what}: setting '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
         except HarnessError as exc:
             raise ConfigError(f"{what}: {exc}") from None
+        suite_def = known_suites.get(spec.suite.name) if spec.suite else None
+        if suite_def and (suite_def["suite"] or {}).get("requires_loglikelihood"):
+            try:
+                scores = backend_cls(model, settings).capabilities.logprobs  # construction is cheap, loads nothing
+            except Exception:
+                scores = True  # the cell finds out
+            if not scores:
+                raise ConfigError(f"{what}: backend '{backend_cls.name}' cannot score log-likelihoods, which "
+                                  f"{spec.suite.name} needs (try suite open-vs-closed, the generative forms)")
         cell = Cell(index=i, kind="perf" if spec.tests else "suite", model=model, backend=backend_cls.name,
                     backend_version=backend_cls.installed_version(), settings=settings, user_settings=spec.values,
                     timeout_s=spec.timeout_s, tests=spec.tests, suite=spec.suite,
-                    suite_definition=known_suites.get(spec.suite) if spec.suite else None)
+                    suite_definition=suite_def)
         cell.key = _cell_key(cell.content())
         if cell.key in seen:
             raise ConfigError(f"{what}: repeats cell {seen[cell.key]} exactly; remove one of them")
@@ -419,10 +465,13 @@ def estimate(cell: Cell, measured: dict[tuple, dict[str, list[float]]]) -> tuple
         t = cell.tests
         work = sum((t.reps + 1) * n / pp_tps for n in t.pp) + sum((t.reps + 1) * n / tg_tps for n in t.tg)
         return overhead + work, source
-    samples = (cell.suite_definition or {}).get("samples")
-    if not samples:
+    selected = (cell.suite_definition or {}).get("selected") or {}
+    if selected.get("samples"):
+        n_docs = sum(len(v) for v in selected["samples"].values())
+    elif cell.suite.limit:
+        n_docs = cell.suite.limit * len(selected.get("tasks") or [1])  # a group counts once: rough
+    else:
         return None, "unknown (full task sets)"
-    n_docs = sum(len(v) for v in samples.values())
     return overhead + n_docs * (600 / pp_tps + 32 / tg_tps), source
 
 
@@ -625,7 +674,8 @@ def _summary_cell(cell: Cell) -> SweepCell:
     return SweepCell(index=cell.index, key=cell.key, label=cell.label, kind=cell.kind, model_ref=cell.model.ref,
                      model_sha256=cell.model.sha256, backend=cell.backend, backend_version=cell.backend_version,
                      settings=cell.settings.model_dump(mode="json"),
-                     perf=cell.tests.model_dump() if cell.tests else None, suite=cell.suite, timeout_s=cell.timeout_s)
+                     perf=cell.tests.model_dump() if cell.tests else None,
+                     suite=cell.suite.name if cell.suite else None, timeout_s=cell.timeout_s)
 
 
 def _model_unchanged(model: ModelInfo, stamps: dict[str, tuple[int, int]]) -> str | None:
@@ -640,33 +690,89 @@ def _model_unchanged(model: ModelInfo, stamps: dict[str, tuple[int, int]]) -> st
     return None
 
 
-def _unrun_record(cell: Cell, cause: str, command: list[str]) -> RunRecord:
-    """The record of a cell that failed before any process started for it."""
+def _unrun_record(cell: Cell, failure: Failure | str, command: list[str], run_id: str | None = None) -> RunRecord:
+    """The record of a cell that ended without one of its own (it never started, or its
+    process gave none)."""
     cls = registry.get(cell.backend)
-    return RunRecord(run_id=uuid.uuid4().hex[:12], created_at=_now(), harness_version=__version__, command=command,
-                     model=cell.model, environment=fingerprint(),
+    return RunRecord(run_id=run_id or uuid.uuid4().hex[:12], created_at=_now(), harness_version=__version__,
+                     command=command, model=cell.model, environment=fingerprint(),
                      backend=BackendInfo(name=cell.backend, version=cls.installed_version(),
                                          settings=cell.settings.model_dump(mode="json")),
-                     status="failed", failures=[Failure(cause=cause)])
+                     status="failed", failures=[failure if isinstance(failure, Failure) else Failure(cause=failure)])
+
+
+Outcome3 = tuple[RunRecord | None, Path | None, str | None]  # record, its file, stop reason
+
+
+def _run_suite_cell(cell: Cell, plan: SweepPlan, command: list[str], on_event: Event | None,
+                    stop: Callable[[], str | None]) -> Outcome3:
+    """An accuracy cell: harness eval's own job and worker (harness.evaluation), with the
+    cell's settings, timeout and the sweep's stop."""
+    from harness.evaluation import EvalRequest, check_lm_eval, request_cache_prefix
+    from harness.evaluation import prepare as prepare_eval
+
+    spec = cell.suite
+    request = EvalRequest(model=cell.model.path, backend=cell.backend, suite=spec.suite,
+                          tasks=",".join(spec.tasks) if spec.tasks else None, limit=spec.limit,
+                          out_dir=plan.out_dir, allow_code_execution=plan.matrix.allow_code_execution,
+                          command=command, timeout_s=cell.timeout_s)
+    try:
+        job = prepare_eval(request)
+    except HarnessError as exc:
+        record = _unrun_record(cell, f"evaluation refused: {exc}", command)
+        return record, write_record(record, plan.out_dir), None
+    # the matrix's model reference and every setting of the cell, not only the thread count
+    # `harness eval` takes; the request cache is keyed by exactly these settings
+    job.model = cell.model
+    job.settings = cell.settings.model_dump()
+    if job.request_cache:
+        job.request_cache = str(request_cache_prefix(cell.model, registry.get(cell.backend), job.settings,
+                                                     check_lm_eval(), job.apply_chat_template))
+    records: list[tuple[RunRecord, Path]] = []
+    refused: list[str] = []
+    failed: list[Failure] = []
+    shown: dict[str, int] = {}
+
+    def handle(event: dict) -> None:
+        kind = event.get("event")
+        if kind == "record":
+            record = RunRecord.model_validate(event["record"])
+            records.append((record, write_record(record, plan.out_dir)))
+        elif kind == "refused":
+            refused.append(event["message"])
+        elif kind == "failed":
+            failed.append(Failure(cause=event["cause"], detail=event.get("detail")))
+        elif on_event and kind == "phase":
+            on_event({"event": "phase", "index": cell.index, "what": event.get("what")})
+        elif on_event and kind == "progress" and event.get("total"):
+            quarter = 4 * event["done"] // event["total"]  # a line per quarter, not per request
+            if quarter > shown.get(event["kind"], 0):
+                shown[event["kind"]] = quarter
+                on_event({"event": "eval_progress", "index": cell.index, "kind": event["kind"],
+                          "done": event["done"], "total": event["total"]})
+
+    ended = run_worker("harness.eval_worker", job.model_dump_json(), handle, cell.timeout_s, stop)
+    if ended.ended_by not in (None, "timeout"):
+        return None, None, ended.ended_by
+    if records:
+        return records[0][0], records[0][1], None
+    if refused and ended.ended_by is None:
+        failure = Failure(cause=f"evaluation refused: {refused[0]}")
+    else:
+        failure = (failed[0] if failed and ended.ended_by is None else None) or Failure(cause=ended.cause(cell.timeout_s))
+    failure.stderr_tail = ended.stderr_tail
+    record = _unrun_record(cell, failure, command, run_id=job.run_id)
+    return record, write_record(record, plan.out_dir), None
 
 
 def _run_cell(cell: Cell, plan: SweepPlan, command: list[str], on_event: Event | None,
-              stop: Callable[[], str | None]) -> tuple[RunRecord | None, Path | None, str | None]:
-    """Run one cell in its own process; (record, its file, stop reason)."""
+              stop: Callable[[], str | None]) -> Outcome3:
+    """Run one cell in its own process."""
     if cell.kind == "suite":
-        entry = _accuracy_entry()
-        if entry is None:
-            cause = (f"suite '{cell.suite}' not run: this harness has no accuracy evaluation yet "
-                     "(harness.accuracy.run_suite_cell); the suite name was checked against tasks/suites.yaml")
-            record = _unrun_record(cell, cause, command)
-            return record, write_record(record, plan.out_dir), None
-        outcome = entry(model=cell.model, backend=cell.backend, settings=cell.settings, suite=cell.suite,
-                        allow_code_execution=plan.matrix.allow_code_execution, out_dir=plan.out_dir,
-                        command=command, on_event=on_event, timeout_s=cell.timeout_s, stop=stop)
-    else:
-        group = LoadGroup(backend=cell.backend, model=cell.model,
-                          cases=[Case(index=cell.index, model=cell.model, settings=cell.settings)])
-        outcome = run_group(group, cell.tests, plan.out_dir, command, on_event, timeout_s=cell.timeout_s, stop=stop)
+        return _run_suite_cell(cell, plan, command, on_event, stop)
+    group = LoadGroup(backend=cell.backend, model=cell.model,
+                      cases=[Case(index=cell.index, model=cell.model, settings=cell.settings)])
+    outcome = run_group(group, cell.tests, plan.out_dir, command, on_event, timeout_s=cell.timeout_s, stop=stop)
     if outcome.stopped:
         return None, None, outcome.stopped
     return outcome.records[0], outcome.paths[0], None

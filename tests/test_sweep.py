@@ -297,3 +297,41 @@ def test_sweep_killed_outright_takes_its_worker_and_resume_reruns_the_cell(tmp_p
     c = read_sweep(out / "sweep.json").cells[0]
     assert c.status == "failed" and c.attempts == 2 and c.cause.startswith("timed out after 4 s")
     assert gone(int((state / "server.pid").read_text()))
+
+
+# ------------------------------------------------------------------------ suite cells
+
+
+def test_suite_cells_are_planned_and_checked_before_running(cli, tmp_path):
+    pytest.importorskip("lm_eval")
+    m = matrix(tmp_path, "models: [smollm2-135m]\nbackends:\n  - name: llamacpp\n    threads: [1, 2]\n" + TINY +
+               "suites:\n  - quick\n  - tasks: [truthfulqa_mc2]\n    limit: 2\n")
+    out = tmp_path / "out"
+    res = cli("sweep", str(m), "--out", str(out), "--dry-run")
+    assert res.code == 0, res.stderr
+    rows = [line for line in res.stdout.splitlines() if "smollm2-135m llamacpp" in line]
+    assert len(rows) == 6  # per thread count: the perf tests, the quick suite, the limited task
+    assert "| suite | smollm2-135m llamacpp n_threads=1 suite quick " in rows[1]
+    assert "tasks truthfulqa_mc2 limit 2" in rows[2] and "| perf " in rows[3]
+    for text, needle in (("suites:\n  - tasks: [truthfulqa_mc2]\n    limit: 0\n", "limit must be at least 1"),
+                         ("suites:\n  - {suite: quick, tasks: [gsm8k]}\n", "either suite: NAME or tasks"),
+                         ("suites: [open-vs-closd]\n", "did you mean open-vs-closed")):
+        bad = matrix(tmp_path, "models: [smollm2-135m]\nbackends: [llamacpp]\n" + text, name="bad.yaml")
+        assert_refused(cli("sweep", str(bad), "--out", str(out)), out, needle)
+
+
+@pytest.mark.slow
+def test_suite_cell_runs_in_the_eval_worker_under_the_cell_timeout(cli, tmp_path):
+    """A suite cell is harness eval's own worker process, with the cell's wall-clock limit:
+    one too short to load lm-eval ends it, recorded like any other cell's failure."""
+    pytest.importorskip("lm_eval")
+    m = matrix(tmp_path, "models: [smollm2-135m]\nbackends:\n  - name: llamacpp\n    threads: 1\n"
+                         "    timeout_s: 1.5\nsuites:\n  - tasks: [truthfulqa_mc2]\n    limit: 1\n")
+    out = tmp_path / "out"
+    res = cli("sweep", str(m), "--out", str(out))
+    assert res.code == 1, res.stderr
+    c = read_sweep(out / "sweep.json").cells[0]
+    assert c.kind == "suite" and c.suite == "tasks truthfulqa_mc2 limit 1"
+    assert c.status == "failed" and c.cause.startswith("timed out after 1.5 s"), c.cause
+    record = read_record(out / c.result_file)
+    assert record.status == "failed" and record.backend.name == "llamacpp" and record.model.ref == "smollm2-135m"
