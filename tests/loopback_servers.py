@@ -41,7 +41,7 @@ def llamacpp_server(model_path: str, alias: str = "smollm2") -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--model_alias", alias,
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--n_threads", "2",
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--n_threads", "1", "--n_threads_batch", "1",
          "--interrupt_requests", "False"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"

@@ -51,7 +51,7 @@ def _check_point_arithmetic(p):
 @pytest.mark.slow
 def test_concurrency_points_against_llamacpp_server(cli, server_url, tmp_path):
     r = cli("load", "--base-url", server_url, "--model", "smollm2-135m", "--api", "completions",
-            "-c", "1,2", "--requests", "3", "--input-len", "16", "--output-len", "6",
+            "-c", "1,2", "--requests", "2", "--input-len", "16", "--output-len", "6",
             "--slo", "ttft_ms=60000,tpot_ms=60000", "--out", str(tmp_path))
     assert r.code == 0, r.stderr
     assert "c=1" in r.stdout and "c=2" in r.stdout and "TTFT med ms" in r.stdout
@@ -60,12 +60,12 @@ def test_concurrency_points_against_llamacpp_server(cli, server_url, tmp_path):
     assert record.backend.name == "openai" and record.backend.settings["model_name"] == "smollm2"
     assert record.perf == [] and record.model_load is None  # model_load is a different thing
     for p in record.load:
-        assert p.errors == 0 and p.completed == 3 and p.warmup_requests == 1
+        assert p.errors == 0 and p.completed == 2 and p.warmup_requests == 1
         # ignore_eos + min_tokens: every request gives exactly the asked-for length
         assert all(s.output_tokens == 6 and s.finish_reason == "length" for s in p.samples)
         assert p.short_outputs == 0 and p.token_count_disagreements == 0
         # the prompts re-tokenize to exactly the asked-for length
-        assert all(s.prompt_tokens == 16 for s in p.samples) and p.total_input_tokens == 48
+        assert all(s.prompt_tokens == 16 for s in p.samples) and p.total_input_tokens == 32
         assert p.goodput_per_s == pytest.approx(p.request_throughput_per_s)  # generous SLOs: all good
         _check_point_arithmetic(p)
     # this server runs one request at a time: at c=2 the second waits for the first
@@ -92,8 +92,10 @@ def test_chat_rate_point_and_tight_slo(cli, server_url, tmp_path):
 
 @pytest.mark.slow
 def test_serve_llamacpp_starts_and_always_stops_its_server(cli, tmp_path):
+    # one server thread: on a shared 2-core machine that is faster than two fighting other work
     r = cli("load", "--serve", "llamacpp", "--model", "smollm2-135m", "--sweep", "1", "--requests", "2",
-            "--input-len", "8", "--output-len", "4", "--out", str(tmp_path), "--format", "csv")
+            "--input-len", "8", "--output-len", "4", "--out", str(tmp_path), "--format", "csv",
+            "--serve-arg=--n_threads", "--serve-arg=1")
     assert r.code == 0, r.stderr
     port = int(re.search(r"127\.0\.0\.1:(\d+)", r.stderr).group(1))
     assert not port_open(port)
@@ -102,6 +104,7 @@ def test_serve_llamacpp_starts_and_always_stops_its_server(cli, tmp_path):
     assert labels[:2] == ["sweep c=1", "sweep rate=inf"]
     assert len(labels) in (2, 3)  # a third rate only when all-at-once was faster than one at a time
     assert record.backend.settings["served_by"] == "llamacpp"
+    assert record.backend.settings["serve_args"] == ["--n_threads", "1"]
     assert "llama-cpp-python" in record.backend.engine_version
     assert "load sweep c=1" in r.stdout  # the csv printer has a row per load point
 
@@ -110,7 +113,8 @@ def test_serve_llamacpp_starts_and_always_stops_its_server(cli, tmp_path):
 def test_ctrl_c_stops_the_started_server(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "load", "--serve", "llamacpp", "--model", "smollm2-135m",
-         "--duration", "60", "-c", "1", "--input-len", "8", "--output-len", "32", "--out", str(tmp_path)],
+         "--duration", "60", "-c", "1", "--input-len", "8", "--output-len", "16", "--warmup", "0",
+         "--serve-arg=--n_threads", "--serve-arg=1", "--out", str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
         # a shell's background job starts with SIGINT ignored; Ctrl-C must reach the harness here
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
