@@ -29,5 +29,23 @@ bench: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The nightly job (.github/workflows/nightly.yml, self-hosted GPU runner): the bundled models
+# on every installed backend that runs unattended, appended to HISTORY_DIR, with a trend
+# table, a comparison with the previous night and the HTML report under NIGHTLY_OUT.
+# The defaults are the GPU night; tests/test_nightly.py shrinks it to seconds on a CPU.
+NIGHTLY_MODELS ?= smollm2-135m gemma3-270m
+NIGHTLY_BACKENDS ?= auto
+NIGHTLY_BENCH_ARGS ?= --pp 512 --tg 128 --reps 5
+NIGHTLY_SUITE ?= quick
+NIGHTLY_REPORT_ARGS ?=
+NIGHTLY_OUT ?= results/nightly
+HISTORY_DIR ?= results/history
+
+.PHONY: nightly
+nightly: setup
+	$(BIN)/python -m harness.nightly --models "$(NIGHTLY_MODELS)" --backends "$(NIGHTLY_BACKENDS)" \
+		--bench-args "$(NIGHTLY_BENCH_ARGS)" --suite "$(NIGHTLY_SUITE)" --report-args "$(NIGHTLY_REPORT_ARGS)" \
+		--out "$(NIGHTLY_OUT)" --history "$(HISTORY_DIR)"
+
 clean:
 	rm -rf $(VENV) .pytest_cache

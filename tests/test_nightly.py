@@ -1,0 +1,59 @@
+"""`make nightly` run for real on the CPU, shrunk to seconds through its variables."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compare_runs import BENCH, real_runs, write_variant  # noqa: F401  (session fixture)
+from harness.nightly import unattended_backends
+
+REPO = Path(__file__).resolve().parent.parent
+VENV = Path(sys.prefix)
+
+pytestmark = pytest.mark.slow
+
+
+def test_backends_that_need_a_server_are_skipped():
+    ok, skipped = unattended_backends()
+    assert "llamacpp" in ok
+    assert "openai" not in ok and "base_url" in skipped["openai"]
+
+
+def test_make_nightly_on_cpu(real_runs, tmp_path):
+    history = tmp_path / "history"
+    # last night: the same configuration as tonight, so tonight is compared with it
+    def last_night(d):
+        d["created_at"] = "2026-01-01T03:00:00Z"
+    write_variant(real_runs.file(real_runs.t1), history / "20260101T030000Z", last_night)
+    out = tmp_path / "nightly"
+    summary = tmp_path / "step-summary.md"
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "-o", str(VENV / "bin" / "harness"), "nightly", f"VENV={VENV}",
+         "NIGHTLY_MODELS=smollm2-135m", "NIGHTLY_BACKENDS=auto", f"NIGHTLY_BENCH_ARGS={' '.join(BENCH)} --threads 1",
+         "NIGHTLY_SUITE=", "NIGHTLY_REPORT_ARGS=--power-w 20 --kwh-price 0.3",
+         f"NIGHTLY_OUT={out}", f"HISTORY_DIR={history}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "GITHUB_STEP_SUMMARY": str(summary)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nights = sorted(d.name for d in history.iterdir())
+    assert len(nights) == 2 and nights[0] == "20260101T030000Z"
+    tonight = sorted((history / nights[1]).glob("*.json"))
+    assert len(tonight) == 1
+    record = json.loads(tonight[0].read_text())
+    assert record["backend"]["name"] == "llamacpp" and record["status"] == "ok"
+    # last night's file is kept as it was: the history only grows
+    assert (history / nights[0] / real_runs.file(real_runs.t1).name).exists()
+    compare = (out / "compare.md").read_text()
+    assert compare.startswith("**harness compare** base → head: same configurations") and "tg_tps" in compare
+    trend = (out / "trend.md").read_text()
+    assert "2026-01-01" in trend and record["created_at"][:10] in trend and "last vs previous" in trend
+    assert (out / "report.html").exists() and list(out.glob("report-*.png"))
+    text = (out / "summary.md").read_text()
+    assert "backend openai skipped" in text and "bench smollm2-135m on llamacpp: ok" in text
+    assert "accuracy suite" not in text  # no suite asked for
+    assert summary.read_text() == text
