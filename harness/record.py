@@ -205,6 +205,73 @@ class LoadPoint(BaseModel):
     unavailable: dict[str, str] = Field(default_factory=dict)
 
 
+# -- accuracy (harness eval); definitions in results/README.md ("Accuracy")
+
+
+class AccuracyResult(BaseModel):
+    """One metric of one lm-eval task or group, as lm-eval computed it."""
+
+    task: str  # lm-eval task or group name
+    alias: str | None = None  # lm-eval's display name (e.g. "truthfulqa_mc2 (CSV variant)")
+    kind: Literal["task", "group"] = "task"
+    parent: str | None = None  # the group this task or subgroup was run as part of
+    metric: str  # e.g. acc, exact_match, pass@1
+    filter: str = "none"  # lm-eval filter (answer extraction), e.g. strict-match
+    value: float | None
+    stderr: float | None = None  # lm-eval's standard error; None where it gives none
+    n: int | None = None  # documents scored
+    n_total: int | None = None  # documents in the task's evaluation split (a task's own, not a group's)
+    num_fewshot: int | None = None
+    higher_is_better: bool | None = None
+    task_version: str | None = None
+    task_config_hash: str | None = None  # sha256 of the task's full config (prompt, shots, filters, metrics)
+
+    # read access by field name, for code written against the earlier untyped entries
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+    def items(self):
+        return self.model_dump().items()
+
+
+class EvalCost(BaseModel):
+    """What the evaluation itself cost. 'Without reuse' is one full pass per request."""
+
+    wall_s: float  # from task loading to results, model load included
+    model_load_s: float | None = None  # every load, context resizes included
+    requests_loglikelihood: int = 0
+    requests_loglikelihood_rolling: int = 0
+    requests_generate: int = 0
+    contexts_evaluated: int = 0  # distinct contexts scored
+    tokens_evaluated: int  # tokens passed through the model (generation steps included)
+    tokens_without_reuse: int  # what one pass per request would have evaluated
+    tokens_saved_by_reuse: int  # the difference: shared contexts and prefixes not evaluated again
+    floor_tokens: int  # each distinct context once, plus every continuation token but the last
+    tokens_generated: int = 0
+    context_resizes: int = 0  # reloads for a larger n_ctx when a request did not fit
+    rollback_unsupported: bool = False  # the cache could not roll back: contexts were re-evaluated
+    peak_rss_mib: float | None = None  # of the measuring process while it scored
+
+
+class EvalInfo(BaseModel):
+    """How an accuracy run was set up, so runs with different prompts are never compared silently."""
+
+    lm_eval_version: str
+    tasks: list[str]  # as requested (names, groups)
+    suite: str | None = None
+    limit: int | None = None
+    samples: dict[str, int] | None = None  # suite sample: leaf task -> documents
+    num_fewshot: int | None = None  # an override given by the user; None: each task's own
+    apply_chat_template: bool = False
+    chat_template_sha256: str | None = None
+    code_execution: bool = False
+    skipped: dict[str, str] = Field(default_factory=dict)  # task -> why it did not run
+    task_config_hashes: dict[str, str] = Field(default_factory=dict)  # task or group -> config sha256
+    request_cache: str | None = None  # lm-eval's request cache file (use_cache), if used
+    samples_file: str | None = None  # --log-samples: the per-document JSONL file
+    cost: EvalCost | None = None
+
+
 class Failure(BaseModel):
     cause: str
     detail: str | None = None
@@ -223,7 +290,8 @@ class RunRecord(BaseModel):
     environment: dict[str, Any] = Field(default_factory=dict)
     model_load: LoadResult | None = None
     perf: list[PerfResult] = Field(default_factory=list)
-    accuracy: list[dict[str, Any]] = Field(default_factory=list)
+    accuracy: list[AccuracyResult] = Field(default_factory=list)  # harness eval
+    evaluation: EvalInfo | None = None  # harness eval: setup and cost
     load: list[LoadPoint] = Field(default_factory=list)  # harness load: one entry per load point
     status: Literal["ok", "failed", "partial"] = "ok"
     failures: list[Failure] = Field(default_factory=list)

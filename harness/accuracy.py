@@ -1,0 +1,676 @@
+"""Accuracy through lm-eval on the backend contract.
+
+``BackendLM`` is an ``lm_eval.api.model.LM`` (through lm-eval's ``TemplateLM``, which
+splits context and continuation at the token boundary exactly as lm-eval's own models
+do). Every number comes from the backend's logits, log-softmaxed in numpy:
+
+* log-likelihood: the requests are grouped by context and the contexts sorted, so each
+  context is evaluated once, and only the part it does not share with the previous
+  one (``backend.truncate()`` rolls the KV cache back to the shared prefix). The
+  first continuation token is scored from the context's last logits, the others from
+  one pass over the continuation; ``is_greedy`` compares each token with the argmax.
+  A backend whose cache cannot roll back starts over from an empty cache instead.
+* rolling log-likelihood: lm-eval's own disjoint windows, scored the same way.
+* generation: greedy (or sampled) tokens from ``backend.stream()``, stopped at the
+  first stop sequence, reusing the prompt prefix already in the cache.
+
+lm-eval's metrics, filters, aggregation and standard errors do the rest. What the
+evaluation itself cost (tokens evaluated, tokens the reuse saved) is counted here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from lm_eval.api.model import TemplateLM
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+from harness.backend import Backend
+from harness.errors import BackendError, HarnessError
+
+log = logging.getLogger(__name__)
+
+# Rows of logits held at once when scoring many tokens (continuations, rolling windows):
+# at most ~256 MiB of float32 whatever the vocabulary.
+LOGITS_BUDGET_BYTES = 256 << 20
+DEFAULT_MAX_GEN_TOKS = 256
+CTX_ROUND = 256  # llama.cpp pads its context to 256 anyway
+
+
+class EvalError(HarnessError):
+    pass
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log-softmax over the last axis, in float64."""
+    x = logits.astype(np.float64, copy=False)
+    m = x.max(axis=-1, keepdims=True)
+    z = x - m
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass
+class EvalCounters:
+    """What the evaluation cost, in tokens; 'without reuse' is one full pass per request."""
+
+    requests_loglikelihood: int = 0
+    requests_rolling: int = 0
+    requests_generate: int = 0
+    contexts: int = 0  # distinct contexts scored
+    tokens_evaluated: int = 0  # tokens passed through the model, generation steps included
+    tokens_without_reuse: int = 0  # what one pass per request (lm-eval's hf/gguf way) would evaluate
+    floor_tokens: int = 0  # each distinct context once + each continuation (minus its last token)
+    tokens_generated: int = 0
+    context_resizes: int = 0
+    rollback_unsupported: bool = False
+    resize_s: float = 0.0
+
+    @property
+    def tokens_saved_by_reuse(self) -> int:
+        return max(0, self.tokens_without_reuse - self.tokens_evaluated)
+
+
+# ----------------------------------------------------------------------------- chat template
+
+
+def gguf_token_texts(path: str | Path, ids: list[int]) -> dict[int, str]:
+    """The vocabulary strings of a few token ids, read from the GGUF file.
+
+    The harness's metadata reader steps over arrays without decoding them (a 262k-token
+    vocabulary would take minutes); this walks the token array once, unpacking only
+    lengths, and decodes just the ids asked for.
+    """
+    from harness.models import _open_reader
+
+    reader = _open_reader(Path(path))
+    f = reader.fields.get("tokenizer.ggml.tokens")
+    if f is None:
+        return {}
+    buf = reader.data
+    (key_len,) = struct.unpack_from("<Q", buf, f.offset)
+    o = f.offset + 8 + key_len + 4 + 4  # key, value type, element type
+    (n,) = struct.unpack_from("<Q", buf, o)
+    o += 8
+    wanted = {i for i in ids if i is not None and 0 <= i < n}
+    out: dict[int, str] = {}
+    last = max(wanted, default=-1)
+    for i in range(last + 1):
+        (length,) = struct.unpack_from("<Q", buf, o)
+        if i in wanted:
+            out[i] = bytes(buf[o + 8:o + 8 + length]).decode("utf-8", errors="replace")
+        o += 8 + length
+    return out
+
+
+def gguf_special_ids(path: str | Path) -> dict[str, int | None]:
+    from harness.models import _open_reader
+
+    fields = _open_reader(Path(path)).fields
+
+    def get(key: str) -> int | None:
+        f = fields.get(key)
+        return int(f.contents()) if f is not None else None
+
+    return {"bos": get("tokenizer.ggml.bos_token_id"), "eos": get("tokenizer.ggml.eos_token_id")}
+
+
+class ChatTemplate:
+    """A model's own Jinja chat template, rendered in a sandbox (it comes from a model file).
+
+    The environment follows transformers' apply_chat_template: an immutable sandbox
+    (no attribute writes, no unsafe calls), trim_blocks/lstrip_blocks, loop controls,
+    ``raise_exception`` and ``strftime_now``.
+    """
+
+    def __init__(self, source: str, bos_token: str = "", eos_token: str = ""):
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message: str):
+            raise jinja2.exceptions.TemplateError(message)
+
+        def strftime_now(fmt: str) -> str:
+            from datetime import datetime
+
+            return datetime.now().strftime(fmt)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(x, indent=indent, ensure_ascii=ensure_ascii)
+        env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
+        self.source = source
+        self.sha256 = hashlib.sha256(source.encode()).hexdigest()
+        try:
+            self._template = env.from_string(source)
+        except jinja2.exceptions.TemplateSyntaxError as exc:
+            raise EvalError(f"the model's chat template does not parse (line {exc.lineno}: {exc.message})") from None
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        import jinja2
+
+        try:
+            text = self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                         bos_token=self.bos_token, eos_token=self.eos_token)
+        except jinja2.exceptions.SecurityError as exc:
+            raise EvalError(f"the model's chat template tried something the sandbox forbids: {exc}") from None
+        except jinja2.exceptions.TemplateError as exc:
+            raise EvalError(f"the model's chat template failed: {exc}") from None
+        if not add_generation_prompt and messages:
+            # continue the final (assistant) message instead of closing it, as
+            # transformers' continue_final_message does for lm-eval's gen_prefix
+            final = messages[-1]["content"]
+            for piece in (final, final.strip()):
+                if piece and piece in text:
+                    return text[:text.rindex(piece) + len(piece)]
+        return text
+
+
+# ----------------------------------------------------------------------------- the LM
+
+
+Progress = Callable[[str, int, int], None]  # request kind, done, total
+
+
+class BackendLM(TemplateLM):
+    """lm-eval's LM over one loaded Backend.
+
+    ``resize(n_ctx)`` (optional) replaces the backend with one loaded for a larger
+    context; it is called when the longest request of a batch does not fit, so the
+    context is sized to the requests rather than to the model's maximum.
+    """
+
+    backend = "causal"  # lm-eval's TemplateLM reads this name: a decoder-only model
+
+    def __init__(self, engine: Backend, *, max_length: int, identity: str,
+                 resize: Callable[[int], Backend] | None = None, chat_template: ChatTemplate | None = None,
+                 prefix_token_id: int | None = None, progress: Progress | None = None,
+                 progress_every: int = 64):
+        super().__init__()
+        self.engine = engine
+        self.max_length = max_length
+        self.identity = identity
+        self._resize = resize
+        self._chat_template = chat_template
+        self._prefix_token_id = prefix_token_id
+        self._progress = progress
+        self._progress_every = progress_every
+        self._seq: list[int] = []  # what the engine's KV cache holds, as far as we asked it to
+        self.counters = EvalCounters()
+        self._encode = lru_cache(maxsize=8192)(self._encode_uncached)
+        engine.reset()
+
+    # -- identity and tokens ---------------------------------------------------------
+    @property
+    def tokenizer_name(self) -> str:
+        # names lm-eval's request-building cache; must be a safe file-name fragment
+        return self.identity
+
+    @property
+    def eot_token_id(self) -> int:
+        eos = self.engine.eos_token
+        if eos is None:
+            raise EvalError("the model has no end-of-sequence token; lm-eval needs one for empty contexts")
+        return eos
+
+    @property
+    def prefix_token_id(self) -> int:
+        # as lm-eval's hf model: the BOS token when the vocabulary has one, else EOS
+        if self._prefix_token_id is not None:
+            return self._prefix_token_id
+        bos = self.engine.bos_token
+        return bos if bos is not None else self.eot_token_id
+
+    def _encode_uncached(self, string: str, add_special: bool | None) -> tuple[int, ...]:
+        tokens = self.engine.tokenize(string, add_special=False)
+        bos = self.engine.bos_token  # None unless the model asks for a BOS token
+        # None: add BOS where the model wants one, unless the text already starts with it
+        # (a rendered chat template often does)
+        if add_special is not False and bos is not None and (not tokens or tokens[0] != bos):
+            tokens = [bos] + tokens
+        return tuple(tokens)
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        return list(self._encode(string, add_special_tokens))
+
+    def tok_decode(self, tokens: list[int]) -> str:
+        return self.engine.detokenize(list(tokens))
+
+    # -- chat ------------------------------------------------------------------------
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return self._chat_template.source if self._chat_template else None
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        if self._chat_template is None:
+            raise EvalError("this model file has no chat template; run without --apply-chat-template")
+        return self._chat_template.render(chat_history, add_generation_prompt=add_generation_prompt)
+
+    # -- the KV cache ------------------------------------------------------------------
+    def _ensure_context(self, needed: int) -> None:
+        if needed <= self.engine.n_ctx:
+            return
+        if self._resize is None:
+            raise EvalError(f"a request needs {needed} tokens of context but the backend has {self.engine.n_ctx}")
+        from harness.meters import now_ns
+
+        n_ctx = min(-(-needed // CTX_ROUND) * CTX_ROUND, max(self.max_length, needed))
+        t0 = now_ns()
+        self.engine = self._resize(n_ctx)
+        self.counters.resize_s += (now_ns() - t0) / 1e9
+        self.counters.context_resizes += 1
+        self.engine.reset()
+        self._seq = []
+
+    def _rollback(self, n: int) -> int:
+        """Keep the first n cached tokens; returns how many are kept (0 when the cache cannot roll back)."""
+        if n >= len(self._seq):
+            return len(self._seq)
+        if n == 0 or self.counters.rollback_unsupported:
+            self.engine.reset()
+            self._seq = []
+            return 0
+        try:
+            self.engine.truncate(n)
+        except BackendError:
+            # e.g. a cache that cannot drop a suffix: from now on, start over each time
+            self.counters.rollback_unsupported = True
+            self.engine.reset()
+            self._seq = []
+            return 0
+        del self._seq[n:]
+        return n
+
+    def _evaluate(self, tokens: list[int], want: str):
+        try:
+            out = self.engine.evaluate(tokens, logits=want)
+        except BaseException:
+            self._seq = []  # the cache state is unknown now
+            try:
+                self.engine.reset()
+            except Exception:
+                pass
+            raise
+        self._seq.extend(tokens)
+        self.counters.tokens_evaluated += len(tokens)
+        return out
+
+    def _chunk_rows(self) -> int:
+        return max(32, LOGITS_BUDGET_BYTES // (4 * max(1, self.engine.n_vocab)))
+
+    def _score_following(self, first_logits: np.ndarray, tokens: list[int]) -> tuple[float, bool]:
+        """Sum of log P(tokens[i] | cache + tokens[:i]) and whether every token is the argmax.
+
+        ``first_logits`` are the logits after the cached sequence; tokens[:-1] are then
+        evaluated in chunks with all logits.
+        """
+        lp = float(log_softmax(first_logits)[tokens[0]])
+        greedy = int(np.argmax(first_logits)) == tokens[0]
+        rest = tokens[:-1]
+        step = self._chunk_rows()
+        for i in range(0, len(rest), step):
+            rows = self._evaluate(rest[i:i + step], "all")
+            targets = np.asarray(tokens[i + 1:i + 1 + len(rows)])
+            lps = log_softmax(rows)
+            lp += float(lps[np.arange(len(targets)), targets].sum())
+            greedy = greedy and bool((rows.argmax(axis=-1) == targets).all())
+        return lp, greedy
+
+    def _report(self, kind: str, done: int, total: int) -> None:
+        if self._progress and (done == total or done % self._progress_every == 0):
+            self._progress(kind, done, total)
+
+    # -- log-likelihood ----------------------------------------------------------------
+    def _fit(self, ctx: list[int], cont: list[int]) -> list[int]:
+        """The context, cut from the left as lm-eval's hf model does when the pair is too long."""
+        if len(cont) > self.max_length:
+            raise EvalError(f"a continuation of {len(cont)} tokens does not fit the model's context of {self.max_length}")
+        if len(ctx) + len(cont) - 1 > self.max_length:
+            ctx = ctx[len(ctx) + len(cont) - 1 - self.max_length:]
+        return ctx
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, kind: str = "loglikelihood",
+                              report: bool = True) -> list[tuple[float, bool]]:
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        groups: dict[tuple[int, ...], dict[tuple[int, ...], list[int]]] = {}
+        for i, (_key, ctx, cont) in enumerate(requests):
+            if not cont:
+                results[i] = (0.0, True)  # log P(nothing) = 0
+                continue
+            ctx = self._fit(list(ctx), list(cont))
+            groups.setdefault(tuple(ctx), {}).setdefault(tuple(cont), []).append(i)
+            self.counters.tokens_without_reuse += len(ctx) + len(cont) - 1
+        if groups:
+            self._ensure_context(max(len(c) + len(k) - 1 for c, conts in groups.items() for k in conts))
+        done = sum(r is not None for r in results)
+        for ctx_t in sorted(groups):
+            ctx = list(ctx_t)
+            kept = self._rollback(min(_common_prefix(self._seq, ctx), len(ctx) - 1))
+            last = self._evaluate(ctx[kept:], "last")
+            self.counters.contexts += 1
+            self.counters.floor_tokens += len(ctx)
+            for cont_t, indices in groups[ctx_t].items():
+                cont = list(cont_t)
+                self.counters.floor_tokens += len(cont) - 1
+                if len(cont) > 1:
+                    kept = self._rollback(len(ctx))
+                    if kept < len(ctx):  # the cache could not roll back: evaluate the context again
+                        self._evaluate(ctx[kept:], "none")
+                answer = self._score_following(last, cont)
+                for i in indices:
+                    results[i] = answer
+                    key = requests[i][0]
+                    if key is not None and report:
+                        self.cache_hook.add_partial("loglikelihood", key, answer)
+                done += len(indices)
+                if report:
+                    self._report(kind, done, len(requests))
+        return results  # type: ignore[return-value]
+
+    def loglikelihood(self, requests, disable_tqdm: bool = True) -> list[tuple[float, bool]]:
+        self.counters.requests_loglikelihood += len(requests)
+        return super().loglikelihood(requests, disable_tqdm=True)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = True) -> list[float]:
+        self.counters.requests_rolling += len(requests)
+        out: list[float] = []
+        for n, req in enumerate(requests, 1):
+            (string,) = req.args[:1]
+            windows = [(None,) + make_disjoint_window(w) for w in get_rolling_token_windows(
+                token_list=self.tok_encode(string, add_special_tokens=False), prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length, context_len=1)]
+            scores = self._loglikelihood_tokens(windows, kind="loglikelihood_rolling", report=False)
+            total = float(sum(lp for lp, _ in scores))
+            out.append(total)
+            self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
+            self._report("loglikelihood_rolling", n, len(requests))
+        return out
+
+    # -- generation --------------------------------------------------------------------
+    def generate_until(self, requests, disable_tqdm: bool = True) -> list[str]:
+        self.counters.requests_generate += len(requests)
+        eos_text = self.tok_decode([self.engine.eos_token]) if self.engine.eos_token is not None else None
+        prepared = []
+        for i, req in enumerate(requests):
+            context, gen_kwargs = req.args
+            kwargs = normalize_gen_kwargs(gen_kwargs, DEFAULT_MAX_GEN_TOKS)
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text or None)
+            max_gen = int(kwargs.pop("max_gen_toks"))
+            temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
+            if max_gen >= self.max_length:
+                raise EvalError(f"a task asks for {max_gen} new tokens but the model's context is {self.max_length}")
+            prompt = self.tok_encode(context)
+            prompt = prompt[-(self.max_length - max_gen):]  # cut from the left, as lm-eval's hf model
+            prepared.append((prompt, until, max_gen, temperature, i))
+        if prepared:
+            self._ensure_context(max(len(p) + g for p, _, g, _, _ in prepared))
+        results: list[str] = [""] * len(requests)
+        # sorted prompts share prefixes with their neighbours (few-shot examples)
+        for n, (prompt, until, max_gen, temperature, i) in enumerate(sorted(prepared, key=lambda x: x[0]), 1):
+            results[i] = self._generate(prompt, until, max_gen, temperature)
+            self.cache_hook.add_partial("generate_until", requests[i].args, results[i])
+            self._report("generate_until", n, len(requests))
+        return results
+
+    def _generate(self, prompt: list[int], until: list[str], max_gen: int, temperature: float) -> str:
+        if not prompt:
+            prompt = [self.prefix_token_id]
+        kept = self._rollback(min(_common_prefix(self._seq, prompt), len(prompt) - 1))
+        self.counters.tokens_without_reuse += len(prompt)
+        longest_stop = max((len(s) for s in until), default=0)
+        generated: list[int] = []
+        text = ""
+        stopped = False
+        self._seq = []  # unknown while the engine generates
+        stream = self.engine.stream(prompt[kept:], max_gen, ignore_eos=False, temperature=temperature)
+        self.counters.tokens_evaluated += len(prompt) - kept
+        try:
+            for token in stream:
+                generated.append(token)
+                before = len(text)
+                text = self.tok_decode(generated)
+                # a stop sequence that just appeared ends within the new text
+                tail = text[max(0, before - longest_stop):]
+                if any(s and s in tail for s in until):
+                    stopped = True
+                    break
+        except BaseException:
+            self.engine.reset()
+            raise
+        finally:
+            stream.close()
+        # each generated token went through the model, except the one we stopped at
+        steps = len(generated) - 1 if stopped else len(generated)
+        self.counters.tokens_evaluated += steps
+        self.counters.tokens_without_reuse += steps
+        self.counters.tokens_generated += len(generated)
+        # keep the prompt in the cache for the next request's shared prefix
+        try:
+            if self.counters.rollback_unsupported:
+                raise BackendError("no rollback")
+            self.engine.truncate(len(prompt))
+            self._seq = list(prompt)
+        except BackendError:
+            self.counters.rollback_unsupported = True
+            self.engine.reset()
+        return postprocess_generated_text(text, until, None)
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
+def quiet_lm_eval() -> None:
+    """lm-eval logs a great deal at INFO/WARNING; the worker keeps errors only."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    for name in ("lm_eval", "lm-eval", "datasets", "httpx", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def stock_task_names() -> set[str]:
+    """Every task, group and tag name stock lm-eval knows, cached per lm-eval version.
+
+    Indexing lm-eval's own ~14k task files takes 15-20 s, so it happens only when a name
+    is not among the bundled tasks, and once per lm-eval version.
+    """
+    from lm_eval.tasks import TaskManager
+
+    from harness.paths import cache_dir
+    from harness.store import write_atomic
+
+    path = cache_dir() / f"lm-eval-{lm_eval_version()}-task-names.json"
+    try:
+        return set(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        pass
+    names = set(TaskManager(include_defaults=True).all_tasks)
+    write_atomic(path, json.dumps(sorted(names)))
+    return names
+
+
+def task_manager_for(names: list[str], dirs: list[str]):
+    """A TaskManager that knows every name: the bundled and user folders alone when they
+    suffice (fast), with lm-eval's stock tasks under them otherwise. Later folders win."""
+    import difflib
+
+    from lm_eval.tasks import TaskManager
+
+    from harness.suites import TaskConfigError
+
+    tm = TaskManager(include_path=list(dirs), include_defaults=False)
+    missing = [n for n in names if n not in tm.all_tasks and not Path(n).is_file()]
+    if not missing:
+        return tm
+    stock = stock_task_names()
+    unknown = [n for n in missing if n not in stock]
+    if unknown:
+        known = sorted(set(tm.all_tasks) | stock)
+        parts = []
+        for n in unknown:
+            close = difflib.get_close_matches(n, known, n=5, cutoff=0.6)
+            parts.append(f"'{n}'" + (f" (close matches: {', '.join(close)})" if close else ""))
+        raise TaskConfigError(f"unknown task {'; '.join(parts)}; bundled tasks and suites: see tasks/README.md, "
+                              "or add a folder of task YAML files with --tasks-dir")
+    return TaskManager(include_path=list(dirs), include_defaults=True)
+
+
+@dataclass
+class LoadedTasks:
+    manager: Any
+    objects: list[Any]  # Task / Group objects, one per requested name (a tag gives several)
+    leaves: dict[str, Any]  # leaf task name -> Task
+
+    def output_types(self) -> dict[str, str]:
+        return {name: task.OUTPUT_TYPE for name, task in self.leaves.items()}
+
+    def needing_logprobs(self) -> list[str]:
+        return [n for n, t in self.output_types().items() if t != "generate_until"]
+
+    def executing_code(self) -> list[str]:
+        return [n for n, t in self.leaves.items() if getattr(t, "UNSAFE_CODE", False)]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def load_tasks(names: list[str], dirs: list[str]) -> LoadedTasks:
+    """Resolve and build the requested tasks (their data is read here): one clear error each."""
+    from harness.suites import TaskConfigError
+
+    tm = task_manager_for(names, dirs)
+    objects: list[Any] = []
+    leaves: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for name in names:
+        try:
+            loaded = tm.load([name])
+        except FileNotFoundError as exc:
+            raise TaskConfigError(f"task '{name}': a data file is missing: {exc.filename or _first_line(exc)}") from None
+        except Exception as exc:  # lm-eval and datasets raise many kinds; the first line names the problem
+            raise TaskConfigError(f"task '{name}' could not be loaded: {type(exc).__name__}: {_first_line(exc)}") from None
+        if name in loaded["groups"]:
+            objects.append(loaded["groups"][name])
+        elif name in loaded["tasks"]:
+            objects.append(loaded["tasks"][name])
+        else:  # a tag: its tasks
+            objects.extend(loaded["tasks"].values())
+        for leaf, task in loaded["tasks"].items():
+            if leaf in owner:
+                raise TaskConfigError(f"task '{leaf}' is asked for twice (in '{owner[leaf]}' and in '{name}'); give it once")
+            owner[leaf] = name
+            leaves[leaf] = task
+    return LoadedTasks(manager=tm, objects=objects, leaves=leaves)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def config_hash(config: dict) -> str:
+    """sha256 of a task config as lm-eval reports it, without where it was read from."""
+    cfg = json.loads(json.dumps(config, default=str))
+    meta = cfg.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("config_source", None)
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+
+
+def task_config_hashes(results: dict) -> dict[str, str]:
+    hashes = {name: config_hash(cfg) for name, cfg in (results.get("configs") or {}).items()}
+    subtasks = results.get("group_subtasks") or {}
+
+    def group(name: str) -> str:
+        if name not in hashes:
+            children = {c: group(c) if c in subtasks else hashes.get(c, "") for c in subtasks.get(name, [])}
+            hashes[name] = hashlib.sha256(json.dumps(children, sort_keys=True).encode()).hexdigest()
+        return hashes[name]
+
+    for name in subtasks:
+        group(name)
+    return hashes
+
+
+def _number(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if f != f else f  # NaN: not computed
+
+
+SKIP_KEYS = {"alias", "name", "sample_len", "sample_count", "samples"}
+
+
+def accuracy_results(results: dict) -> list:
+    """lm-eval's results dict -> AccuracyResult records (tasks, then groups)."""
+    from harness.record import AccuracyResult
+
+    hashes = task_config_hashes(results)
+    groups = set(results.get("groups") or {}) | set(results.get("group_subtasks") or {})
+    entries = dict(results.get("results") or {})
+    for name, entry in (results.get("groups") or {}).items():
+        entries.setdefault(name, entry)
+    parent = {child: g for g, children in (results.get("group_subtasks") or {}).items() for child in children}
+    n_samples = results.get("n-samples") or {}
+    n_shot = results.get("n-shot") or {}
+    hib = results.get("higher_is_better") or {}
+    versions = results.get("versions") or {}
+    out = []
+    for name, entry in entries.items():
+        for key, value in entry.items():
+            if key in SKIP_KEYS or "," not in key or "_stderr," in key:
+                continue
+            metric, _, filt = key.partition(",")
+            count = (entry.get("sample_count") or {}).get(key) if isinstance(entry.get("sample_count"), dict) else None
+            if count is None:
+                count = n_samples.get(name, {}).get("effective", entry.get("sample_len"))
+            shots = n_shot.get(name)
+            out.append(AccuracyResult(
+                task=name, alias=entry.get("alias"), kind="group" if name in groups else "task", parent=parent.get(name),
+                metric=metric, filter=filt or "none", value=_number(value),
+                stderr=_number(entry.get(f"{metric}_stderr,{filt}")),
+                n=int(count) if count is not None else None,
+                n_total=n_samples.get(name, {}).get("original"),
+                num_fewshot=int(shots) if isinstance(shots, (int, float)) else None,
+                higher_is_better=(hib.get(name) or {}).get(metric),
+                task_version=None if versions.get(name) is None else str(versions.get(name)),
+                task_config_hash=hashes.get(name),
+            ))
+    return out
+
+
+def write_samples(results: dict, path: Path) -> int:
+    """lm-eval's per-document samples (--log-samples) as JSON Lines, written atomically."""
+    from lm_eval.utils import handle_non_serializable
+
+    from harness.store import write_atomic
+
+    lines = []
+    for task, samples in (results.get("samples") or {}).items():
+        for s in samples:
+            lines.append(json.dumps({"task": task, **s}, default=handle_non_serializable, ensure_ascii=False))
+    write_atomic(path, "\n".join(lines) + ("\n" if lines else ""))
+    return len(lines)
