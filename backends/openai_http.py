@@ -477,6 +477,8 @@ class OpenAISettings(BackendSettings):
     timeout_s: float = 300.0
     max_retries: int = 3
     backoff_s: float = 0.5
+    # the served model's context length, for servers that do not report it (vLLM's /v1/models does)
+    n_ctx: int | None = None
 
     load_keys: ClassVar[tuple[str, ...]] = ("base_url", "model_name", "api", "api_key_env")
 
@@ -546,7 +548,10 @@ class OpenAIHttpBackend(Backend):
         key = api_key_from_env(s.api_key_env)
         self.client = OpenAIClient(s.base_url, key, s.timeout_s, RetryPolicy(max_retries=s.max_retries, backoff_s=s.backoff_s))
         self.served_name, self._listing = self.client.resolve_model(s.model_name or None)
-        return LoadInfo(n_ctx=int(self._listing.get("max_model_len") or 0), n_vocab=0, device="remote", mmap=False)
+        return LoadInfo(n_ctx=self._known_n_ctx() or 0, n_vocab=0, device="remote", mmap=False)
+
+    def _known_n_ctx(self) -> int | None:
+        return int(self._listing.get("max_model_len") or 0) or self.settings.n_ctx or None
 
     def close(self) -> None:
         if self.client is not None:
@@ -612,7 +617,11 @@ class OpenAIHttpBackend(Backend):
 
     @property
     def n_ctx(self) -> int:
-        return int(self._listing.get("max_model_len") or 0)
+        known = self._known_n_ctx()
+        if known is None:
+            raise BackendError(f"{self._need().shown_url} does not report the model's context length; "
+                               "give it as the openai backend's n_ctx setting")
+        return known
 
     # -- evaluation: not offered by the API
     def reset(self) -> None:

@@ -175,3 +175,24 @@ def test_generate_applies_stops_beyond_the_servers_four():
     assert g.text == " w0 w1"
     (post,) = srv.posts()
     assert post["body"]["stop"] == ["a", "b", "c", "d"]  # the server was given only the first four
+
+
+@pytest.mark.slow
+def test_lm_eval_adapter_generate_until_runs_on_the_http_backend(server_url):
+    """harness.accuracy's BackendLM drives generation through the contract (tokenize, stream)."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+
+    from harness.accuracy import BackendLM
+
+    b = _backend(server_url, api="completions", n_ctx=512)  # llama-cpp-python's model list has no context length
+    try:
+        lm = BackendLM(b, max_length=512, identity="openai-smollm2")
+        context = "Question: What is 2 + 3?\nAnswer:"
+        req = Instance("generate_until", {}, (context, {"until": ["\n"], "max_gen_toks": 12}), 0)
+        (answer,) = lm.generate_until([req])
+        direct = b.generate(context, 12, stop=["\n"]).text  # the same greedy request, stop applied by the server
+        assert answer.strip() and "\n" not in answer
+        assert answer.strip() == direct.strip()
+    finally:
+        b.close()
