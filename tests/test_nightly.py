@@ -57,3 +57,28 @@ def test_make_nightly_on_cpu(real_runs, tmp_path):
     assert "backend openai skipped" in text and "bench smollm2-135m on llamacpp: ok" in text
     assert "accuracy suite" not in text  # no suite asked for
     assert summary.read_text() == text
+
+
+def _workflow(name: str) -> dict:
+    import yaml
+
+    data = yaml.safe_load((REPO / ".github" / "workflows" / name).read_text())
+    data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads the key `on` as true
+    return data
+
+
+def test_workflows_keep_fork_code_off_the_gpu_runner():
+    pr, comment, nightly = _workflow("pr-bench.yml"), _workflow("pr-bench-comment.yml"), _workflow("nightly.yml")
+    # the pull-request job runs the PR's code: GitHub-hosted, read-only token
+    assert set(pr["on"]) == {"pull_request"} and pr["permissions"] == {"contents": "read"}
+    assert all(job["runs-on"] == "ubuntu-latest" for job in pr["jobs"].values())
+    # the commenting job has a write token: it checks out nothing and runs nothing from the PR
+    assert set(comment["on"]) == {"workflow_run"} and comment["on"]["workflow_run"]["workflows"] == [pr["name"]]
+    steps = [s for job in comment["jobs"].values() for s in job["steps"]]
+    assert not any("checkout" in s.get("uses", "") for s in steps) and not any("run" in s for s in steps)
+    assert "harness-pr-bench" in json.dumps(steps)  # one marked comment, updated
+    # the self-hosted runner is reached only by the schedule and manual runs
+    assert set(nightly["on"]) == {"schedule", "workflow_dispatch"}
+    (job,) = nightly["jobs"].values()
+    assert "self-hosted" in job["runs-on"] and "fork" in job["if"]
+    assert any("make nightly" in s.get("run", "") for s in job["steps"])
