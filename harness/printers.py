@@ -129,14 +129,72 @@ def load_markdown(records: list[RunRecord]) -> str:
     return _md_table(header, rows, right)
 
 
+def _ordered_accuracy(r: RunRecord) -> list[tuple[int, Any]]:
+    """Each top-level task or group, then what it contains (depth for indenting), as lm-eval lists them."""
+    children: dict[str | None, list] = {}
+    for a in r.accuracy:
+        children.setdefault(a.parent, []).append(a)
+    out: list[tuple[int, Any]] = []
+    seen: set[str] = set()
+
+    def walk(parent: str | None, depth: int) -> None:
+        for a in children.get(parent, []):
+            out.append((depth, a))
+            if a.task not in seen:
+                seen.add(a.task)
+                walk(a.task, depth + 1)
+
+    walk(None, 0)
+    return out
+
+
+def _eval_cost_line(r: RunRecord) -> str | None:
+    e = r.evaluation
+    if e is None or e.cost is None:
+        return None
+    c = e.cost
+    saved = f" ({100 * c.tokens_saved_by_reuse / c.tokens_without_reuse:.0f}%)" if c.tokens_without_reuse else ""
+    load = f" (model load {c.model_load_s:.2f} s)" if c.model_load_s is not None else ""
+    line = (f"{model_label(r)} on {r.backend.name}: eval wall {c.wall_s:.1f} s{load}, {c.tokens_evaluated:,} tokens evaluated, "
+            f"{c.tokens_saved_by_reuse:,} saved by context reuse{saved}, {c.tokens_generated:,} generated; lm-eval {e.lm_eval_version}")
+    if e.skipped:
+        line += "\nskipped: " + "; ".join(f"{t} ({why})" for t, why in e.skipped.items())
+    return line
+
+
+def accuracy_markdown(records: list[RunRecord]) -> str:
+    """lm-eval's familiar table: task, filter, n-shot, metric, value ± stderr."""
+    many = len({(r.model.sha256, r.backend.name) for r in records if r.accuracy}) > 1
+    header = (["model", "backend"] if many else []) + ["task", "filter", "n-shot", "n", "metric", "value", "± stderr"]
+    right = {len(header) - 5, len(header) - 4, len(header) - 2, len(header) - 1}
+    rows = []
+    notes = []
+    for r in records:
+        if not r.accuracy:
+            continue
+        for depth, a in _ordered_accuracy(r):
+            name = ("  " * depth + "- " if depth else "") + (a.alias or a.task).strip()
+            row = [name, a.filter, _fmt(a.num_fewshot), _fmt(a.n), a.metric,
+                   "" if a.value is None else f"{a.value:.4f}", "" if a.stderr is None else f"± {a.stderr:.4f}"]
+            rows.append(([model_label(r), r.backend.name] if many else []) + row)
+        line = _eval_cost_line(r)
+        if line:
+            notes.append(line)
+    return "\n\n".join([_md_table(header, rows, right)] + notes)
+
+
 def markdown(records: list[RunRecord]) -> str:
-    """The perf table (llama-bench style), then the load table when there are load points."""
+    """The perf table (llama-bench style), then the load table when there are load points,
+    then the accuracy table when there are accuracy results."""
     has_load = any(r.load for r in records)
+    has_accuracy = any(r.accuracy for r in records)
     parts = []
-    if not has_load or any(r.perf or r.failures for r in records):
+    if not (has_load or has_accuracy) or any(r.perf or r.failures for r in records):
         parts.append(perf_markdown(records))
     if has_load:
         parts.append(load_markdown(records))
+    if has_accuracy:
+        parts.append(accuracy_markdown(records))
     return "\n\n".join(parts)
 
 
@@ -160,6 +218,13 @@ def flat_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
             d["error_kinds"] = ";".join(f"{k}:{v}" for k, v in p.error_kinds.items())
             d["slo"] = ";".join(f"{k}={v:g}" for k, v in p.slo.items())
             rows.append({**base, "test": f"load {p.label}", **d})
+        cost = r.evaluation.cost if r.evaluation else None
+        for a in r.accuracy:
+            d = a.model_dump()
+            if cost is not None:
+                d.update(eval_wall_s=cost.wall_s, eval_tokens_evaluated=cost.tokens_evaluated,
+                         eval_tokens_saved_by_reuse=cost.tokens_saved_by_reuse)
+            rows.append({**base, "test": f"accuracy {a.task}", **d})
         for f in r.failures:
             rows.append({**base, "test": "FAILED", "failure": f.cause})
     return rows

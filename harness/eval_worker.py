@@ -1,0 +1,242 @@
+"""The accuracy-measuring process: ``python -m harness.eval_worker`` with an EvalJob on stdin.
+
+Same machinery as the speed worker (harness.runner.run_worker): one process per run,
+JSON-line events on its original stdout, engine output moved to stderr. The tasks are
+resolved and their data read before the model loads; a task problem ends the run with
+a ``refused`` event (the parent prints one line and writes nothing), anything that
+goes wrong after the model loaded becomes a failed record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from harness import __version__, registry
+from harness.environment import fingerprint, redact
+from harness.errors import HarnessError
+from harness.models import ModelInfo
+from harness.suites import TaskSelection
+from harness.worker import Channel
+
+# The first load's context; a batch of requests that needs more reloads with enough
+# (BackendLM's resize), so n_ctx ends up sized to the longest request.
+INITIAL_N_CTX = 2048
+
+
+class EvalJob(BaseModel):
+    run_id: str
+    command: list[str] = []
+    backend: str
+    model: ModelInfo
+    settings: dict[str, Any]
+    selection: TaskSelection
+    tasks_dirs: list[str]  # bundled first; later folders override earlier ones by name
+    limit: int | None = None
+    num_fewshot: int | None = None
+    apply_chat_template: bool = False
+    allow_code_execution: bool = False
+    log_samples: bool = False
+    samples_path: str | None = None
+    request_cache: str | None = None  # lm-eval use_cache prefix (lm-eval appends _rank0.db)
+    bootstrap_iters: int = 100000
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Refused(HarnessError):
+    """Bad input found in the worker before any measurement: no record is written."""
+
+
+def check_capabilities(backend_name: str, can_score: bool, loaded, selection: TaskSelection, allow_code: bool) -> None:
+    needing = loaded.needing_logprobs()
+    if needing and not can_score:
+        runnable = [n for n in loaded.leaves if n not in needing]
+        shown = ", ".join(sorted(needing)[:6]) + (f" and {len(needing) - 6} more" if len(needing) > 6 else "")
+        can = (f"of these it can run: {', '.join(sorted(runnable)[:6])}" if runnable else "it can run generative tasks only")
+        raise Refused(f"backend '{backend_name}' cannot score log-likelihoods, which {shown} need; {can} "
+                      "(try --suite open-vs-closed, the generative forms)")
+    code = loaded.executing_code()
+    if code and not allow_code:
+        raise Refused(f"{', '.join(code)} execute model-written code; add --allow-code-execution to run them "
+                      "(sandboxed, see tasks/README.md)")
+
+
+def run_eval_job(job: EvalJob, channel: Channel) -> None:
+    from harness.meters import MemorySampler, now_ns, rss_mib
+
+    t_start = now_ns()
+    from harness import accuracy
+    from harness.record import BackendInfo, EvalCost, EvalInfo, Failure, LoadResult, RunRecord
+
+    accuracy.quiet_lm_eval()
+    if job.allow_code_execution:
+        os.environ["HARNESS_ALLOW_CODE_EXECUTION"] = "1"  # the bundled humaneval scorer's gate
+    # (no phase event yet: a refused run prints nothing but its one error line)
+    try:
+        loaded = accuracy.load_tasks(job.selection.tasks, job.tasks_dirs)
+    except HarnessError as exc:
+        channel.send("refused", message=redact(str(exc)))
+        return
+
+    cls = registry.get(job.backend)
+    settings = cls.Settings(**job.settings)
+    probe = cls(job.model, settings)
+    try:
+        check_capabilities(cls.name, probe.capabilities.logprobs, loaded, job.selection, job.allow_code_execution)
+    except Refused as exc:
+        channel.send("refused", message=str(exc))
+        return
+
+    env = fingerprint()
+    record = RunRecord(run_id=job.run_id, created_at=_now(), harness_version=__version__, command=job.command,
+                       model=job.model, environment=env,
+                       backend=BackendInfo(name=cls.name, version=cls.installed_version(),
+                                           engine_version=cls.engine_version(), settings=settings.model_dump()))
+    train_ctx = job.model.context_length_train
+    fields = cls.Settings.model_fields
+    sized = "n_ctx" in fields and not settings.model_dump().get("n_ctx")
+    load_s = 0.0
+
+    def load(n_ctx: int | None):
+        nonlocal load_s
+        s = settings.model_copy(update={"n_ctx": n_ctx}) if sized and n_ctx else settings
+        engine = cls(job.model, s)
+        t0 = now_ns()
+        info = engine.load()
+        load_s += (now_ns() - t0) / 1e9
+        return engine, info
+
+    try:
+        chat = _chat_template(job.model) if job.apply_chat_template else None
+    except HarnessError as exc:
+        channel.send("refused", message=str(exc))
+        return
+
+    channel.send("phase", what="loading model")
+    first_ctx = min(INITIAL_N_CTX, train_ctx) if train_ctx else INITIAL_N_CTX
+    t0 = now_ns()
+    try:
+        engine, info = load(first_ctx)
+    except HarnessError as exc:
+        channel.send("failed", cause="load failed", detail=redact(str(exc)))
+        return
+    record.model_load = LoadResult(load_ms=(now_ns() - t0) / 1e6, rss_after_load_mib=rss_mib(),
+                                   model_file_mib=job.model.size_bytes / 2**20, mmap=info.mmap, n_ctx=info.n_ctx,
+                                   n_vocab=info.n_vocab)
+    record.backend.device = info.device
+    current = {"engine": engine}
+
+    def resize(n_ctx: int):
+        current["engine"].close()
+        current["engine"], _ = load(n_ctx)
+        channel.send("phase", what=f"context resized to {n_ctx} tokens")
+        return current["engine"]
+
+    special = accuracy.gguf_special_ids(job.model.path) if job.model.format == "gguf" else {}
+    identity = f"{cls.name}-{job.model.sha256[:16]}"
+    lm = accuracy.BackendLM(
+        engine, max_length=train_ctx or info.n_ctx, identity=identity, resize=resize if sized else None,
+        chat_template=chat, prefix_token_id=special.get("bos"),
+        progress=lambda kind, done, total: channel.send("progress", kind=kind, done=done, total=total),
+    )
+    samples = job.selection.samples
+    kwargs: dict[str, Any] = dict(
+        model=lm, tasks=loaded.objects, task_manager=loaded.manager, log_samples=job.log_samples,
+        apply_chat_template=job.apply_chat_template, confirm_run_unsafe_code=job.allow_code_execution,
+        bootstrap_iters=job.bootstrap_iters,
+    )
+    if job.limit is not None:
+        kwargs["limit"] = job.limit
+    elif samples:
+        kwargs["samples"] = {k: v for k, v in samples.items() if k in loaded.leaves}
+    if job.num_fewshot is not None:  # otherwise each task's own (TruthfulQA's must stay 0)
+        kwargs["num_fewshot"] = job.num_fewshot
+    if job.request_cache:
+        kwargs["use_cache"] = job.request_cache
+    import lm_eval
+
+    channel.send("phase", what="scoring")
+    results = None
+    with MemorySampler() as mem:
+        try:
+            results = lm_eval.simple_evaluate(**kwargs)
+        except HarnessError as exc:
+            record.failures.append(Failure(cause="evaluation failed", detail=redact(str(exc))))
+        except Exception as exc:
+            sys.stderr.write(redact(traceback.format_exc()))
+            record.failures.append(Failure(cause="evaluation failed", detail=redact(f"{type(exc).__name__}: {exc}")))
+        finally:
+            current["engine"] = lm.engine
+            record.backend.settings = lm.engine.effective_settings()
+            lm.engine.close()
+    c = lm.counters
+    info_hashes: dict[str, str] = {}
+    samples_file = None
+    if results is not None:
+        record.accuracy = accuracy.accuracy_results(results)
+        info_hashes = accuracy.task_config_hashes(results)
+        if job.log_samples and job.samples_path:
+            accuracy.write_samples(results, Path(job.samples_path))
+            samples_file = job.samples_path
+    wall_s = (now_ns() - t_start) / 1e9
+    record.evaluation = EvalInfo(
+        lm_eval_version=accuracy.lm_eval_version(), tasks=job.selection.tasks, suite=job.selection.suite,
+        limit=job.limit, samples={k: len(v) for k, v in samples.items()} if samples and job.limit is None else None,
+        num_fewshot=job.num_fewshot, apply_chat_template=job.apply_chat_template,
+        chat_template_sha256=chat.sha256 if chat else None, code_execution=job.allow_code_execution,
+        skipped=job.selection.skipped, task_config_hashes=info_hashes,
+        request_cache=f"{job.request_cache}_rank0.db" if job.request_cache else None, samples_file=samples_file,
+        cost=EvalCost(
+            wall_s=wall_s, model_load_s=load_s, requests_loglikelihood=c.requests_loglikelihood,
+            requests_loglikelihood_rolling=c.requests_rolling, requests_generate=c.requests_generate,
+            contexts_evaluated=c.contexts, tokens_evaluated=c.tokens_evaluated,
+            tokens_without_reuse=c.tokens_without_reuse, tokens_saved_by_reuse=c.tokens_saved_by_reuse,
+            floor_tokens=c.floor_tokens, tokens_generated=c.tokens_generated, context_resizes=c.context_resizes,
+            rollback_unsupported=c.rollback_unsupported, peak_rss_mib=mem.peaks.peak_rss_mib,
+        ),
+    )
+    if record.failures:
+        record.status = "partial" if record.accuracy else "failed"
+    record.wall_s = wall_s
+    channel.send("record", record=json.loads(record.model_dump_json()))
+
+
+def _chat_template(model: ModelInfo):
+    from harness import accuracy
+    from harness.models import read_chat_template
+
+    source = read_chat_template(Path(model.path)) if model.format == "gguf" else None
+    if not source:
+        raise Refused(f"{model.ref} has no chat template; run without --apply-chat-template")
+    ids = accuracy.gguf_special_ids(model.path)
+    texts = accuracy.gguf_token_texts(model.path, [i for i in ids.values() if i is not None])
+    return accuracy.ChatTemplate(source, bos_token=texts.get(ids["bos"], ""), eos_token=texts.get(ids["eos"], ""))
+
+
+def main() -> int:
+    channel = Channel()
+    job = EvalJob.model_validate_json(sys.stdin.read())
+    try:
+        run_eval_job(job, channel)
+    except Refused as exc:
+        channel.send("refused", message=str(exc))
+    except HarnessError as exc:
+        channel.send("failed", cause="evaluation failed", detail=redact(str(exc)))
+    except Exception:
+        sys.stderr.write(redact(traceback.format_exc()))
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""`harness eval`: pre-flight every input, run lm-eval in a worker process, return the record.
+
+Checks that need no model and no lm-eval import (options, backend, model file, suite,
+task folders and their YAML) happen here, before any process starts. Task names and
+task data are checked by the worker before it loads the model (lm-eval's TaskManager
+does the resolving); a problem there comes back as a ``refused`` event and ends the
+run with one line and no result file, like every other bad input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from typing import Callable
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from harness import __version__, registry
+from harness.bench import check_installed, check_out_dir
+from harness.errors import BackendNotInstalled, ConfigError
+from harness.models import DEFAULT_MODEL, ModelInfo, resolve
+from harness.record import BackendInfo, Failure, RunRecord
+from harness.runner import Outcome, new_run_id, run_worker
+from harness.store import write_record
+from harness.suites import TaskConfigError, bundled_tasks_dir, check_tasks_dir, select_tasks
+
+# Bump when the adapter would answer the same request differently (it keys the request cache).
+ADAPTER_VERSION = 1
+# Settings that cannot change an answer (llama.cpp's results do not depend on the thread
+# count; tests/test_accuracy.py checks it), left out of the request-cache key.
+NOT_IN_CACHE_KEY = {"n_threads", "n_threads_batch"}
+
+Event = Callable[[dict], None]
+
+
+class EvalRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = DEFAULT_MODEL
+    backend: str = "llamacpp"
+    tasks: str | None = None
+    suite: str | None = None
+    tasks_dirs: list[Path] = []
+    limit: int | None = None
+    num_fewshot: int | None = None
+    threads: int | None = None
+    out_dir: Path
+    log_samples: bool = False
+    allow_code_execution: bool = False
+    apply_chat_template: bool = False
+    use_cache: bool = True
+    command: list[str] = []
+    timeout_s: float | None = None
+
+
+def check_lm_eval() -> str:
+    if importlib.util.find_spec("lm_eval") is None:
+        raise BackendNotInstalled("lm-eval is not installed; install it with: pip install 'openbench-harness[eval]' "
+                                  "(or: make setup)")
+    return version("lm_eval")
+
+
+def request_cache_prefix(model: ModelInfo, backend_cls, settings: dict, lm_eval_version: str,
+                         apply_chat_template: bool) -> Path:
+    """Where lm-eval keeps answers for this model file, backend and settings (use_cache).
+
+    lm-eval keys its cache by the request alone, so everything else that can change an
+    answer goes into the file name: a different file, backend, engine or setting never
+    reuses old answers, and a rerun after an interruption skips the finished requests.
+    """
+    from harness.paths import cache_dir
+    from harness.store import _slug
+
+    key = {
+        "model_sha256": model.sha256, "backend": backend_cls.name, "backend_version": backend_cls.installed_version(),
+        "engine_version": backend_cls.engine_version(), "lm_eval": lm_eval_version, "adapter": ADAPTER_VERSION,
+        "settings": {k: v for k, v in sorted(settings.items()) if k not in NOT_IN_CACHE_KEY},
+        "chat_template": apply_chat_template,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    folder = cache_dir() / "lm-eval-requests"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{_slug(model.name or Path(model.path).stem)}-{backend_cls.name}-{digest}"
+
+
+def prepare(request: EvalRequest):
+    """Every check that can run before a process starts; returns the worker's job."""
+    from harness.eval_worker import EvalJob
+
+    if request.limit is not None and request.limit < 1:
+        raise ConfigError(f"--limit must be at least 1 (got {request.limit}); leave it out to run every document")
+    if request.num_fewshot is not None and request.num_fewshot < 0:
+        raise ConfigError(f"--num-fewshot must be 0 or more (got {request.num_fewshot})")
+    if request.threads is not None and request.threads < 1:
+        raise ConfigError(f"--threads must be at least 1 (got {request.threads})")
+    lm_eval_version = check_lm_eval()
+    backend_cls = registry.get(request.backend)
+    check_installed(backend_cls)
+    check_out_dir(request.out_dir)
+    selection = select_tasks(request.tasks, request.suite, request.limit, request.allow_code_execution)
+    dirs = [check_tasks_dir(bundled_tasks_dir())] + [check_tasks_dir(Path(d)) for d in request.tasks_dirs]
+    for name in selection.tasks:
+        if name.endswith(".yaml") and not Path(name).is_file():
+            raise TaskConfigError(f"--tasks {name}: no such task file")
+    model = resolve(request.model)
+    values = {}
+    if request.threads is not None:
+        if "n_threads" not in backend_cls.Settings.model_fields:
+            raise ConfigError(f"backend '{backend_cls.name}' has no thread setting; leave out --threads")
+        values["n_threads"] = request.threads
+    try:
+        settings = backend_cls.default_settings(model, **values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{backend_cls.name} setting '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+    run_id = new_run_id()
+    cache = (str(request_cache_prefix(model, backend_cls, settings.model_dump(), lm_eval_version,
+                                      request.apply_chat_template)) if request.use_cache else None)
+    samples_path = str(request.out_dir.resolve() / f"eval-{run_id}.samples.jsonl") if request.log_samples else None
+    return EvalJob(
+        run_id=run_id, command=request.command, backend=backend_cls.name, model=model,
+        settings=settings.model_dump(), selection=selection, tasks_dirs=[str(d) for d in dirs], limit=request.limit,
+        num_fewshot=request.num_fewshot, apply_chat_template=request.apply_chat_template,
+        allow_code_execution=request.allow_code_execution, log_samples=request.log_samples,
+        samples_path=samples_path, request_cache=cache,
+    )
+
+
+def _failed_record(job, failure: Failure) -> RunRecord:
+    from harness.environment import fingerprint
+
+    cls = registry.get(job.backend)
+    return RunRecord(
+        run_id=job.run_id, created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        harness_version=__version__, command=job.command, model=job.model, environment=fingerprint(),
+        backend=BackendInfo(name=job.backend, version=cls.installed_version(), settings=job.settings),
+        status="failed", failures=[failure],
+    )
+
+
+def run_eval(request: EvalRequest, on_event: Event | None = None) -> Outcome:
+    job = prepare(request)
+    outcome = Outcome()
+    refused: list[str] = []
+    failure: list[Failure] = []
+
+    def handle(event: dict) -> None:
+        kind = event.get("event")
+        if kind == "refused":
+            refused.append(event["message"])
+        elif kind == "record":
+            record = RunRecord.model_validate(event["record"])
+            outcome.records.append(record)
+            outcome.paths.append(write_record(record, request.out_dir))
+        elif kind == "failed":
+            failure.append(Failure(cause=event["cause"], detail=event.get("detail")))
+        if on_event:
+            on_event(event)
+
+    ended = run_worker("harness.eval_worker", job.model_dump_json(), handle, request.timeout_s)
+    if refused:
+        raise TaskConfigError(refused[0])
+    if ended.ended_by not in (None, "timeout"):
+        outcome.stopped = ended.ended_by
+        return outcome
+    if not outcome.records:
+        f = (failure[0] if failure and ended.ended_by is None else None) or Failure(cause=ended.cause(request.timeout_s))
+        f.stderr_tail = ended.stderr_tail
+        record = _failed_record(job, f)
+        outcome.records.append(record)
+        outcome.paths.append(write_record(record, request.out_dir))
+    return outcome
