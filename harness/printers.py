@@ -165,7 +165,7 @@ def _eval_cost_line(r: RunRecord) -> str | None:
 def accuracy_markdown(records: list[RunRecord]) -> str:
     """lm-eval's familiar table: task, filter, n-shot, metric, value ± stderr."""
     many = len({(r.model.sha256, r.backend.name) for r in records if r.accuracy}) > 1
-    header = (["model", "backend"] if many else []) + ["task", "filter", "n-shot", "n", "metric", "value", "± stderr"]
+    header = (["model", "backend"] if many else []) + ["task", "filter", "n-shot", "docs", "metric", "value", "± stderr"]
     right = {len(header) - 5, len(header) - 4, len(header) - 2, len(header) - 1}
     rows = []
     notes = []
