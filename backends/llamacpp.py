@@ -85,6 +85,15 @@ class LlamaCppBackend(Backend):
             return f"llama.cpp {commit} (vendored in llama-cpp-python {cls.installed_version()})"
         return f"llama.cpp vendored in llama-cpp-python {cls.installed_version()}"
 
+    @classmethod
+    def cell_resources(cls, model: ModelInfo, settings: LlamaCppSettings) -> dict[str, float]:
+        """For `harness sweep --ray`: a core per thread (unset: this machine's physical cores,
+        which is what the worker would use), a GPU when layers are offloaded by a build that
+        can, and the model file plus room for the KV cache and buffers in memory."""
+        offload = settings.n_gpu_layers != 0 and cls.installed_version() is not None and cls.supports_gpu_offload()
+        return {"num_cpus": settings.n_threads or physical_cores(), "num_gpus": 1 if offload else 0,
+                "memory": int(model.size_bytes * 1.1) + 512 * 2**20}
+
     @staticmethod
     def supports_gpu_offload() -> bool:
         import llama_cpp

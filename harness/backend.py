@@ -103,6 +103,13 @@ class Backend(ABC):
         return cls.Settings(**overrides)
 
     @classmethod
+    def cell_resources(cls, model: ModelInfo, settings: BackendSettings) -> dict[str, float]:
+        """What one run of this backend with these settings needs from a cluster node, in
+        Ray's resource names (num_cpus, num_gpus, memory in bytes), for `harness sweep --ray`.
+        A backend whose settings say how many threads or GPUs it uses overrides this."""
+        return {"num_cpus": 1, "num_gpus": 0}
+
+    @classmethod
     def resolve_model(cls, ref: str) -> ModelInfo:
         """A model reference -> the checked model this backend loads (a GGUF file by default;
         a backend that loads another format converts or downloads here, before any worker)."""

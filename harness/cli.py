@@ -179,6 +179,7 @@ def sweep(
     resume: bool = typer.Option(False, "--resume", help="keep cells that finished with the same content, run the others (failed ones again)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="check everything and print the plan with a duration estimate; run nothing"),
     fmt: str = typer.Option("md", "--format", "-f", help=FORMAT_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray", help="run the cells as Ray tasks on a cluster: its ADDRESS (host:port), auto (the cluster this machine joined with ray start) or local (one started here for the sweep)"),
 ) -> None:
     """Run a matrix of models x backends x tests, each cell in its own process, surviving faults."""
     from harness.environment import redact
@@ -186,6 +187,10 @@ def sweep(
     from harness.sweep import SweepRequest, prepare, run_sweep
 
     _check_format(fmt)
+    if ray_address is not None:
+        from harness.ray_sweep import import_ray
+
+        import_ray()  # not installed: one line saying how, before any work
     command = ["harness", *sys.argv[1:]]
     plan = prepare(SweepRequest(matrix_file=file, out_dir=out, resume=resume, dry_run=dry_run, command=command))
     if dry_run:
@@ -204,7 +209,18 @@ def sweep(
         elif ev["event"] == "eval_progress":
             log(f"cell {ev['index']} {ev['kind']} {ev['done']}/{ev['total']}")
 
-    outcome = run_sweep(plan, command, log, on_event)
+    executor = None
+    if ray_address is not None:
+        from harness.ray_sweep import connect
+        from harness.sweep import cell_job
+
+        jobs = [cell_job(c, plan, command) for c in plan.cells if c.key not in plan.resume.kept]
+        executor = connect(ray_address, jobs, {c.index: c.label for c in plan.cells}, log)
+    try:
+        outcome = run_sweep(plan, command, log, on_event, executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()  # a --ray local cluster ends with the sweep
     summary = outcome.summary
     print(SWEEP_PRINTERS[fmt](summary))
     measured = [r for r in outcome.records if r.perf or r.accuracy]

@@ -116,6 +116,12 @@ class EngineMemory(BaseModel):
     kv_cache_tokens: int | None = None  # tokens the allocated KV cache holds (all sequences)
     kv_cache_blocks: int | None = None
     kv_cache_block_size: int | None = None  # tokens per block
+    # model parallelism (vLLM tensor_parallel_size x pipeline_parallel_size): weights_mib is the
+    # sum over the workers; per_worker holds each worker's (one per GPU) weights_mib, device,
+    # reserved_mib (torch's reservation on that GPU) and tp_rank/pp_rank where known
+    parallel_size: int | None = None
+    per_worker: list[dict[str, Any]] = Field(default_factory=list)
+    reserved_mib_total: float | None = None
     unavailable: dict[str, str] = Field(default_factory=dict)
 
 
@@ -333,6 +339,8 @@ class SweepCell(BaseModel):
     finished_at: str | None = None
     reused: bool = False  # finished in an earlier invocation and kept by --resume
     attempts: int = 0  # how many times a process was started for it, over all invocations
+    # `harness sweep --ray`: the cluster node that ran the cell ({node_id, hostname, ip}); None when local
+    node: dict[str, str] | None = None
 
 
 class SweepRecord(BaseModel):

@@ -271,13 +271,15 @@ def run_worker(module: str, job_json: str, on_event: Event, timeout_s: float | N
                       oom_killed=oom_before is not None and oom_after is not None and oom_after > oom_before)
 
 
-def run_group(group: LoadGroup, tests: PerfTests, out_dir: Path, command: list[str],
+def run_group(group: LoadGroup, tests: PerfTests, out_dir: Path | None, command: list[str],
               on_event: Event | None = None, timeout_s: float | None = None,
               stop: Callable[[], str | None] | None = None) -> Outcome:
     """Run one load group in a worker process and record every case, finished or not.
 
     A timeout records the unfinished cases as timed out; a stop (see run_worker) leaves
-    them without a record and ``Outcome.stopped`` says why.
+    them without a record and ``Outcome.stopped`` says why. Each record is written to
+    ``out_dir`` as it comes; with ``out_dir`` None they are only returned (a sweep cell,
+    whose records the sweep writes, on this machine or back from a Ray node).
     """
     run_ids = {c.index: new_run_id() for c in group.cases}
     job = Job(
@@ -292,7 +294,8 @@ def run_group(group: LoadGroup, tests: PerfTests, out_dir: Path, command: list[s
         if kind == "record":
             record = RunRecord.model_validate(event["record"])
             outcome.records.append(record)
-            outcome.paths.append(write_record(record, out_dir))
+            if out_dir is not None:
+                outcome.paths.append(write_record(record, out_dir))
         elif kind == "failed":
             failures[event["index"]] = Failure(cause=event["cause"], detail=event.get("detail"))
         if on_event:
@@ -310,7 +313,8 @@ def run_group(group: LoadGroup, tests: PerfTests, out_dir: Path, command: list[s
         failure.stderr_tail = ended.stderr_tail
         record = _failure_record(group, case, run_ids[case.index], failure, command)
         outcome.records.append(record)
-        outcome.paths.append(write_record(record, out_dir))
+        if out_dir is not None:
+            outcome.paths.append(write_record(record, out_dir))
         if on_event:
             on_event({"event": "failed", "index": case.index, "cause": failure.cause})
     return outcome

@@ -34,11 +34,12 @@ import os
 import shutil
 import signal
 import statistics
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import psutil
 import yaml
@@ -690,45 +691,75 @@ def _model_unchanged(model: ModelInfo, stamps: dict[str, tuple[int, int]]) -> st
     return None
 
 
-def _unrun_record(cell: Cell, failure: Failure | str, command: list[str], run_id: str | None = None) -> RunRecord:
+class CellJob(BaseModel):
+    """One cell as the process that runs it needs it: plain data, so that it can travel to
+    another node of a Ray cluster (harness.ray_sweep) as well as run here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    kind: Literal["perf", "suite"]
+    model: ModelInfo
+    backend: str
+    settings: dict[str, Any]
+    timeout_s: float
+    tests: PerfTests | None = None
+    suite: SuiteSpec | None = None
+    allow_code_execution: bool = False
+    command: list[str] = []
+
+
+class CellResult(BaseModel):
+    """What running a cell gave: its record (a failure is a record too), or the reason it was
+    stopped before it had one; nothing of it is written yet."""
+
+    record: RunRecord | None = None
+    stopped: str | None = None
+    wall_s: float | None = None  # the whole cell: process start, load, work
+    node: dict[str, str] | None = None  # the Ray node that ran it; None here
+
+
+def cell_job(cell: Cell, plan: "SweepPlan", command: list[str]) -> CellJob:
+    return CellJob(index=cell.index, kind=cell.kind, model=cell.model, backend=cell.backend,
+                   settings=cell.settings.model_dump(mode="json"), timeout_s=cell.timeout_s, tests=cell.tests,
+                   suite=cell.suite, allow_code_execution=plan.matrix.allow_code_execution, command=command)
+
+
+def _unrun_record(job: CellJob, failure: Failure | str, run_id: str | None = None) -> RunRecord:
     """The record of a cell that ended without one of its own (it never started, or its
-    process gave none)."""
-    cls = registry.get(cell.backend)
+    process gave none). Its environment is that of the machine making it: the node's."""
+    cls = registry.get(job.backend)
     return RunRecord(run_id=run_id or uuid.uuid4().hex[:12], created_at=_now(), harness_version=__version__,
-                     command=command, model=cell.model, environment=fingerprint(),
-                     backend=BackendInfo(name=cell.backend, version=cls.installed_version(),
-                                         settings=cell.settings.model_dump(mode="json")),
+                     command=job.command, model=job.model, environment=fingerprint(),
+                     backend=BackendInfo(name=job.backend, version=cls.installed_version(), settings=job.settings),
                      status="failed", failures=[failure if isinstance(failure, Failure) else Failure(cause=failure)])
 
 
-Outcome3 = tuple[RunRecord | None, Path | None, str | None]  # record, its file, stop reason
-
-
-def _run_suite_cell(cell: Cell, plan: SweepPlan, command: list[str], on_event: Event | None,
-                    stop: Callable[[], str | None]) -> Outcome3:
+def _execute_suite_cell(job: CellJob, on_event: Event | None, stop: Callable[[], str | None] | None,
+                        scratch_dir: Path) -> CellResult:
     """An accuracy cell: harness eval's own job and worker (harness.evaluation), with the
     cell's settings, timeout and the sweep's stop."""
     from harness.evaluation import EvalRequest, check_lm_eval, request_cache_prefix
     from harness.evaluation import prepare as prepare_eval
 
-    spec = cell.suite
-    request = EvalRequest(model=cell.model.path, backend=cell.backend, suite=spec.suite,
+    spec = job.suite
+    # out_dir only passes eval's folder check: a sweep cell logs no samples, its record comes back
+    request = EvalRequest(model=job.model.path, backend=job.backend, suite=spec.suite,
                           tasks=",".join(spec.tasks) if spec.tasks else None, limit=spec.limit,
-                          out_dir=plan.out_dir, allow_code_execution=plan.matrix.allow_code_execution,
-                          command=command, timeout_s=cell.timeout_s)
+                          out_dir=scratch_dir, allow_code_execution=job.allow_code_execution,
+                          command=job.command, timeout_s=job.timeout_s)
     try:
-        job = prepare_eval(request)
+        eval_job = prepare_eval(request)
     except HarnessError as exc:
-        record = _unrun_record(cell, f"evaluation refused: {exc}", command)
-        return record, write_record(record, plan.out_dir), None
+        return CellResult(record=_unrun_record(job, f"evaluation refused: {exc}"))
     # the matrix's model reference and every setting of the cell, not only the thread count
     # `harness eval` takes; the request cache is keyed by exactly these settings
-    job.model = cell.model
-    job.settings = cell.settings.model_dump()
-    if job.request_cache:
-        job.request_cache = str(request_cache_prefix(cell.model, registry.get(cell.backend), job.settings,
-                                                     check_lm_eval(), job.apply_chat_template))
-    records: list[tuple[RunRecord, Path]] = []
+    eval_job.model = job.model
+    eval_job.settings = dict(job.settings)
+    if eval_job.request_cache:
+        eval_job.request_cache = str(request_cache_prefix(job.model, registry.get(job.backend), eval_job.settings,
+                                                          check_lm_eval(), eval_job.apply_chat_template))
+    records: list[RunRecord] = []
     refused: list[str] = []
     failed: list[Failure] = []
     shown: dict[str, int] = {}
@@ -736,52 +767,82 @@ def _run_suite_cell(cell: Cell, plan: SweepPlan, command: list[str], on_event: E
     def handle(event: dict) -> None:
         kind = event.get("event")
         if kind == "record":
-            record = RunRecord.model_validate(event["record"])
-            records.append((record, write_record(record, plan.out_dir)))
+            records.append(RunRecord.model_validate(event["record"]))
         elif kind == "refused":
             refused.append(event["message"])
         elif kind == "failed":
             failed.append(Failure(cause=event["cause"], detail=event.get("detail")))
         elif on_event and kind == "phase":
-            on_event({"event": "phase", "index": cell.index, "what": event.get("what")})
+            on_event({"event": "phase", "index": job.index, "what": event.get("what")})
         elif on_event and kind == "progress" and event.get("total"):
             quarter = 4 * event["done"] // event["total"]  # a line per quarter, not per request
             if quarter > shown.get(event["kind"], 0):
                 shown[event["kind"]] = quarter
-                on_event({"event": "eval_progress", "index": cell.index, "kind": event["kind"],
+                on_event({"event": "eval_progress", "index": job.index, "kind": event["kind"],
                           "done": event["done"], "total": event["total"]})
 
-    ended = run_worker("harness.eval_worker", job.model_dump_json(), handle, cell.timeout_s, stop)
+    ended = run_worker("harness.eval_worker", eval_job.model_dump_json(), handle, job.timeout_s, stop)
     if ended.ended_by not in (None, "timeout"):
-        return None, None, ended.ended_by
+        return CellResult(stopped=ended.ended_by)
     if records:
-        return records[0][0], records[0][1], None
+        return CellResult(record=records[0])
     if refused and ended.ended_by is None:
         failure = Failure(cause=f"evaluation refused: {refused[0]}")
     else:
-        failure = (failed[0] if failed and ended.ended_by is None else None) or Failure(cause=ended.cause(cell.timeout_s))
+        failure = (failed[0] if failed and ended.ended_by is None else None) or Failure(cause=ended.cause(job.timeout_s))
     failure.stderr_tail = ended.stderr_tail
-    record = _unrun_record(cell, failure, command, run_id=job.run_id)
-    return record, write_record(record, plan.out_dir), None
+    return CellResult(record=_unrun_record(job, failure, run_id=eval_job.run_id))
 
 
-def _run_cell(cell: Cell, plan: SweepPlan, command: list[str], on_event: Event | None,
-              stop: Callable[[], str | None]) -> Outcome3:
-    """Run one cell in its own process."""
-    if cell.kind == "suite":
-        return _run_suite_cell(cell, plan, command, on_event, stop)
-    group = LoadGroup(backend=cell.backend, model=cell.model,
-                      cases=[Case(index=cell.index, model=cell.model, settings=cell.settings)])
-    outcome = run_group(group, cell.tests, plan.out_dir, command, on_event, timeout_s=cell.timeout_s, stop=stop)
-    if outcome.stopped:
-        return None, None, outcome.stopped
-    return outcome.records[0], outcome.paths[0], None
+def execute_cell(job: CellJob, on_event: Event | None = None, stop: Callable[[], str | None] | None = None,
+                 scratch_dir: Path | None = None) -> CellResult:
+    """Run one cell in a worker process of its own under the cell's timeout; a crash, a
+    timeout or running out of memory becomes its failure record. Writes no result file:
+    the caller does (a local sweep here; on a Ray cluster the driver, once the record is back).
+    ``stop`` ends it early (see runner.run_worker); without one, an exception (a Ray
+    cancellation's KeyboardInterrupt) does, taking the worker and all it started with it."""
+    started = now_ns()
+    if job.kind == "suite":
+        result = _execute_suite_cell(job, on_event, stop, scratch_dir or Path(tempfile.gettempdir()))
+    else:
+        settings = registry.get(job.backend).Settings(**job.settings)
+        group = LoadGroup(backend=job.backend, model=job.model,
+                          cases=[Case(index=job.index, model=job.model, settings=settings)])
+        outcome = run_group(group, job.tests, None, job.command, on_event, timeout_s=job.timeout_s, stop=stop)
+        result = CellResult(stopped=outcome.stopped) if outcome.stopped else CellResult(record=outcome.records[0])
+    result.wall_s = (now_ns() - started) / 1e9
+    return result
+
+
+Begin = Callable[[CellJob], "CellResult | None"]
+
+
+class LocalCells:
+    """The cells one after another on this machine, each in its own worker process."""
+
+    def __init__(self, on_event: Event | None, scratch_dir: Path):
+        self.on_event = on_event
+        self.scratch_dir = scratch_dir
+
+    def run(self, jobs: list[CellJob], begin: Begin, stop: Callable[[], str | None],
+            log: Callable[[str], None]) -> Iterator[tuple[CellJob, CellResult]]:
+        for job in jobs:
+            if stop():
+                return
+            result = begin(job) or execute_cell(job, self.on_event, stop, self.scratch_dir)
+            yield job, result
+            if result.stopped:
+                return
 
 
 def run_sweep(plan: SweepPlan, command: list[str], log: Callable[[str], None],
-              on_event: Event | None = None) -> SweepOutcome:
+              on_event: Event | None = None, executor: Any = None) -> SweepOutcome:
+    """Run the cells that are not kept, through ``executor`` (LocalCells by default; a
+    harness.ray_sweep.RayCells spreads them over a cluster). Whatever runs them, their
+    records are written here, one by one as they come back, and so is the summary."""
     out_dir = plan.out_dir
     check_out_dir(out_dir, plan.matrix.min_free_disk_mib, create=True)
+    executor = executor or LocalCells(on_event, out_dir)
     summary_path = out_dir / SUMMARY_NAME
     previous = plan.resume.previous
     summary = SweepRecord(
@@ -801,28 +862,36 @@ def run_sweep(plan: SweepPlan, command: list[str], log: Callable[[str], None],
     write_sweep(summary, summary_path)
     stamps = plan.model_stamps
     n = len(plan.cells)
+    by_index = {cell.index: (cell, entry) for cell, entry in zip(plan.cells, summary.cells)}
+    jobs = []
+    for cell, entry in zip(plan.cells, summary.cells):
+        if entry.reused:
+            log(f"cell {cell.index}/{n} {cell.label}: kept from an earlier run ({entry.result_file})")
+        else:
+            jobs.append(cell_job(cell, plan, command))
+
+    def begin(job: CellJob) -> CellResult | None:
+        """The cell is about to run: say so in the summary (a sweep killed meanwhile reruns
+        it on --resume); a model file changed since pre-flight fails it here."""
+        cell, entry = by_index[job.index]
+        log(f"cell {cell.index}/{n} {cell.label}: running (timeout {cell.timeout_s:g} s)")
+        entry.attempts += 1
+        entry.status = "running"
+        write_sweep(summary, summary_path)
+        problem = _model_unchanged(cell.model, stamps)
+        return CellResult(record=_unrun_record(job, problem)) if problem else None
+
     with StopOnSignal() as stop:
-        for cell, entry in zip(plan.cells, summary.cells):
-            if entry.reused:
-                log(f"cell {cell.index}/{n} {cell.label}: kept from an earlier run ({entry.result_file})")
+        for job, result in executor.run(jobs, begin, stop, log):
+            cell, entry = by_index[job.index]
+            entry.node = result.node
+            if result.stopped:
+                entry.status, entry.cause = "interrupted", f"stopped by {result.stopped}"
+                write_sweep(summary, summary_path)
+                log(f"cell {cell.index}/{n} {cell.label}: interrupted by {result.stopped}")
                 continue
-            if stop():
-                break
-            log(f"cell {cell.index}/{n} {cell.label}: running (timeout {cell.timeout_s:g} s)")
-            entry.attempts += 1
-            entry.status = "running"
-            write_sweep(summary, summary_path)
-            started = now_ns()
-            problem = _model_unchanged(cell.model, stamps)
-            if problem:
-                record = _unrun_record(cell, problem, command)
-                path, reason = write_record(record, out_dir), None
-            else:
-                record, path, reason = _run_cell(cell, plan, command, on_event, stop)
-            if reason:
-                entry.status, entry.cause = "interrupted", f"stopped by {reason}"
-                log(f"cell {cell.index}/{n} {cell.label}: interrupted by {reason}")
-                break
+            record = result.record
+            path = write_record(record, out_dir)
             earlier = plan.resume.rerun.get(cell.key)
             entry.status = record.status
             entry.cause = record.failures[0].cause if record.failures else None
@@ -830,13 +899,14 @@ def run_sweep(plan: SweepPlan, command: list[str], log: Callable[[str], None],
             entry.stderr_tail = tail[-SUMMARY_TAIL_CHARS:] if tail else None
             entry.result_file = path.name
             entry.run_id, entry.finished_at = record.run_id, _now()
-            entry.wall_s = (now_ns() - started) / 1e9  # the whole cell: process start, load, work
+            entry.wall_s = result.wall_s
             summary.updated_at = _now()
             write_sweep(summary, summary_path)
             if earlier and earlier.result_file and earlier.result_file != path.name:
                 # the rerun's result replaces the failed one: one result per cell in the folder
                 (out_dir / earlier.result_file).unlink(missing_ok=True)
-            log(f"cell {cell.index}/{n} {cell.label}: {record.status}" + (f": {entry.cause}" if entry.cause else ""))
+            where = f" on {result.node['hostname']} ({result.node['ip']})" if result.node else ""
+            log(f"cell {cell.index}/{n} {cell.label}: {record.status}{where}" + (f": {entry.cause}" if entry.cause else ""))
         unfinished = any(c.status in ("pending", "running", "interrupted") for c in summary.cells)
         summary.interrupted_by = stop() if unfinished else None
     summary.status = "interrupted" if summary.interrupted_by else "complete"
