@@ -25,6 +25,8 @@ SETTING_COLUMNS = {
     "n_ubatch": "n_ubatch",
     "flash_attn": "fa",
     "use_mmap": "mmap",
+    "tensor_parallel_size": "tp",  # vLLM: the model split over tp x pipeline GPUs
+    "pipeline_parallel_size": "pipeline",
 }
 ALWAYS_SHOWN = {"n_threads"}
 
@@ -260,13 +262,19 @@ def sweep_markdown(summary) -> str:
         f"{len(summary.cells)} cells: {counts}"
     rows = [[str(c.index), c.label, c.status + (" (kept)" if c.reused else ""),
              "" if c.wall_s is None else f"{c.wall_s:.1f}", c.cause or "", c.result_file or ""] for c in summary.cells]
-    return head + "\n\n" + _md_table(["#", "cell", "status", "wall s", "cause", "result file"], rows, {3})
+    header = ["#", "cell", "status", "wall s", "cause", "result file"]
+    if any(c.node for c in summary.cells):  # a --ray sweep: which node ran which cell
+        header.append("node")
+        for row, c in zip(rows, summary.cells):
+            row.append(f"{c.node['hostname']} {c.node['ip']} {c.node['node_id'][:12]}" if c.node else "")
+    return head + "\n\n" + _md_table(header, rows, {3})
 
 
 def sweep_rows(summary) -> list[dict[str, Any]]:
     return [{"sweep_id": summary.sweep_id, "index": c.index, "label": c.label, "kind": c.kind, "model": c.model_ref,
              "model_sha256": c.model_sha256, "backend": c.backend, "status": c.status, "reused": c.reused,
              "attempts": c.attempts, "wall_s": c.wall_s, "cause": c.cause, "result_file": c.result_file,
+             **{f"node_{k}": v for k, v in (c.node or {}).items()},
              **{f"setting_{k}": _fmt(v) for k, v in c.settings.items()}} for c in summary.cells]
 
 

@@ -18,7 +18,6 @@ cancellation ends the cell's worker and everything it started, as a local stop d
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import socket
 from typing import Any, Callable, Iterator
@@ -37,19 +36,21 @@ class RayNotInstalled(ConfigError):
 
 
 def import_ray():
-    if importlib.util.find_spec("ray") is None:
-        raise RayNotInstalled(f"--ray needs Ray, which is not installed; install it with: {INSTALL_HINT}")
-    import ray
-
+    try:
+        import ray
+    except ImportError as exc:  # absent, or an install too broken to import
+        why = "not installed" if exc.name == "ray" else f"cannot be imported ({exc})"
+        raise RayNotInstalled(f"--ray needs Ray, which is {why}; install it with: {INSTALL_HINT}") from None
     return ray
 
 
 def node_info() -> dict[str, str]:
-    """The node this runs on, as Ray and the network know it."""
+    """The node this runs on, as Ray and the network know it, and the Ray worker process."""
     import ray
 
-    return {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
-            "ip": ray.util.get_node_ip_address()}
+    ctx = ray.get_runtime_context()
+    return {"node_id": ctx.get_node_id(), "hostname": socket.gethostname(), "ip": ray.util.get_node_ip_address(),
+            "worker_id": ctx.get_worker_id()}  # the Ray worker process on that node
 
 
 def run_cell_on_node(job_json: str) -> str:
