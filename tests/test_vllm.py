@@ -131,6 +131,27 @@ def test_prompt_logprobs_agree_with_llamacpp(engine, llama):
 
 @pytest.mark.vllm
 @pytest.mark.slow
+def test_continuation_scores_use_prompt_logprobs_and_agree_with_llamacpp(engine, llama):
+    ctx = engine.tokenize("Question: What is the capital of France?\nAnswer:", add_special=False)
+    conts = [engine.tokenize(t, add_special=False) for t in (" Paris", " Berlin is the capital of Germany")]
+    pairs = [(ctx, c) for c in conts]
+    fast = engine.score_continuations(pairs)  # vLLM: one batch, prompt_logprobs
+    slow = [Backend_score(engine, ctx, c) for c in conts]  # vLLM through evaluate(): full rows
+    ref = llama.score_continuations(pairs)  # the contract's default, on llama.cpp
+    for (lp_f, g_f), (lp_s, g_s), (lp_r, g_r) in zip(fast, slow, ref):
+        assert lp_f == pytest.approx(lp_s, abs=1e-3) and g_f == g_s
+        assert lp_f == pytest.approx(lp_r, abs=0.1 * len(conts[1])) and g_f == g_r
+    assert fast[0][0] > fast[1][0]  # a one-word answer is likelier than a sentence
+
+
+def Backend_score(engine, ctx, cont):
+    from harness.backend import Backend
+
+    return Backend.score_continuations(engine, [(ctx, cont)])[0]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_evaluate_truncate_and_stream_follow_the_contract(engine, llama):
     from harness.backend import GenerationRequest
 
