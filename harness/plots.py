@@ -23,6 +23,12 @@ def _figure(width: float = 7.5, height: float = 4.0):
     return fig, fig.subplots()
 
 
+def _wrap(label: str, width: int = 24) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(label, width)) or label
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -33,7 +39,7 @@ def throughput_vs_concurrency(series: dict[str, list[tuple[float, float]]]) -> b
     fig, ax = _figure()
     for label, points in series.items():
         pts = sorted(points)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_wrap(label, 50))
     ax.set_xlabel("concurrent requests")
     ax.set_ylabel("output tokens/s")
     ax.set_title("Serving throughput against concurrency")
@@ -45,13 +51,13 @@ def throughput_vs_concurrency(series: dict[str, list[tuple[float, float]]]) -> b
 
 def latency_percentiles(groups: Sequence[tuple[str, dict[str, float]]], title: str, ylabel: str) -> bytes:
     """Grouped bars: one group per configuration, one bar per percentile."""
-    fig, ax = _figure(width=max(6.0, 1.2 * len(groups) + 3), height=4.0)
+    fig, ax = _figure(width=max(6.0, 1.6 * len(groups) + 2), height=4.5)
     names = ["p50", "p90", "p99"]
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         xs = [g + (i - 1) * width for g in range(len(groups))]
         ax.bar(xs, [vals.get(name, 0.0) for _, vals in groups], width, label=name)
-    ax.set_xticks(range(len(groups)), [label for label, _ in groups], rotation=20, ha="right", fontsize=8)
+    ax.set_xticks(range(len(groups)), [_wrap(label) for label, _ in groups], fontsize=7)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
@@ -80,13 +86,13 @@ def accuracy_vs_memory(points: Sequence[tuple[str, str, float, float, float | No
 
 def open_vs_closed(title: str, bars: Sequence[tuple[str, float, float | None, str, bool]]) -> bytes:
     """bars: (label, value %, stderr %, kind, protocol differs). Reported bars are hatched."""
-    fig, ax = _figure(width=7.5, height=max(2.5, 0.38 * len(bars) + 1.2))
+    fig, ax = _figure(width=8.0, height=max(2.5, 0.42 * len(bars) + 1.4))
     ys = list(range(len(bars)))[::-1]
     for y, (label, value, err, kind, differs) in zip(ys, bars):
         ax.barh(y, value, xerr=err or None, color=COLORS.get(kind, "#777777"), capsize=3,
                 hatch="//" if kind == "reported" else None, edgecolor="black", linewidth=0.5)
         ax.text(value + 1, y, f"{value:.1f}{' *' if differs else ''}", va="center", fontsize=7)
-    ax.set_yticks(ys, [b[0] for b in bars], fontsize=7)
+    ax.set_yticks(ys, [_wrap(b[0], 40) for b in bars], fontsize=7)
     ax.set_xlim(0, 105)
     ax.set_xlabel("score (%) · hatched: reported, not measured · *: protocol differs")
     ax.set_title(title)

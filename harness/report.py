@@ -73,8 +73,17 @@ def _fmt_setting(v: Any) -> str:
 
 
 def varying_settings(records: list[RunRecord]) -> list[str]:
-    keys = sorted({k for r in records for k in r.backend.settings})
-    return [k for k in keys if len({json.dumps(r.backend.settings.get(k), sort_keys=True) for r in records}) > 1]
+    """Settings worth naming in a label (the printers' columns) whose value differs between
+    records of the same backend (each backend has its own settings)."""
+    from harness.printers import SETTING_COLUMNS
+
+    varying = set()
+    for backend in {r.backend.name for r in records}:
+        mine = [r for r in records if r.backend.name == backend]
+        for k in {k for r in mine for k in r.backend.settings}:
+            if k in SETTING_COLUMNS and len({json.dumps(r.backend.settings.get(k), sort_keys=True) for r in mine}) > 1:
+                varying.add(k)
+    return sorted(varying)
 
 
 def model_short(r: RunRecord) -> str:
@@ -89,10 +98,14 @@ def config_label(r: RunRecord, varying: list[str]) -> str:
     from harness.printers import SETTING_COLUMNS
 
     parts = [model_short(r), r.backend.name]
+    if r.backend.settings.get("base_url"):  # a model behind a server: say which
+        host = urlparse(str(r.backend.settings["base_url"]).split(" ")[0]).hostname
+        served = r.backend.settings.get("served_by")
+        parts[-1] += f"@{host}" + (f" ({served})" if served else "")
     if r.backend.device and r.backend.device != "cpu":
         parts.append(r.backend.device)
-    shown = [f"{SETTING_COLUMNS.get(k, k)}={_fmt_setting(r.backend.settings.get(k))}" for k in varying
-             if k != "n_threads_batch" or "n_threads" not in varying]
+    shown = [f"{SETTING_COLUMNS.get(k, k)}={_fmt_setting(r.backend.settings[k])}" for k in varying
+             if k in r.backend.settings and (k != "n_threads_batch" or "n_threads" not in varying)]
     return " · ".join(parts + ([" ".join(shown)] if shown else []))
 
 

@@ -42,8 +42,17 @@ def _bench(out: Path, threads: str) -> list[Path]:
     return sorted(out.glob("*.json"))
 
 
+_RUNS: list[Runs] = []  # test modules import the fixture, so each gets its own copy of it: build once
+
+
 @pytest.fixture(scope="session")
 def real_runs(tmp_path_factory) -> Runs:
+    if not _RUNS:
+        _RUNS.append(_make_runs(tmp_path_factory))
+    return _RUNS[0]
+
+
+def _make_runs(tmp_path_factory) -> Runs:
     root = tmp_path_factory.mktemp("compare-runs")
     files = _bench(root / "a", "1,2")
     t1, t2, t1_again = root / "t1", root / "t2", root / "t1-again"
