@@ -500,6 +500,12 @@ def eval_(
     on_event, stop = _eval_progress()
     try:
         outcome = run_eval(request, on_event)
+    except KeyboardInterrupt:
+        # typer would make this a silent exit 130; the worker is already stopped
+        error = HarnessError("interrupted; no result file written (answers already scored stay in the request "
+                             "cache unless --no-cache: a rerun skips them)")
+        error.exit_code = 130
+        raise error from None
     finally:
         stop()
     print(PRINTERS[fmt](outcome.records))
