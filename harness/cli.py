@@ -222,7 +222,7 @@ def sweep(
         if executor is not None:
             executor.close()  # a --ray local cluster ends with the sweep
     summary = outcome.summary
-    print(SWEEP_PRINTERS[fmt](summary))
+    print(SWEEP_PRINTERS[fmt](summary), end="" if fmt == "csv" else "\n")
     measured = [r for r in outcome.records if r.perf or r.accuracy]
     if fmt == "md" and measured:
         print()

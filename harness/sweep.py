@@ -10,7 +10,8 @@ nothing runs; in particular a wrong model path in the middle of the matrix is ca
 before hours of earlier cells have been spent (a model file that disappears or changes
 after pre-flight fails only its own cells, at their turn).
 
-Each cell runs in its own worker process under a wall-clock timeout (runner.run_group).
+Each cell runs in its own worker process under a wall-clock timeout (runner.run_worker:
+harness.worker for perf cells, harness eval's harness.eval_worker for suite cells).
 A crash, a timeout or running out of memory becomes that cell's failure, with the cause
 and the tail of its error output, and the sweep goes on. SIGINT or SIGTERM stop the
 sweep: the running cell's processes are ended, it is marked interrupted, finished cells
@@ -54,7 +55,7 @@ from harness.errors import ConfigError, HarnessError, ResultFileError
 from harness.meters import now_ns
 from harness.models import ModelInfo, resolve
 from harness.plan import Case, LoadGroup, build_plan, expand_settings
-from harness.record import Failure, RunRecord, SweepCell, SweepRecord, BackendInfo
+from harness.record import BackendInfo, Failure, RunRecord, SweepCell, SweepRecord
 from harness.runner import Event, run_group, run_worker
 from harness.store import SWEEP_SUMMARY_NAME as SUMMARY_NAME
 from harness.store import expand_paths, read_record, read_sweep, write_record, write_sweep
@@ -322,7 +323,6 @@ class _Spec:
     """A cell before its model is resolved."""
 
     model_ref: str
-    entry: int
     backend_cls: type
     values: dict[str, Any]
     timeout_s: float
@@ -352,7 +352,7 @@ def expand(matrix: Matrix, source: Path) -> list[Cell]:
             raise ConfigError(f"{source}: suites.{n}: {exc}") from None
         # what the suite evaluates is part of the cell's content: a changed sample reruns it
         known_suites[spec.name] = {"suite": get_suite(spec.suite).model_dump() if spec.suite else None,
-                              "selected": selection.model_dump(), "limit": spec.limit}
+                                   "selected": selection.model_dump(), "limit": spec.limit}
     for e, entry in enumerate(matrix.backends):
         where = f"{source}: backends.{e} ({entry.name})"
         try:
@@ -376,9 +376,9 @@ def expand(matrix: Matrix, source: Path) -> list[Cell]:
         for model_ref in entry.models or matrix.models:
             for values in expand_settings(grid) or [{}]:
                 if tests:
-                    specs.append(_Spec(model_ref, e, backend_cls, values, timeout, tests, None))
+                    specs.append(_Spec(model_ref, backend_cls, values, timeout, tests, None))
                 for suite in matrix.suites:
-                    specs.append(_Spec(model_ref, e, backend_cls, values, timeout, None, suite))
+                    specs.append(_Spec(model_ref, backend_cls, values, timeout, None, suite))
 
     models: dict[str, ModelInfo] = {}
     cells: list[Cell] = []
