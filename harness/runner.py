@@ -104,10 +104,17 @@ def exit_cause(code: int, stderr_tail: str | None = None, oom_killed: bool = Fal
 
 
 class ProcessTree:
-    """A worker and every process it starts, found while it runs, so all can be ended."""
+    """A worker and every process it starts, so all can be ended.
 
-    def __init__(self, proc: subprocess.Popen):
+    Three nets: the worker's process group (its session); every descendant seen while it
+    runs (a server that made a session of its own leaves the group, not the tree); and,
+    on Linux, this process as a child subreaper, so a descendant orphaned by the worker's
+    end is re-parented here instead of to init and can still be found.
+    """
+
+    def __init__(self, proc: subprocess.Popen, children_before: set[int]):
         self.proc = proc
+        self.children_before = children_before
         self.seen: dict[int, psutil.Process] = {}
 
     def snapshot(self) -> None:
@@ -146,6 +153,35 @@ class ProcessTree:
     def kill_leftovers(self) -> None:
         """After the worker ended: anything it left running goes too."""
         self._signal_all(signal.SIGKILL)
+        for _ in range(5):  # killing an orphan may orphan its own children: they come here next
+            orphans = [c for c in _children() if c.pid not in self.children_before and c.pid != self.proc.pid]
+            if not orphans:
+                return
+            for p in orphans:
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+            psutil.wait_procs(orphans, timeout=2)  # they are our children now: this reaps them
+
+
+def _children() -> list[psutil.Process]:
+    try:
+        return psutil.Process().children()
+    except psutil.Error:
+        return []
+
+
+_subreaper = False
+
+
+def _become_subreaper() -> None:
+    """Orphaned descendants of our workers become our children (Linux), not init's."""
+    global _subreaper
+    if not _subreaper and _PRCTL is not None:
+        PR_SET_CHILD_SUBREAPER = 36
+        _PRCTL(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        _subreaper = True
 
 
 def _failure_record(group: LoadGroup, case: Case, run_id: str, failure: Failure, command: list[str]) -> RunRecord:
@@ -209,11 +245,13 @@ def run_worker(module: str, job_json: str, on_event: Event, timeout_s: float | N
     ended_by: str | None = None
     oom_before = oom_kill_count()
     with tempfile.TemporaryFile(mode="w+") as err:
+        _become_subreaper()
+        before = {c.pid for c in _children()}
         proc = subprocess.Popen(
             [sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=err, text=True, start_new_session=True, preexec_fn=_die_with_parent,
         )
-        tree = ProcessTree(proc)
+        tree = ProcessTree(proc, before)
         lines: queue.Queue[str | None] = queue.Queue()
 
         def pump() -> None:  # a thread, so the wait below can watch the clock

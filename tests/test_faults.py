@@ -12,6 +12,8 @@ found through the entry-point group, where it fails):
 4. aborts (SIGABRT) after printing secrets from its environment to stderr.
 5. its model file is deleted by this test after pre-flight.
 6. ok: the sweep went on.
+7. starts a server in a session of its own and exits at once: the orphaned server
+   must not outlive the cell.
 
 The sweep runs with fake secrets in its environment; none may appear in any output,
 result file or log.
@@ -43,7 +45,8 @@ HANG_TIMEOUT_S = 5
 def fault_sweep(tmp_path_factory, smollm2_path):
     tmp = tmp_path_factory.mktemp("faults")
     state = tmp / "state"
-    state.mkdir()
+    orphan = state / "orphan"
+    orphan.mkdir(parents=True)
     doomed = tmp / "doomed.gguf"
     shutil.copy(smollm2_path, doomed)
     m = tmp / "faults.yaml"
@@ -68,11 +71,14 @@ backends:
     perf: {{pp: [16], tg: [4], reps: 1}}
   - name: llamacpp
     threads: 2
+  - name: faulty
+    fault: orphan_server
+    state_dir: {orphan}
 """)
     out = tmp / "out"
     env = {"PYTHONPATH": str(FAULT_PLUGINS), **SECRETS}
     live = LiveCli("sweep", str(m), "--out", str(out), env=env)
-    live.wait_for(r"cell 2/6 .*running")
+    live.wait_for(r"cell 2/7 .*running")
     doomed.unlink()  # after pre-flight, before its cell
     wait_file(state / "worker.pid")
     hang = {"worker": int((state / "worker.pid").read_text()), "server": int((state / "server.pid").read_text())}
@@ -94,7 +100,7 @@ def test_sweep_goes_on_and_records_every_cell(fault_sweep):
     assert fault_sweep["code"] == 1, fault_sweep["stderr"]  # some cells failed
     summary = fault_sweep["summary"]
     assert summary.status == "complete"
-    assert [c.status for c in summary.cells] == ["ok", "failed", "failed", "failed", "failed", "ok"]
+    assert [c.status for c in summary.cells] == ["ok", "failed", "failed", "failed", "failed", "ok", "failed"]
     # one whole, valid result file per cell, nothing half-written
     out = fault_sweep["out"]
     files = result_files(out)
@@ -139,6 +145,13 @@ def test_model_file_gone_after_preflight_fails_only_its_cell(fault_sweep):
     c = cell(fault_sweep, 5)
     assert c.cause.startswith("model file missing since pre-flight") and "doomed.gguf" in c.cause
     assert cell(fault_sweep, 6).status == "ok"
+
+
+@pytest.mark.slow
+def test_server_orphaned_by_a_dying_worker_is_killed(fault_sweep):
+    c = cell(fault_sweep, 7)
+    assert c.cause == "worker exited with code 5"
+    assert gone(int((fault_sweep["state"] / "orphan" / "orphan.pid").read_text()))
 
 
 @pytest.mark.slow

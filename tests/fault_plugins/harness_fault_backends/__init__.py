@@ -40,7 +40,7 @@ LEAKY_VARS = ("OPENAI_API_KEY", "HF_TOKEN", "MY_SERVICE_PASSWORD")
 
 
 class FaultySettings(LlamaCppSettings):
-    fault: Literal["none", "hang_http", "abort_with_env"] = "none"
+    fault: Literal["none", "hang_http", "abort_with_env", "orphan_server"] = "none"
     state_dir: str = ""  # hang_http: where the server's port and pid files go
 
     load_keys: ClassVar[tuple[str, ...]] = LlamaCppSettings.load_keys + ("fault", "state_dir")
@@ -53,6 +53,12 @@ class FaultyBackend(LlamaCppBackend):
     def load(self):
         if self.settings.fault == "hang_http":
             self._talk_to_silent_server()
+        elif self.settings.fault == "orphan_server":
+            # a worker that starts a server in a session of its own and dies at once: no
+            # snapshot of its children can have seen the server
+            server = self._start_silent_server()
+            (Path(self.settings.state_dir) / "orphan.pid").write_text(str(server.pid))
+            os._exit(5)
         elif self.settings.fault == "abort_with_env":
             for var in LEAKY_VARS:
                 print(f"engine config: {var}={os.environ.get(var, '')}", file=sys.stderr)
@@ -60,14 +66,18 @@ class FaultyBackend(LlamaCppBackend):
             os.abort()
         return super().load()
 
+    def _start_silent_server(self) -> subprocess.Popen:
+        port_file = Path(self.settings.state_dir) / "port"
+        port_file.unlink(missing_ok=True)
+        return subprocess.Popen([sys.executable, "-c", SILENT_SERVER, str(port_file)], start_new_session=True)
+
     def _talk_to_silent_server(self) -> None:
         """Start a server in a session of its own (as a daemonizing server would, leaving
         the worker's process group) and wait for an answer that never comes."""
         state = Path(self.settings.state_dir)
-        port_file = state / "port"
-        port_file.unlink(missing_ok=True)
-        server = subprocess.Popen([sys.executable, "-c", SILENT_SERVER, str(port_file)], start_new_session=True)
+        server = self._start_silent_server()
         (state / "server.pid").write_text(str(server.pid))
+        port_file = state / "port"
         for _ in range(200):
             if port_file.exists():
                 break
