@@ -76,6 +76,17 @@ class PublishedScores(_Strict):
     def task_protocol(self, task: str) -> TaskProtocol | None:
         return self.tasks.get(task)
 
+    def task_protocol_for(self, task: str) -> tuple[TaskProtocol | None, str | None]:
+        """The protocol of a task or of the bundled task it is a part of (a subject of
+        mmlu_snapshot, say), with a note saying it is a part."""
+        if task in self.tasks:
+            return self.tasks[task], None
+        parents = [name for name in self.tasks if task.startswith(name + "_")]
+        if not parents:
+            return None, None
+        parent = max(parents, key=len)
+        return self.tasks[parent], f"{task} is one part of {parent}, not the whole benchmark"
+
 
 class Fact(_Strict):
     value: str

@@ -252,12 +252,12 @@ def open_vs_closed_section(records: list[RunRecord], varying: list[str], scores:
                            openness: Openness) -> list[dict[str, Any]]:
     by_benchmark: dict[str, list[dict]] = {}
     for e in _accuracy_entries(records, varying, openness):
-        tp = scores.task_protocol(e["task"])
+        tp, part_of = scores.task_protocol_for(e["task"])
         bench = tp.benchmark if tp else e["task"]
         shots = e["num_fewshot"] if e["num_fewshot"] is not None else (tp.protocol.shots if tp else None)
         base = tp.protocol if tp else Protocol()
         e["protocol"] = base.model_copy(update={"shots": shots, "metric": e["metric"]})
-        e["dataset_note"] = tp.dataset_note if tp else None
+        e["dataset_note"] = "; ".join(n for n in (tp.dataset_note if tp else None, part_of) if n) or None
         e["protocol_note"] = tp.protocol_note if tp else None
         by_benchmark.setdefault(bench, []).append(e)
     out = []

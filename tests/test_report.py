@@ -49,6 +49,11 @@ def test_every_published_score_has_source_and_protocol():
     assert claude_gsm8k.value == 96.4 and not claude_gsm8k.verified
     # two protocols for one model and benchmark stay two numbers
     assert sorted(s.value for s in scores.scores if s.model.startswith("Claude") and s.benchmark == "mmlu") == [88.3, 90.4]
+    # a subject of a bundled group is measured like the group, and says it is a part
+    tp, note = scores.task_protocol_for("mmlu_snapshot_generative_anatomy")
+    assert tp is scores.tasks["mmlu_snapshot_generative"] and "one part of mmlu_snapshot_generative" in note
+    assert scores.task_protocol_for("mmlu_snapshot_anatomy")[0] is scores.tasks["mmlu_snapshot"]
+    assert scores.task_protocol_for("hellaswag") == (None, None)
     # every bundled task says how it measures its benchmark
     suites = __import__("yaml").safe_load((REPO / "tasks" / "suites.yaml").read_text())["suites"]
     for task in {t for suite in suites.values() for t in suite["tasks"]}:
