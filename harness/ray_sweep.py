@@ -28,6 +28,7 @@ from harness.record import Failure
 
 INSTALL_HINT = "pip install 'openbench-harness[ray]' (or: make setup)"
 LOCAL_OBJECT_STORE_BYTES = 200 * 2**20  # records are small; a local cluster needs no more
+CONNECT_TIMEOUT_S = 5.0
 CANCEL_GRACE_S = 30.0  # for a cancelled task to end its worker before it is killed outright
 
 
@@ -75,6 +76,18 @@ def _fmt_need(need: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT that does not answer is one line at once: ray.init would wait on it for minutes."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc}); start one with "
+                          "`ray start --head`, or use --ray local") from None
+
+
 class RayCells:
     """The cells as Ray tasks on a cluster, all submitted at once; Ray runs as many side by
     side as the nodes' resources allow, and their results come back as they finish."""
@@ -87,6 +100,7 @@ class RayCells:
         if address == "local":
             kwargs.update(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES)
         else:
+            _check_reachable(address)
             kwargs["address"] = address  # "auto": the cluster this machine is part of (ray start)
         try:
             ray.init(**kwargs)

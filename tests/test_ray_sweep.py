@@ -184,3 +184,14 @@ def test_ray_missing_is_one_line_saying_how_to_install(cli, tmp_path):
     assert res.code == 2 and res.stderr.strip().count("\n") == 0, res.stderr
     assert res.stderr.startswith("error: --ray needs Ray, which is not installed") and "pip install" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_at_once(cli, tmp_path):
+    m = tmp_path / "m.yaml"
+    m.write_text("models: [smollm2-135m]\nbackends: [llamacpp]\nperf: {pp: [16], tg: [8], reps: 1}\n")
+    t0 = time.monotonic()
+    res = cli("sweep", str(m), "--out", str(tmp_path / "out"), "--ray", "127.0.0.1:1")
+    assert time.monotonic() - t0 < 60  # ray.init alone would wait minutes on it
+    assert res.code == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert res.stderr.startswith("error: --ray 127.0.0.1:1: no Ray cluster answers there")
+    assert not (tmp_path / "out").exists()
