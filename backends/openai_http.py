@@ -378,6 +378,13 @@ class OpenAIClient:
             result.retries = attempt
             self._sleep(wait)
 
+    async def aprime(self, client) -> None:
+        """One untimed GET of the model list on a caller's AsyncClient; failures are ignored."""
+        try:
+            await client.get(self._url("models"), timeout=10.0)
+        except self._httpx.HTTPError:
+            pass
+
     async def astream(self, client, path: str, body: dict, api: Api) -> RequestResult:
         """The async twin of stream(), on a caller's AsyncClient."""
         result = RequestResult(start_ns=now_ns())
