@@ -571,7 +571,11 @@ def load_tasks(names: list[str], dirs: list[str]) -> LoadedTasks:
         except FileNotFoundError as exc:
             raise TaskConfigError(f"task '{name}': a data file is missing: {exc.filename or _first_line(exc)}") from None
         except Exception as exc:  # lm-eval and datasets raise many kinds; the first line names the problem
-            raise TaskConfigError(f"task '{name}' could not be loaded: {type(exc).__name__}: {_first_line(exc)}") from None
+            hint = ""
+            if "hub" in str(exc).lower() or isinstance(exc, (ConnectionError, OSError)):
+                hint = ("; its data comes from the Hugging Face hub, which is not reachable (the bundled tasks "
+                        "need no network: mmlu_snapshot, gsm8k, truthfulqa_mc2, humaneval)")
+            raise TaskConfigError(f"task '{name}' could not be loaded: {type(exc).__name__}: {_first_line(exc)}{hint}") from None
         if name in loaded["groups"]:
             objects.append(loaded["groups"][name])
         elif name in loaded["tasks"]:
