@@ -542,6 +542,9 @@ class VllmBackend(Backend):
                 mem.unavailable["reserved_mib_total"] = "no CUDA device in vLLM's workers (on CPU the KV cache size above applies)"
             mem.weights_source = "parameters and buffers of the loaded model, in each of vLLM's workers (per_worker), summed"
         except Exception as exc:  # serialization of the probe refused, an executor without apply_model
+            # vLLM V1 sends a function to its workers only with VLLM_ALLOW_INSECURE_SERIALIZATION=1
+            mem.unavailable["per_worker"] = (f"vLLM's workers could not be asked ({type(exc).__name__}); "
+                                             "VLLM_ALLOW_INSECURE_SERIALIZATION=1 lets vLLM run the probe")
             if self.model.parameters:
                 size = {"float32": 4, "bfloat16": 2, "float16": 2}.get(self._resolved.get("dtype", ""), None)
                 if size:
