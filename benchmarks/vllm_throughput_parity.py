@@ -2,7 +2,7 @@
 """In-process vLLM batch throughput (`harness bench --batch`) against `vllm bench throughput`.
 
 Same model directory, same engine defaults (KV cache 1 GiB: VLLM_CPU_KVCACHE_SPACE=1 for
-vLLM's tool, the harness's CPU default), same max_model_len (prompt + output), same
+vLLM's tool, the harness's CPU default), same max_model_len (prompt + output + slack), same
 number of prompts, prompt and output lengths, sampling (temperature 1, ignore_eos) and one
 warm-up batch each. `vllm bench throughput` runs from Python (`add_cli_args` + `main`),
 because the `vllm` command does not start under the vllm-cpu distribution. Rounds
@@ -36,9 +36,10 @@ if __name__ == "__main__":
 """
 
 
-def run_harness(model: str, batch: int, pp: int, tg: int, reps: int, out: Path) -> dict:
+def run_harness(model: str, batch: int, pp: int, tg: int, reps: int, max_len: int, out: Path) -> dict:
     cmd = [sys.executable, "-m", "harness.cli", "bench", "-b", "vllm", "-m", model, "--pp", "none", "--tg", "none",
            "--batch", str(batch), "--batch-pp", str(pp), "--batch-tg", str(tg), "--reps", str(reps),
+           "--n-ctx", str(max_len),
            "-o", str(out), "-f", "json"]
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     record = json.loads(sorted(out.glob("*.json"), key=os.path.getmtime)[-1].read_text())
@@ -48,12 +49,12 @@ def run_harness(model: str, batch: int, pp: int, tg: int, reps: int, out: Path) 
             "settings": record["backend"]["settings"]}
 
 
-def run_vllm(model_dir: str, batch: int, pp: int, tg: int, out: Path) -> dict:
+def run_vllm(model_dir: str, batch: int, pp: int, tg: int, max_len: int, out: Path) -> dict:
     script = out / "vllm_throughput.py"
     script.write_text(VLLM_THROUGHPUT)
     result = out / "vllm_throughput.json"
     cmd = [sys.executable, str(script), "--model", model_dir, "--input-len", str(pp), "--output-len", str(tg),
-           "--num-prompts", str(batch), "--num-warmups", str(batch), "--max-model-len", str(pp + tg),
+           "--num-prompts", str(batch), "--num-warmups", str(batch), "--max-model-len", str(max_len),
            "--output-json", str(result)]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     subprocess.run(cmd, check=True, cwd=out, env=env, stdout=subprocess.DEVNULL)
@@ -71,7 +72,11 @@ def main() -> int:
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3, help="timed batches per harness run")
     ap.add_argument("--rounds", type=int, default=1)
+    # vLLM's random dataset decodes and re-encodes its prompts, so a few come out a little
+    # longer than --input-len and its tool asserts they fit: both engines get this slack
+    ap.add_argument("--len-slack", type=int, default=32, help="max_model_len = input + output + this, for both")
     args = ap.parse_args()
+    max_len = args.input_len + args.output_len + args.len_slack
     sys.path.insert(0, str(REPO))
     from backends.vllm_engine import VllmBackend
 
@@ -84,9 +89,9 @@ def main() -> int:
                 out = Path(tmp) / f"{fn.__name__}-{r}"
                 out.mkdir()
                 if fn is run_harness:
-                    runs.append(run_harness(args.model, args.batch, args.input_len, args.output_len, args.reps, out))
+                    runs.append(run_harness(args.model, args.batch, args.input_len, args.output_len, args.reps, max_len, out))
                 else:
-                    runs.append(run_vllm(model_dir, args.batch, args.input_len, args.output_len, out))
+                    runs.append(run_vllm(model_dir, args.batch, args.input_len, args.output_len, max_len, out))
                 print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     h = statistics.median(r["output_tps"] for r in runs if r["tool"].startswith("harness"))
     v = statistics.median(r["output_tps"] for r in runs if r["tool"].startswith("vllm"))
