@@ -53,7 +53,10 @@ def run_vllm(model_dir: str, batch: int, pp: int, tg: int, max_len: int, out: Pa
     script = out / "vllm_throughput.py"
     script.write_text(VLLM_THROUGHPUT)
     result = out / "vllm_throughput.json"
-    cmd = [sys.executable, str(script), "--model", model_dir, "--input-len", str(pp), "--output-len", str(tg),
+    # --random-input-len/--random-output-len: with --input-len alone vLLM 0.32 prefers its
+    # random-dataset defaults (1024 in) and says so only in a warning
+    cmd = [sys.executable, str(script), "--model", model_dir, "--dataset-name", "random",
+           "--random-input-len", str(pp), "--random-output-len", str(tg), "--random-range-ratio", "0",
            "--num-prompts", str(batch), "--num-warmups", str(batch), "--max-model-len", str(max_len),
            "--output-json", str(result)]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
