@@ -610,9 +610,13 @@ def run_load(req: LoadRequest, log: Log = lambda s: None) -> LoadOutcome:
             if model is None:
                 model = remote_model_info(base_url, name)
             # built before the first timed request, after the server has said it serves the model
-            prompts = build_prompts(req, max(per_point, req.warmup, 1), tok)
+            # warm-up prompts are not among the timed ones: a server with a prefix cache would
+            # otherwise answer the first timed request from the warm-up's cache
+            everything = build_prompts(req, per_point + req.warmup, tok)
+            prompts, warm = everything[:per_point], everything[per_point:]
             bodies = [request_body(req.api, name, p.text, req.output_len, ignore_eos=req.ignore_eos) for p in prompts]
-            _warm_up(client, req, bodies, log)
+            _warm_up(client, req, [request_body(req.api, name, p.text, req.output_len, ignore_eos=req.ignore_eos)
+                                   for p in warm], log)
             count_tokens = (lambda text: len(tok.tokenize(text))) if tok is not None else None
             points = []
             rng = np.random.default_rng(req.seed + 1)
@@ -685,12 +689,12 @@ def _warm_up(client, req: LoadRequest, bodies: list[dict], log: Log) -> None:
     if req.warmup:
         log(f"warm-up: {req.warmup} request{'s' if req.warmup > 1 else ''}")
     last = None
-    for i in range(req.warmup):
-        r = client.stream(path, bodies[i % len(bodies)], req.api)
-        if r.ok:
-            return
-        last = r
-    if last is not None:
+    answered = False
+    for body in bodies:
+        r = client.stream(path, body, req.api)
+        answered |= r.ok
+        last = last if r.ok else r
+    if bodies and not answered:
         raise LoadError(f"the server at {client.shown_url} failed the warm-up request: {last.error_kind}: {last.error}"
                         f"{f' (after {last.retries} retries)' if last.retries else ''}")
 

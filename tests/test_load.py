@@ -237,3 +237,16 @@ def test_vllm_not_installed(cli, tmp_path):
 def test_neither_url_nor_server(cli, tmp_path):
     r = cli("load", "--out", str(tmp_path))
     _assert_one_line_error(r, tmp_path, r"give either --base-url URL .* or --serve")
+
+
+def test_warm_up_requests_are_sent_and_not_reused(cli, tmp_path):
+    with ScriptedServer(model="m") as srv:
+        r = cli("load", "--base-url", srv.url, "--model", "smollm2-135m", "--warmup", "2", "--requests", "3",
+                "--input-len", "12", "--output-len", "2", "--out", str(tmp_path))
+    assert r.code == 0, r.stderr
+    prompts = [p["body"]["prompt"] for p in srv.posts()]
+    assert len(prompts) == 5  # two warm-ups, then three timed
+    # a prefix-caching server must not answer a timed request from a warm-up's cache
+    assert not set(prompts[:2]) & set(prompts[2:]) and len(set(prompts)) == 5
+    record, _ = _only_record(tmp_path)
+    assert record.load[0].requests == 3 and record.load[0].warmup_requests == 2
