@@ -287,3 +287,33 @@ def test_chat_format_requests_through_lm_eval(smollm2_path, engine):
     plain = BackendLM(engine, max_length=1024, identity="test")
     with pytest.raises(EvalError, match="no chat template"):
         plain.apply_chat_template([{"role": "user", "content": "Hi"}])
+
+
+def test_a_cache_that_cannot_roll_back_gives_the_same_answers(smollm2, engine):
+    """Some caches (recurrent, some sliding-window ones) cannot drop a suffix: truncate()
+    raises; the adapter then starts over from an empty cache and must answer the same."""
+    from backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+    from harness.errors import BackendError
+
+    class NoRollback(LlamaCppBackend):  # the real engine with rollback refused, as such a cache does
+        def truncate(self, n_tokens):
+            if n_tokens < self.n_past:
+                self.reset()
+                raise BackendError("this model's cache cannot roll back; re-evaluate from the start")
+
+    stiff = NoRollback(smollm2, LlamaCppSettings(n_ctx=1024, n_threads=1))
+    stiff.load()
+    try:
+        conts = CHOICES[::-1] + [" Berlin, which is in Germany"]  # long ones first: they need a rollback
+        reqs = [ll_request(CONTEXT, c, i) for i, c in enumerate(conts)] + [ll_request("Q: 1+1?\nA:", " 2", 9)]
+        lm_stiff = BackendLM(stiff, max_length=1024, identity="test")
+        answers = lm_stiff.loglikelihood(reqs)
+        assert lm_stiff.counters.rollback_unsupported
+        expected = BackendLM(engine, max_length=1024, identity="test").loglikelihood(reqs)
+        assert [a[0] for a in answers] == pytest.approx([e[0] for e in expected], abs=1e-6)
+        assert [a[1] for a in answers] == [e[1] for e in expected]
+        prompt = "Question: What is 2+2?\nAnswer:"
+        gen = [gen_request(prompt, until=["\n"], max_gen_toks=6, do_sample=False)] * 2
+        assert lm_stiff.generate_until(gen) == BackendLM(engine, max_length=1024, identity="test").generate_until(gen)
+    finally:
+        stiff.close()
