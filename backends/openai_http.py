@@ -19,6 +19,7 @@ error) or a BackendError (everything else).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import os
@@ -386,13 +387,20 @@ class OpenAIClient:
             pass
 
     async def astream(self, client, path: str, body: dict, api: Api) -> RequestResult:
-        """The async twin of stream(), on a caller's AsyncClient."""
+        """The async twin of stream(), on a caller's AsyncClient.
+
+        The request (URL, headers, JSON body) is built before the clock starts: preparing
+        it is the client's work, not the server's latency.
+        """
+        request = client.build_request("POST", self._url(path), json=body)
         result = RequestResult(start_ns=now_ns())
         attempt = 0
         while True:
             retry_after = None
+            if attempt:
+                request = client.build_request("POST", self._url(path), json=body)
             try:
-                async with client.stream("POST", self._url(path), json=body) as resp:
+                async with contextlib.aclosing(await client.send(request, stream=True)) as resp:
                     result.status = resp.status_code
                     if resp.status_code >= 400:
                         retry_after = retry_after_s(resp.headers.get("retry-after"))
