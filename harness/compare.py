@@ -18,8 +18,6 @@ their change is shown as "untested" and never flagged.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import re
@@ -30,6 +28,7 @@ from typing import Any, Literal
 
 from harness.environment import hardware_key
 from harness.errors import ConfigError, HarnessError
+from harness.printers import rows_to_csv
 from harness.record import DIRECTION, LOWER_IS_BETTER_ACCURACY, RunRecord
 
 Stat = Literal["mwu", "bootstrap"]
@@ -789,14 +788,7 @@ def _row_dict(c: Comparison, r: Row) -> dict[str, Any]:
 
 def csv_text(comparisons: list[Comparison]) -> str:
     rows = [_row_dict(c, r) for c in comparisons for r in c.rows]
-    fields: list[str] = []
-    for row in rows:
-        fields.extend(k for k in row if k not in fields)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    return rows_to_csv(rows)
 
 
 def json_text(comparisons: list[Comparison]) -> str:

@@ -232,8 +232,8 @@ def flat_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
     return rows
 
 
-def csv_text(records: list[RunRecord]) -> str:
-    rows = flat_rows(records)
+def rows_to_csv(rows: list[dict]) -> str:
+    """Flat rows as CSV; the header is the union of their keys in first-seen order."""
     fields: list[str] = []
     for row in rows:
         fields.extend(k for k in row if k not in fields)
@@ -242,6 +242,11 @@ def csv_text(records: list[RunRecord]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def csv_text(records: list[RunRecord]) -> str:
+    rows = flat_rows(records)
+    return rows_to_csv(rows)
 
 
 def json_text(records: list[RunRecord]) -> str:
@@ -281,14 +286,7 @@ def sweep_rows(summary) -> list[dict[str, Any]]:
 def sweep_csv(summary) -> str:
     """The cells of one sweep summary, or of a list of them, as one CSV."""
     rows = [row for s in (summary if isinstance(summary, list) else [summary]) for row in sweep_rows(s)]
-    fields: list[str] = []
-    for row in rows:
-        fields.extend(k for k in row if k not in fields)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    return rows_to_csv(rows)
 
 
 def sweep_json(summary) -> str:
