@@ -26,10 +26,10 @@ import os
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Callable, ClassVar, Iterator, Literal
+from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import field_validator
+from pydantic import ValidationError, field_validator
 
 from harness.backend import Backend, BackendSettings, Capabilities, LoadInfo, LogitsWanted
 from harness.environment import redact
@@ -558,11 +558,34 @@ class OpenAIHttpBackend(Backend):
     def default_settings(cls, model: ModelInfo, **overrides) -> OpenAISettings:
         return OpenAISettings(**overrides)
 
+    @classmethod
+    def resolve_model(cls, ref: str | None, settings: Mapping[str, Any] | None = None) -> ModelInfo:
+        """The served model, by name (``--model-name``, else the model reference, else the only
+        one the server lists), checked against the server's list before any worker starts."""
+        settings = dict(settings or {})
+        if not settings.get("base_url"):
+            raise ConfigError("the openai backend needs the server's address: give --base-url URL "
+                              "(e.g. http://127.0.0.1:8000/v1)")
+        try:
+            s = OpenAISettings(**settings)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ConfigError(f"openai setting '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+        client = OpenAIClient(s.base_url, api_key_from_env(s.api_key_env), min(s.timeout_s, 30.0),
+                              RetryPolicy(max_retries=s.max_retries, backoff_s=s.backoff_s))
+        try:
+            name, _ = client.resolve_model(s.model_name or ref or None)
+        finally:
+            client.close()
+        return remote_model_info(s.base_url, name)
+
     def load(self) -> LoadInfo:
         s = self.settings
         key = api_key_from_env(s.api_key_env)
         self.client = OpenAIClient(s.base_url, key, s.timeout_s, RetryPolicy(max_retries=s.max_retries, backoff_s=s.backoff_s))
-        self.served_name, self._listing = self.client.resolve_model(s.model_name or None)
+        # the model resolved before the worker started is the one asked for by name
+        asked = s.model_name or (self.model.name if self.model.format == "openai-api" else None)
+        self.served_name, self._listing = self.client.resolve_model(asked or None)
         return LoadInfo(n_ctx=self._known_n_ctx() or 0, n_vocab=0, device="remote", mmap=False)
 
     def _known_n_ctx(self) -> int | None:

@@ -40,7 +40,7 @@ from contextlib import contextmanager, redirect_stderr
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Iterator, Literal, Mapping
 
 import numpy as np
 from pydantic import Field
@@ -413,8 +413,10 @@ class VllmBackend(Backend):
         return f"{found[0]} {found[1]} (torch {_pkg_version('torch')}, transformers {_pkg_version('transformers')})"
 
     @classmethod
-    def resolve_model(cls, ref: str) -> ModelInfo:
-        return resolve_vllm_model(ref)
+    def resolve_model(cls, ref: str | None, settings: Mapping[str, Any] | None = None) -> ModelInfo:
+        from harness.models import DEFAULT_MODEL
+
+        return resolve_vllm_model(ref or DEFAULT_MODEL)
 
     # ------------------------------------------------------------------ lifecycle
     def _engine_args(self, on_cpu: bool) -> dict[str, Any]:

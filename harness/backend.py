@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Iterator, Literal, Mapping
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -110,12 +110,14 @@ class Backend(ABC):
         return {"num_cpus": 1, "num_gpus": 0}
 
     @classmethod
-    def resolve_model(cls, ref: str) -> ModelInfo:
+    def resolve_model(cls, ref: str | None, settings: Mapping[str, Any] | None = None) -> ModelInfo:
         """A model reference -> the checked model this backend loads (a GGUF file by default;
-        a backend that loads another format converts or downloads here, before any worker)."""
-        from harness.models import resolve
+        a backend that loads another format converts or downloads here, before any worker).
+        ``None`` is the backend's default model; ``settings`` are the user's settings, for a
+        backend whose model is found through them (a server's URL)."""
+        from harness.models import DEFAULT_MODEL, resolve
 
-        return resolve(ref)
+        return resolve(ref or DEFAULT_MODEL)
 
     # -- lifecycle
     @abstractmethod

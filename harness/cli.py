@@ -471,8 +471,12 @@ def _eval_progress():
 
 @app.command("eval")
 def eval_(
-    model: str = typer.Option("smollm2-135m", "--model", "-m", help="model reference: a .gguf path, a bundled name, or hf:ORG/REPO:FILE"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="model reference: a .gguf path, a bundled name, or hf:ORG/REPO:FILE (default smollm2-135m); with --backend openai, the served model's name (default: the only one the server lists)"),
     backend: str = typer.Option("llamacpp", "--backend", "-b", help="backend name (see `harness backends`)"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="--backend openai: the OpenAI-compatible server, e.g. https://api.example.com/v1"),
+    api: Optional[str] = typer.Option(None, "--api", help="--backend openai: chat (default) or completions"),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="--backend openai: NAME of the environment variable that holds the API key"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="any backend setting, KEY=VALUE (repeatable), e.g. --set compilation_mode=0"),
     tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-eval task or group names, comma-separated (bundled: mmlu_snapshot, gsm8k, truthfulqa_mc2, humaneval, ...)"),
     suite: Optional[str] = typer.Option(None, "--suite", help="a bundled suite: quick, standard or open-vs-closed"),
     tasks_dir: list[Path] = typer.Option([], "--tasks-dir", help="a folder of lm-eval task YAML files with local data; repeatable; overrides bundled tasks of the same name"),
@@ -490,9 +494,25 @@ def eval_(
     from harness.evaluation import EvalRequest, run_eval
     from harness.printers import PRINTERS
 
+    from harness.bench import parse_set_options
+
     _check_format(fmt)
+    settings: dict = {}
+    for key, values in parse_set_options(set_).items():
+        if len(values) != 1:
+            raise HarnessError(f"--set {key}: one value per evaluation (a list of settings is a sweep: harness sweep)")
+        settings[key] = values[0]
+    for key, option, value in (("base_url", "--base-url", base_url), ("api", "--api", api),
+                               ("api_key_env", "--api-key-env", api_key_env)):
+        if value is None:
+            continue
+        if backend != "openai":
+            raise HarnessError(f"{option} is for --backend openai (a server's API); leave it out for {backend}")
+        if key in settings:
+            raise HarnessError(f"--set {key} repeats {option}; give it once")
+        settings[key] = value
     request = EvalRequest(
-        model=model, backend=backend, tasks=tasks, suite=suite, tasks_dirs=tasks_dir, limit=limit,
+        model=model, backend=backend, settings=settings, tasks=tasks, suite=suite, tasks_dirs=tasks_dir, limit=limit,
         num_fewshot=num_fewshot, threads=threads, out_dir=out, log_samples=log_samples,
         allow_code_execution=allow_code_execution, apply_chat_template=apply_chat_template, use_cache=not no_cache,
         command=["harness", *sys.argv[1:]],

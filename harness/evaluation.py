@@ -15,14 +15,14 @@ import json
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness import __version__, registry
 from harness.bench import check_installed, check_out_dir
 from harness.errors import BackendNotInstalled, ConfigError
-from harness.models import DEFAULT_MODEL, ModelInfo, resolve
+from harness.models import ModelInfo
 from harness.record import BackendInfo, Failure, RunRecord
 from harness.runner import Outcome, new_run_id, run_worker
 from harness.store import write_record
@@ -40,8 +40,9 @@ Event = Callable[[dict], None]
 class EvalRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = DEFAULT_MODEL
+    model: str | None = None  # None: the backend's default (the bundled model; a server's only model)
     backend: str = "llamacpp"
+    settings: dict[str, Any] = {}  # backend settings by name (--set, and the server options)
     tasks: str | None = None
     suite: str | None = None
     tasks_dirs: list[Path] = []
@@ -106,12 +107,18 @@ def prepare(request: EvalRequest):
     for name in selection.tasks:
         if name.endswith(".yaml") and not Path(name).is_file():
             raise TaskConfigError(f"--tasks {name}: no such task file")
-    model = resolve(request.model)
-    values = {}
+    values = dict(request.settings)
     if request.threads is not None:
         if "n_threads" not in backend_cls.Settings.model_fields:
             raise ConfigError(f"backend '{backend_cls.name}' has no thread setting; leave out --threads")
         values["n_threads"] = request.threads
+    unknown = sorted(k for k in values if k not in backend_cls.Settings.model_fields)
+    if unknown:
+        raise ConfigError(f"backend '{backend_cls.name}' has no setting {unknown[0]}; its settings: "
+                          f"{', '.join(backend_cls.Settings.model_fields)}")
+    # the backend resolves: a GGUF for llama.cpp, a converted Hugging Face directory for vLLM,
+    # a served model for the openai backend
+    model = backend_cls.resolve_model(request.model, values)
     try:
         settings = backend_cls.default_settings(model, **values)
     except ValidationError as exc:

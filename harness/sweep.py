@@ -380,19 +380,22 @@ def expand(matrix: Matrix, source: Path) -> list[Cell]:
                 for suite in matrix.suites:
                     specs.append(_Spec(model_ref, backend_cls, values, timeout, None, suite))
 
-    models: dict[str, ModelInfo] = {}
+    models: dict[tuple[str, str, str], ModelInfo] = {}
     cells: list[Cell] = []
     seen: dict[str, int] = {}
     for i, spec in enumerate(specs, 1):
         backend_cls = spec.backend_cls
         what = f"{source}: cell {i} of {len(specs)} ({spec.model_ref}, {backend_cls.name}" + \
             "".join(f" {k}={_short(v)}" for k, v in spec.values.items()) + ")"
-        if spec.model_ref not in models:
+        # the backend resolves (a GGUF for llama.cpp, a converted directory for vLLM, a served
+        # model for openai), once per reference, backend and settings
+        model_key = (spec.model_ref, backend_cls.name, json.dumps(spec.values, sort_keys=True, default=str))
+        if model_key not in models:
             try:
-                models[spec.model_ref] = resolve(spec.model_ref)
+                models[model_key] = backend_cls.resolve_model(spec.model_ref, spec.values)
             except HarnessError as exc:
                 raise ConfigError(f"{what}: {exc}; no cell was run") from None
-        model = models[spec.model_ref]
+        model = models[model_key]
         try:
             if spec.tests:
                 groups = build_plan(backend_cls, [model], {k: [v] for k, v in spec.values.items()}, spec.tests)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from harness.store import read_record
+from cli_checks import assert_one_line_error
 from loopback_servers import REPO_ROOT, ScriptedServer, free_port, llamacpp_server, port_open
 
 SECRET = "sk-load-DO-NOT-LEAK-9876543210fedcba"
@@ -177,15 +178,6 @@ def test_errors_mid_run_are_counted_with_retries(cli, tmp_path):
 # ------------------------------------------------------------------ bad input: one line, no file
 
 
-def _assert_one_line_error(r, out_dir, pattern):
-    assert r.code != 0
-    assert "Traceback" not in r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("[harness]")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert re.search(pattern, lines[0]), lines[0]
-    assert not out_dir.exists() or not list(out_dir.glob("*.json"))
-
-
 @pytest.mark.parametrize("args, pattern", [
     (["--concurrency", "0"], r"--concurrency: 0 is too small"),
     (["--concurrency", "-3"], r"--concurrency: -3 is too small"),
@@ -198,31 +190,31 @@ def _assert_one_line_error(r, out_dir, pattern):
 def test_bad_options(cli, tmp_path, args, pattern):
     with ScriptedServer() as srv:
         r = cli("load", "--base-url", srv.url, "--model", "smollm2-135m", *args, "--out", str(tmp_path))
-    _assert_one_line_error(r, tmp_path, pattern)
+    assert_one_line_error(r, tmp_path, pattern)
     assert not srv.posts()
 
 
 def test_unreachable_url(cli, tmp_path):
     r = cli("load", "--base-url", f"http://127.0.0.1:{free_port()}", "--model", "smollm2-135m", "--out", str(tmp_path))
-    _assert_one_line_error(r, tmp_path, r"cannot reach http://127\.0\.0\.1:\d+/v1: .* \(after 3 attempts\)")
+    assert_one_line_error(r, tmp_path, r"cannot reach http://127\.0\.0\.1:\d+/v1: .* \(after 3 attempts\)")
 
 
 def test_wrong_model_name(cli, tmp_path):
     with ScriptedServer(model="served-one") as srv:
         r = cli("load", "--base-url", srv.url, "--model-name", "other", "--model", "smollm2-135m", "--out", str(tmp_path))
-    _assert_one_line_error(r, tmp_path, r"model 'other' is not served at .*; it serves: served-one")
+    assert_one_line_error(r, tmp_path, r"model 'other' is not served at .*; it serves: served-one")
 
 
 def test_server_answering_errors(cli, tmp_path):
     with ScriptedServer([500] * 20, error_body="engine is down") as srv:
         r = cli("load", "--base-url", srv.url, "--model", "smollm2-135m", "--retries", "1", "--out", str(tmp_path))
-    _assert_one_line_error(r, tmp_path, r"failed the warm-up request: http 500: engine is down \(after 1 retries\)")
+    assert_one_line_error(r, tmp_path, r"failed the warm-up request: http 500: engine is down \(after 1 retries\)")
 
 
 def test_server_whose_model_list_fails(cli, tmp_path):
     with ScriptedServer(models_status=503, error_body="starting up") as srv:
         r = cli("load", "--base-url", srv.url, "--model", "smollm2-135m", "--retries", "1", "--out", str(tmp_path))
-    _assert_one_line_error(r, tmp_path, r"answered HTTP 503 .* after 2 attempts: starting up")
+    assert_one_line_error(r, tmp_path, r"answered HTTP 503 .* after 2 attempts: starting up")
 
 
 def test_vllm_not_installed(cli, tmp_path):
@@ -231,12 +223,12 @@ def test_vllm_not_installed(cli, tmp_path):
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
     r = cli("load", "--serve", "vllm", "--model", "smollm2-135m", "--out", str(tmp_path))
-    _assert_one_line_error(r, tmp_path, r"vllm is not installed, so --serve vllm cannot start a server")
+    assert_one_line_error(r, tmp_path, r"vllm is not installed, so --serve vllm cannot start a server")
 
 
 def test_neither_url_nor_server(cli, tmp_path):
     r = cli("load", "--out", str(tmp_path))
-    _assert_one_line_error(r, tmp_path, r"give either --base-url URL .* or --serve")
+    assert_one_line_error(r, tmp_path, r"give either --base-url URL .* or --serve")
 
 
 def test_warm_up_requests_are_sent_and_not_reused(cli, tmp_path):

@@ -6,13 +6,16 @@ scripted stdlib server answers 429/5xx/401 on cue for the retry and key tests.
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import pytest
 
 from backends.openai_http import (OpenAIClient, OpenAIHttpBackend, OpenAISettings, RetryPolicy, api_key_from_env,
                                   remote_model_info, request_body, retry_after_s, safe_url)
 from harness.errors import BackendError, ConfigError
+from cli_checks import assert_one_line_error
 from loopback_servers import ScriptedServer, llamacpp_server
 
 SECRET = "sk-test-DO-NOT-LEAK-0123456789abcdef"
@@ -24,9 +27,9 @@ def server_url(smollm2_path):
         yield url
 
 
-def _backend(url: str, **kw) -> OpenAIHttpBackend:
+def _backend(url: str, served: str = "smollm2", **kw) -> OpenAIHttpBackend:
     settings = OpenAISettings(base_url=url, **kw)
-    b = OpenAIHttpBackend(remote_model_info(url, kw.get("model_name") or "?"), settings)
+    b = OpenAIHttpBackend(remote_model_info(url, kw.get("model_name") or served), settings)
     b.load()
     return b
 
@@ -136,7 +139,7 @@ def test_key_is_sent_but_never_repeated(monkeypatch):
 def test_accepted_key_and_generation(monkeypatch):
     monkeypatch.setenv("HARNESS_TEST_KEY", "plainkey42")
     with ScriptedServer(require_key="plainkey42") as srv:
-        b = _backend(srv.url, api="completions", api_key_env="HARNESS_TEST_KEY")
+        b = _backend(srv.url, "scripted", api="completions", api_key_env="HARNESS_TEST_KEY")
         assert b.generate("hi", 2).text == " w0 w1"
         b.close()
 
@@ -169,7 +172,7 @@ def test_retry_after_forms_and_safe_urls():
 
 def test_generate_applies_stops_beyond_the_servers_four():
     with ScriptedServer() as srv:
-        b = _backend(srv.url, api="completions")
+        b = _backend(srv.url, "scripted", api="completions")
         g = b.generate("hi", 4, stop=["a", "b", "c", "d", " w2"])  # the stream is " w0 w1 w2 w3"
         b.close()
     assert g.text == " w0 w1"
@@ -196,3 +199,45 @@ def test_lm_eval_adapter_generate_until_runs_on_the_http_backend(server_url):
         assert answer.strip() == direct.strip()
     finally:
         b.close()
+
+
+@pytest.mark.slow
+def test_harness_eval_runs_a_generative_task_on_a_server(server_url, cli, tmp_path):
+    """`harness eval --backend openai`: a closed model is measured the way an open one is, by
+    name at its server; on the same GGUF behind llama-cpp-python's server the greedy answers
+    are the ones the in-process backend gives."""
+    pytest.importorskip("lm_eval")
+    from harness.store import read_record
+
+    task = "mmlu_snapshot_generative_elementary_mathematics"
+    same = ["--tasks", task, "--limit", "2", "--num-fewshot", "2", "--log-samples", "--no-cache", "--format", "json"]
+    served = cli("eval", "--backend", "openai", "--base-url", server_url, "--model", "smollm2", "--api", "completions",
+                 "--set", "n_ctx=512", *same, "--out", str(tmp_path / "served"))
+    assert served.code == 0, served.stderr
+    local = cli("eval", "--backend", "llamacpp", *same, "--out", str(tmp_path / "local"))
+    assert local.code == 0, local.stderr
+
+    def answers(out):
+        (path,) = out.glob("*.json")
+        record = read_record(path)
+        lines = Path(record.evaluation.samples_file).read_text().splitlines()
+        return record, {(d["doc_id"], d["filter"]): d["resps"][0][0] for d in map(json.loads, lines)}
+
+    record, served_answers = answers(tmp_path / "served")
+    assert record.status == "ok"
+    assert record.backend.name == "openai" and record.backend.settings["api"] == "completions"
+    assert record.model.format == "openai-api" and record.model.name == "smollm2"
+    rows = [a for a in record.accuracy if a.task == task and a.metric.startswith("exact_match")]
+    assert rows and all(a.n == 2 and 0.0 <= a.value <= 1.0 for a in rows)
+    assert {doc for doc, _ in served_answers} == {0, 1}
+    assert all(a.strip() for a in served_answers.values())
+    assert served_answers == answers(tmp_path / "local")[1]
+
+
+@pytest.mark.slow
+def test_eval_names_the_models_a_server_serves(server_url, cli, tmp_path):
+    pytest.importorskip("lm_eval")
+    r = cli("eval", "--backend", "openai", "--base-url", server_url, "--model", "gpt-4o", "--tasks", "gsm8k",
+            "--limit", "1", "--out", str(tmp_path))
+    assert_one_line_error(r, tmp_path, r"model 'gpt-4o' is not served at .*; it serves: smollm2")
+
