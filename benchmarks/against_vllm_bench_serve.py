@@ -1,7 +1,7 @@
 """Check that `harness load` agrees with vLLM's serving benchmark (`vllm bench serve`).
 
 Both clients measure the same server on 127.0.0.1 with the same settings and lengths,
-in alternating rounds (so drift in the machine's speed hits both alike); the script
+in alternating rounds, ABBA order (so drift in the machine's speed hits both alike); the script
 prints each round's median TTFT and output tokens/s from both, and their ratios.
 
 Servers:
@@ -140,34 +140,47 @@ def main() -> int:
     try:
         for r in range(1, args.rounds + 1):
             vllm_json = work / f"vllm-{r}.json"
-            subprocess.run([args.vllm_python, str(work / "vllm_bench_serve.py"), "--backend", "openai",
-                            "--base-url", f"http://127.0.0.1:{port}", "--endpoint", "/v1/completions",
-                            "--model", name, "--tokenizer", args.tokenizer, "--dataset-name", "random",
-                            "--random-input-len", str(args.input_len), "--random-output-len", str(args.output_len),
-                            "--random-range-ratio", "0", "--num-prompts", str(args.num_prompts),
-                            "--max-concurrency", str(args.concurrency), "--request-rate", "inf", "--ignore-eos",
-                            "--extra-body", json.dumps({"min_tokens": args.output_len}), "--temperature", "0",
-                            "--num-warmups", "1", "--seed", str(r), "--disable-tqdm", "--save-result",
-                            "--result-dir", str(work), "--result-filename", vllm_json.name],
-                           cwd=work, stdout=(work / f"vllm-{r}.log").open("w"), stderr=subprocess.STDOUT, check=True)
             out = work / f"harness-{r}"
-            subprocess.run([sys.executable, "-m", "harness.cli", "load", "--base-url", f"http://127.0.0.1:{port}",
-                            "--model", "smollm2-135m", "--model-name", name, "--api", "completions",
-                            "-c", str(args.concurrency), "--requests", str(args.num_prompts),
-                            "--input-len", str(args.input_len), "--output-len", str(args.output_len),
-                            "--warmup", "1", "--seed", str(r), "--out", str(out)],
-                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=(work / f"harness-{r}.log").open("w"), check=True)
+
+            def run_vllm():
+                subprocess.run([args.vllm_python, str(work / "vllm_bench_serve.py"), "--backend", "openai",
+                                "--base-url", f"http://127.0.0.1:{port}", "--endpoint", "/v1/completions",
+                                "--model", name, "--tokenizer", args.tokenizer, "--dataset-name", "random",
+                                "--random-input-len", str(args.input_len), "--random-output-len", str(args.output_len),
+                                "--random-range-ratio", "0", "--num-prompts", str(args.num_prompts),
+                                "--max-concurrency", str(args.concurrency), "--request-rate", "inf", "--ignore-eos",
+                                "--extra-body", json.dumps({"min_tokens": args.output_len}), "--temperature", "0",
+                                "--num-warmups", "1", "--seed", str(r), "--disable-tqdm", "--save-result",
+                                "--result-dir", str(work), "--result-filename", vllm_json.name],
+                               cwd=work, stdout=(work / f"vllm-{r}.log").open("w"), stderr=subprocess.STDOUT, check=True)
+
+            def run_harness():
+                subprocess.run([sys.executable, "-m", "harness.cli", "load", "--base-url", f"http://127.0.0.1:{port}",
+                                "--model", "smollm2-135m", "--model-name", name, "--api", "completions",
+                                "-c", str(args.concurrency), "--requests", str(args.num_prompts),
+                                "--input-len", str(args.input_len), "--output-len", str(args.output_len),
+                                "--warmup", "1", "--seed", str(r), "--out", str(out)],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=(work / f"harness-{r}.log").open("w"), check=True)
+
+            # ABBA order: a drift in the machine's speed over the run hits both clients alike
+            first, second = (run_vllm, run_harness) if r % 2 else (run_harness, run_vllm)
+            first()
+            second()
             v = json.loads(vllm_json.read_text())
             h = json.loads(next(out.glob("*.json")).read_text())["load"][0]
             rows.append((v["median_ttft_ms"], h["ttft_ms_median"], v["output_throughput"], h["output_tokens_per_s"]))
             print(f"round {r}: median TTFT vllm {rows[-1][0]:.1f} ms, harness {rows[-1][1]:.1f} ms; "
-                  f"output vllm {rows[-1][2]:.2f}, harness {rows[-1][3]:.2f} tok/s", flush=True)
+                  f"output vllm {rows[-1][2]:.2f}, harness {rows[-1][3]:.2f} tok/s "
+                  f"(output tokens counted: vllm {v['total_output_tokens']}, harness {h['total_output_tokens']})",
+                  flush=True)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     gm = statistics.geometric_mean
     print(f"geometric mean of per-round ratios harness/vllm: median TTFT {gm([b / a for a, b, _, _ in rows]):.3f}, "
           f"output tok/s {gm([d / c for _, _, c, d in rows]):.3f}")
+    print(f"median of per-round ratios: median TTFT {statistics.median([b / a for a, b, _, _ in rows]):.3f}, "
+          f"output tok/s {statistics.median([d / c for _, _, c, d in rows]):.3f}")
     print(f"(raw files in {work})")
     return 0
 
