@@ -21,7 +21,7 @@ from harness.runner import Event, Outcome, run_plan
 class BenchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    models: list[str]
+    models: list[str] = []
     backend: str
     pp: list[int]
     tg: list[int]
@@ -74,8 +74,10 @@ def run_bench(request: BenchRequest, on_event: Event | None = None) -> Outcome:
     if unknown:
         raise ConfigError(f"backend '{backend_cls.name}' has no setting {', '.join(unknown)}")
     # the backend resolves: a GGUF for llama.cpp, a Hugging Face directory (converted from a
-    # GGUF once, cached) for vLLM
-    models = [backend_cls.resolve_model(ref) for ref in request.models]
+    # GGUF once, cached) for vLLM, a served model for openai (found through its settings);
+    # no --model is the backend's default
+    fixed = {k: v[0] for k, v in request.grid.items() if v and len(v) == 1}
+    models = [backend_cls.resolve_model(ref, fixed) for ref in request.models or [None]]
     tests = PerfTests(pp=request.pp, tg=request.tg, reps=request.reps, batch=request.batch,
                       batch_pp=request.batch_pp, batch_tg=request.batch_tg)
     grid = {k: v for k, v in request.grid.items() if v}

@@ -75,7 +75,7 @@ def _progress_printer():
 
 @app.command()
 def bench(
-    model: list[str] = typer.Option(["smollm2-135m"], "--model", "-m", help="model reference: a .gguf path, a bundled name, or hf:ORG/REPO:FILE; repeat for several"),
+    model: list[str] = typer.Option([], "--model", "-m", help="model reference: a .gguf path, a bundled name, or hf:ORG/REPO:FILE (default smollm2-135m); repeat for several"),
     backend: str = typer.Option("llamacpp", "--backend", "-b", help="backend name (see `harness backends`)"),
     pp: str = typer.Option("512", "--pp", "-p", help="prompt lengths to test, comma-separated; 'none' to skip"),
     tg: str = typer.Option("128", "--tg", "-n", help="generation lengths to test, comma-separated; 'none' to skip"),
