@@ -33,8 +33,10 @@ ENV_ALLOWLIST = (
     "LLAMA_ARG_THREADS",
 )
 
+# Provider key shapes. The lengths keep ordinary names out: real keys run 30+ characters
+# after the prefix, while a folder called "hf_compare5" or "sk-learn" is not a secret.
 SECRET_PATTERN = re.compile(
-    r"(?i)\b(sk-[A-Za-z0-9_\-]{8,}|hf_[A-Za-z0-9]{8,}|gh[pousr]_[A-Za-z0-9]{8,}|github_pat_[A-Za-z0-9_]{20,}|"
+    r"(?i)\b(sk-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{16,}|gh[pousr]_[A-Za-z0-9]{16,}|github_pat_[A-Za-z0-9_]{20,}|"
     r"glpat-[A-Za-z0-9_\-]{16,}|xox[abprs]-[A-Za-z0-9\-]{8,}|AKIA[0-9A-Z]{12,}|AIza[0-9A-Za-z_\-]{30,}|"
     r"eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}(?:\.[A-Za-z0-9_\-]+)?)"
 )

@@ -208,7 +208,8 @@ def test_redact_catches_keys_and_spares_ordinary_text(monkeypatch):
     ]:
         assert secret not in redact(text) and "[REDACTED]" in redact(text), text
     for text in ('"tokenizer_name": "HuggingFaceTB/SmolLM2-135M"', '"max_tokens": 1234567', "n_threads=2 flash_attn=1",
-                 "/home/me/disk-benchmarks/model.gguf", "token positions 1..512", "--api-key-env OPENAI_API_KEY"):
+                 "/home/me/disk-benchmarks/model.gguf", "token positions 1..512", "--api-key-env OPENAI_API_KEY",
+                 "/work/hf_compare5/runs/eval-1.samples.jsonl", "pip install sk-learnkit", "ghp_cache2"):
         assert redact(text) == text
     blob = json.dumps({"detail": 'password=abc"def\\ghi', "cmd": ["x", "--token=abcdefgh"]})
     assert json.loads(redact(blob))  # redacting JSON text keeps it JSON
