@@ -31,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError, field_validator
 
-from harness.backend import Backend, BackendSettings, Capabilities, LoadInfo, LogitsWanted
+from harness.backend import Backend, BackendSettings, Capabilities, LoadInfo, LogitsWanted, setting_error
 from harness.environment import redact
 from harness.errors import BackendError, BackendNotInstalled, ConfigError
 from harness.meters import now_ns
@@ -510,6 +510,11 @@ class OpenAISettings(BackendSettings):
         return v
 
 
+def _client(s: OpenAISettings, timeout_s: float) -> OpenAIClient:
+    return OpenAIClient(s.base_url, api_key_from_env(s.api_key_env), timeout_s,
+                        RetryPolicy(max_retries=s.max_retries, backoff_s=s.backoff_s))
+
+
 def remote_model_info(base_url: str, model_name: str) -> ModelInfo:
     """A ModelInfo for a model known only by its name at a server (no file, no hash)."""
     shown = safe_url(normalize_base_url(base_url))
@@ -538,6 +543,7 @@ class OpenAIHttpBackend(Backend):
     name = "openai"
     Settings = OpenAISettings
     install_hint = "pip install 'openbench-harness[openai]' (or: make setup)"
+    resolve_keys = ("base_url", "model_name", "api_key_env", "max_retries", "backoff_s")
 
     def __init__(self, model: ModelInfo, settings: OpenAISettings):
         super().__init__(model, settings)
@@ -569,10 +575,8 @@ class OpenAIHttpBackend(Backend):
         try:
             s = OpenAISettings(**settings)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise ConfigError(f"openai setting '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
-        client = OpenAIClient(s.base_url, api_key_from_env(s.api_key_env), min(s.timeout_s, 30.0),
-                              RetryPolicy(max_retries=s.max_retries, backoff_s=s.backoff_s))
+            raise setting_error(cls.name, exc) from None
+        client = _client(s, timeout_s=min(s.timeout_s, 30.0))  # a model list answers fast or not at all
         try:
             name, _ = client.resolve_model(s.model_name or ref or None)
         finally:
@@ -581,11 +585,9 @@ class OpenAIHttpBackend(Backend):
 
     def load(self) -> LoadInfo:
         s = self.settings
-        key = api_key_from_env(s.api_key_env)
-        self.client = OpenAIClient(s.base_url, key, s.timeout_s, RetryPolicy(max_retries=s.max_retries, backoff_s=s.backoff_s))
-        # the model resolved before the worker started is the one asked for by name
-        asked = s.model_name or (self.model.name if self.model.format == "openai-api" else None)
-        self.served_name, self._listing = self.client.resolve_model(asked or None)
+        self.client = _client(s, timeout_s=s.timeout_s)
+        # resolve_model() named the served model before the worker started
+        self.served_name, self._listing = self.client.resolve_model(s.model_name or self.model.name)
         return LoadInfo(n_ctx=self._known_n_ctx() or 0, n_vocab=0, device="remote", mmap=False)
 
     def _known_n_ctx(self) -> int | None:

@@ -7,15 +7,23 @@ backend is measured the same way; a backend never reads a clock or formats outpu
 
 from __future__ import annotations
 
+import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Literal, Mapping
+from typing import Any, ClassVar, Iterable, Iterator, Literal, Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from harness.errors import ConfigError
 from harness.models import ModelInfo
 from harness.record import EngineMemory
+
+
+def setting_error(backend_name: str, exc: ValidationError) -> ConfigError:
+    """A settings model's first complaint as one line naming the setting."""
+    err = exc.errors()[0]
+    return ConfigError(f"{backend_name} setting '{'.'.join(map(str, err['loc']))}': {err['msg']}")
 
 
 class BackendSettings(BaseModel):
@@ -108,6 +116,20 @@ class Backend(ABC):
         Ray's resource names (num_cpus, num_gpus, memory in bytes), for `harness sweep --ray`.
         A backend whose settings say how many threads or GPUs it uses overrides this."""
         return {"num_cpus": 1, "num_gpus": 0}
+
+    # the settings resolve_model() reads (a served model is found through the server's URL);
+    # a sweep resolves a model once per reference and these
+    resolve_keys: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def check_setting_names(cls, names: Iterable[str], also_known: Iterable[str] = ()) -> None:
+        """A setting this backend does not have is one ConfigError, with the closest name."""
+        unknown = [k for k in names if k not in cls.Settings.model_fields]
+        if unknown:
+            known = sorted(set(cls.Settings.model_fields) | set(also_known))
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"backend '{cls.name}' has no setting '{unknown[0]}'{hint}")
 
     @classmethod
     def resolve_model(cls, ref: str | None, settings: Mapping[str, Any] | None = None) -> ModelInfo:

@@ -70,14 +70,12 @@ def run_bench(request: BenchRequest, on_event: Event | None = None) -> Outcome:
     backend_cls = registry.get(request.backend)
     check_installed(backend_cls)
     check_out_dir(request.out_dir)
-    unknown = [k for k, v in request.grid.items() if v and k not in backend_cls.Settings.model_fields]
-    if unknown:
-        raise ConfigError(f"backend '{backend_cls.name}' has no setting {', '.join(unknown)}")
+    backend_cls.check_setting_names(k for k, v in request.grid.items() if v)
     # the backend resolves: a GGUF for llama.cpp, a Hugging Face directory (converted from a
     # GGUF once, cached) for vLLM, a served model for openai (found through its settings);
     # no --model is the backend's default
-    fixed = {k: v[0] for k, v in request.grid.items() if v and len(v) == 1}
-    models = [backend_cls.resolve_model(ref, fixed) for ref in request.models or [None]]
+    through = {k: request.grid[k][0] for k in backend_cls.resolve_keys if len(request.grid.get(k) or []) == 1}
+    models = [backend_cls.resolve_model(ref, through) for ref in request.models or [None]]
     tests = PerfTests(pp=request.pp, tg=request.tg, reps=request.reps, batch=request.batch,
                       batch_pp=request.batch_pp, batch_tg=request.batch_tg)
     grid = {k: v for k, v in request.grid.items() if v}

@@ -491,10 +491,9 @@ def eval_(
     no_cache: bool = typer.Option(False, "--no-cache", help="do not reuse or store answers in lm-eval's request cache"),
 ) -> None:
     """Measure accuracy with lm-eval on the bundled offline tasks (or any lm-eval task)."""
+    from harness.bench import parse_set_options
     from harness.evaluation import EvalRequest, run_eval
     from harness.printers import PRINTERS
-
-    from harness.bench import parse_set_options
 
     _check_format(fmt)
     settings: dict = {}

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness import __version__, registry
+from harness.backend import setting_error
 from harness.bench import check_installed, check_out_dir
 from harness.errors import BackendNotInstalled, ConfigError
 from harness.models import ModelInfo
@@ -112,18 +113,14 @@ def prepare(request: EvalRequest):
         if "n_threads" not in backend_cls.Settings.model_fields:
             raise ConfigError(f"backend '{backend_cls.name}' has no thread setting; leave out --threads")
         values["n_threads"] = request.threads
-    unknown = sorted(k for k in values if k not in backend_cls.Settings.model_fields)
-    if unknown:
-        raise ConfigError(f"backend '{backend_cls.name}' has no setting {unknown[0]}; its settings: "
-                          f"{', '.join(backend_cls.Settings.model_fields)}")
+    backend_cls.check_setting_names(values)
     # the backend resolves: a GGUF for llama.cpp, a converted Hugging Face directory for vLLM,
     # a served model for the openai backend
-    model = backend_cls.resolve_model(request.model, values)
+    model = backend_cls.resolve_model(request.model, values)  # every setting, checked before the network
     try:
         settings = backend_cls.default_settings(model, **values)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"{backend_cls.name} setting '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+        raise setting_error(backend_cls.name, exc) from None
     run_id = new_run_id()
     cache = (str(request_cache_prefix(model, backend_cls, settings.model_dump(), lm_eval_version,
                                       request.apply_chat_template)) if request.use_cache else None)

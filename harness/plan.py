@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from harness.backend import Backend, BackendSettings
+from harness.backend import Backend, BackendSettings, setting_error
 from harness.config import PerfTests
 from harness.errors import ConfigError
 from harness.models import ModelInfo
@@ -55,8 +55,7 @@ def _settings(backend_cls: type[Backend], model: ModelInfo, values: dict[str, An
     try:
         return backend_cls.default_settings(model, **values)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"{backend_cls.name} setting '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+        raise setting_error(backend_cls.name, exc) from None
 
 
 def build_plan(backend_cls: type[Backend], models: list[ModelInfo], grid: dict[str, list[Any]], tests: PerfTests) -> list[LoadGroup]:

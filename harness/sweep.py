@@ -364,12 +364,10 @@ def expand(matrix: Matrix, source: Path) -> list[Cell]:
             grid = entry.grid()
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        unknown = [k for k in grid if k not in backend_cls.Settings.model_fields]
-        if unknown:
-            known = sorted(set(backend_cls.Settings.model_fields) | set(SETTING_ALIASES))
-            close = difflib.get_close_matches(unknown[0], known, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"{where}: backend '{backend_cls.name}' has no setting '{unknown[0]}'{hint}")
+        try:
+            backend_cls.check_setting_names(grid, also_known=SETTING_ALIASES)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         perf = entry.perf or matrix.perf
         tests = perf.tests() if perf and (perf.pp or perf.tg) else None
         timeout = entry.timeout_s or matrix.timeout_s
@@ -388,11 +386,12 @@ def expand(matrix: Matrix, source: Path) -> list[Cell]:
         what = f"{source}: cell {i} of {len(specs)} ({spec.model_ref}, {backend_cls.name}" + \
             "".join(f" {k}={_short(v)}" for k, v in spec.values.items()) + ")"
         # the backend resolves (a GGUF for llama.cpp, a converted directory for vLLM, a served
-        # model for openai), once per reference, backend and settings
-        model_key = (spec.model_ref, backend_cls.name, json.dumps(spec.values, sort_keys=True, default=str))
+        # model for openai), once per reference, backend and the settings it resolves with
+        through = {k: spec.values[k] for k in backend_cls.resolve_keys if k in spec.values}
+        model_key = (spec.model_ref, backend_cls.name, json.dumps(through, sort_keys=True, default=str))
         if model_key not in models:
             try:
-                models[model_key] = backend_cls.resolve_model(spec.model_ref, spec.values)
+                models[model_key] = backend_cls.resolve_model(spec.model_ref, through)
             except HarnessError as exc:
                 raise ConfigError(f"{what}: {exc}; no cell was run") from None
         model = models[model_key]

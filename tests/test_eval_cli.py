@@ -123,7 +123,7 @@ def test_unknown_task_lists_close_matches(cli, tmp_path):
     ("bad api", ["--tasks", "gsm8k", "-b", "openai", "--base-url", "http://127.0.0.1:9/v1", "--api", "soap"],
      ["openai setting 'api'"]),
     ("setting list", ["--tasks", "gsm8k", "--set", "n_threads=1,2"], ["--set n_threads: one value per evaluation"]),
-    ("unknown setting", ["--tasks", "gsm8k", "--set", "base_urll=x"], ["backend 'llamacpp' has no setting base_urll"]),
+    ("unknown setting", ["--tasks", "gsm8k", "--set", "base_urll=x"], ["backend 'llamacpp' has no setting 'base_urll'"]),
 ])
 def test_bad_input_one_line(cli, tmp_path, case, args, needles):
     out = tmp_path / "out"

@@ -264,7 +264,7 @@ def test_vllm_not_installed_says_how_to_install(cli, tmp_path):
     (["-m", "{empty}"], "has no config.json"),
     (["-m", "hf:nobody-here/no-such-model"], "cannot download"),
     (["--set", "kv_cache_gib=0"], "kv_cache_gib"),
-    (["--set", "no_such_setting=1"], "has no setting no_such_setting"),
+    (["--set", "no_such_setting=1"], "has no setting 'no_such_setting'"),
     (["--set", "compilation_mode"], "is not KEY=VALUE"),
 ])
 def test_bad_vllm_input_is_one_line(cli, tmp_path, args, message):
