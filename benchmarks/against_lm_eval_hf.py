@@ -147,11 +147,13 @@ def main() -> None:
         "mmlu_ll_mean_abs_diff": sum(abs(d) for d in ll_diffs) / max(1, len(ll_diffs)),
         "tqa_docs": len(tcommon), "tqa_mean_abs_diff": sum(diffs) / max(1, len(diffs)), "tqa_max_abs_diff": max(diffs, default=0),
     }
-    print(f"\nMMLU: the same letter chosen on {agree}/{len(common)} documents ({100 * agree / max(1, len(common)):.1f}%); "
-          f"per-choice log-likelihood llama.cpp - hf: mean {report['per_doc']['mmlu_ll_mean_diff']:+.4f}, "
-          f"mean abs {report['per_doc']['mmlu_ll_mean_abs_diff']:.4f} nats")
-    print(f"TruthfulQA MC2: per-document score differs by {report['per_doc']['tqa_mean_abs_diff']:.4f} on average "
-          f"(max {report['per_doc']['tqa_max_abs_diff']:.4f}) over {len(tcommon)} documents")
+    if common:
+        print(f"\nMMLU: the same letter chosen on {agree}/{len(common)} documents ({100 * agree / max(1, len(common)):.1f}%); "
+              f"per-choice log-likelihood llama.cpp - hf: mean {report['per_doc']['mmlu_ll_mean_diff']:+.4f}, "
+              f"mean abs {report['per_doc']['mmlu_ll_mean_abs_diff']:.4f} nats")
+    if tcommon:
+        print(f"TruthfulQA MC2: per-document score differs by {report['per_doc']['tqa_mean_abs_diff']:.4f} on average "
+              f"(max {report['per_doc']['tqa_max_abs_diff']:.4f}) over {len(tcommon)} documents")
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
 
 
