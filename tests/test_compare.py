@@ -58,16 +58,48 @@ def test_thread_change_is_the_axis_and_is_flagged(cli, real_runs):
     assert rows[("pp32", "pp_tps")]["base"] == pytest.approx(sum(pp_b["samples_tps"]) / 5)
     assert rows[("pp32", "pp_tps")]["head"] == pytest.approx(sum(pp_h["samples_tps"]) / 5)
     assert rows[("pp32", "pp_tps")]["n_base"] == rows[("pp32", "pp_tps")]["n_head"] == 5
-    # one thread against two on a 2-core machine: a large, significant change in speed
-    # (faster when the cores are free, slower when another process holds one)
-    speed = [rows[("pp32", "pp_tps")], rows[("tg16", "tg_tps")]]
-    assert any(r["flagged"] for r in speed), speed
-    for r in speed:
+    # Whether one thread against two is a significant change depends on what else holds the
+    # 2 cores while the five samples run (CI saw +57% at p = 0.095), so only the rule is
+    # checked on these; test_a_real_slowdown_is_flagged checks that a change is caught.
+    for r in (rows[("pp32", "pp_tps")], rows[("tg16", "tg_tps")]):
+        assert r["flagged"] == (r["p"] < 0.05 and abs(r["change"]) >= 5), r
         if r["flagged"]:
-            assert r["p"] < 0.05 and abs(r["change"]) >= 5
             assert r["verdict"] == ("improved" if r["change"] > 0 else "regressed")
     # a single-value figure is never flagged: there is nothing to test it with
     assert rows[("pp32", "peak_rss_mib")]["p"] is None and not rows[("pp32", "peak_rss_mib")]["flagged"]
+
+
+def _half_speed(d):
+    """The same run taking twice as long: every raw sample of every test, not only the mean."""
+    for p in d["perf"]:
+        p["samples_tps"] = [x / 2 for x in p["samples_tps"]]
+        p["tps_mean"], p["tps_stddev"] = p["tps_mean"] / 2, p["tps_stddev"] / 2
+        for key in ("samples_ms", "samples_ttft_ms"):
+            if p.get(key):
+                p[key] = [x * 2 for x in p[key]]
+        if p.get("ttft_ms_mean") is not None:
+            p["ttft_ms_mean"], p["ttft_ms_stddev"] = p["ttft_ms_mean"] * 2, p["ttft_ms_stddev"] * 2
+
+
+def _slower_t1(real_runs, tmp_path) -> Path:
+    return write_variant(real_runs.file(real_runs.t1), tmp_path / "slower", _half_speed).parent
+
+
+def test_a_real_slowdown_is_flagged(cli, real_runs, tmp_path):
+    # every sample halved: the two sets of five cannot overlap (unless one run's own samples
+    # spread by 2x), so the exact Mann-Whitney p is its floor, 2/252
+    res = cli("compare", str(real_runs.t1), str(_slower_t1(real_runs, tmp_path)), "--format", "json")
+    assert res.code == 0, res.stderr
+    rows = _rows(res)
+    for key in (("pp32", "pp_tps"), ("tg16", "tg_tps")):
+        r = rows[key]
+        assert r["flagged"] and r["verdict"] == "regressed", r
+        assert r["p"] == pytest.approx(2 / 252) and r["change"] == pytest.approx(-50)
+    ttft = rows[("pp32", "ttft_ms")]
+    assert ttft["flagged"] and ttft["verdict"] == "regressed" and ttft["change"] == pytest.approx(100)
+    # and the same records read the other way round are an improvement
+    back = _rows(cli("compare", str(_slower_t1(real_runs, tmp_path)), str(real_runs.t1), "--format", "json"))
+    assert back[("pp32", "pp_tps")]["verdict"] == "improved" and back[("pp32", "pp_tps")]["flagged"]
 
 
 def test_direction_of_each_metric(real_runs):
@@ -264,15 +296,13 @@ def test_accuracy_significance_arithmetic(real_runs):
 # ---------------------------------------------------------------------------- gates
 
 
-def test_fail_on_exit_codes_follow_the_regression(cli, real_runs):
-    # the thread change is a regression in exactly one direction of comparison
-    forward = cli("compare", str(real_runs.t1), str(real_runs.t2), "--fail-on", "pp_tps:-5%", "--format", "json")
-    backward = cli("compare", str(real_runs.t2), str(real_runs.t1), "--fail-on", "pp_tps:-5%", "--format", "json")
-    pp = _rows(forward)[("pp32", "pp_tps")]
-    if not pp["flagged"]:
-        pytest.skip(f"pp32 did not change significantly between 1 and 2 threads on this machine: {pp}")
-    assert sorted([forward.code, backward.code]) == [0, 1]
-    failing = forward if forward.code == 1 else backward
+def test_fail_on_exit_codes_follow_the_regression(cli, real_runs, tmp_path):
+    # a halving of speed is a regression in exactly one direction of comparison
+    slower = str(_slower_t1(real_runs, tmp_path))
+    forward = cli("compare", str(real_runs.t1), slower, "--fail-on", "pp_tps:-5%", "--format", "json")
+    backward = cli("compare", slower, str(real_runs.t1), "--fail-on", "pp_tps:-5%", "--format", "json")
+    assert (forward.code, backward.code) == (1, 0), (forward.stderr, backward.stderr)
+    failing = forward
     assert failing.stderr.startswith("error: --fail-on: 1 flagged regression(s): pp32 pp_tps")
     assert failing.stdout.strip()  # the table is printed before the gate fails
     assert _rows(failing)[("pp32", "pp_tps")]["gate_failed"] is True
