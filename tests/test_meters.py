@@ -20,6 +20,20 @@ def test_memory_sampler_sees_a_real_allocation():
     assert busy.peaks.peak_uss_mib is not None and busy.peaks.peak_uss_mib > 250
 
 
+def test_memory_sampler_counts_the_processes_it_started():
+    # engines such as vLLM hold the weights in a child process: the tree's peak must see it
+    import subprocess
+    import sys
+
+    code = "b = bytearray(200 * 2**20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('ready', flush=True)\ninput()"
+    with MemorySampler() as mem:
+        child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(1.2)  # past one tree walk (every 20 samples of 50 ms)
+        child.communicate("\n", timeout=10)
+    assert mem.peaks.peak_rss_tree_mib - mem.peaks.peak_rss_mib > 150, mem.peaks
+
+
 def test_clock_is_monotonic_and_fine():
     a = now_ns()
     b = now_ns()
