@@ -74,10 +74,10 @@ print(json.dumps({"docs": docs, "types": lt.output_types(), "code": lt.executing
     assert out["code"] == ["humaneval"]
     assert "gsm8k" not in out["logprobs"] and "truthfulqa_mc2" in out["logprobs"]
     samples = out["quick_samples"]
-    # 16 MMLU subjects (4 from each category, one question each), TruthfulQA and GSM8K
-    assert set(samples) == set(out["quick_leaves"]) and len(samples) == 18
+    # 8 MMLU subjects (2 from each category, ten questions each), TruthfulQA and GSM8K
+    assert set(samples) == set(out["quick_leaves"]) and len(samples) == 10
     mmlu = [k for k in samples if k.startswith("mmlu_snapshot_")]
-    assert len(mmlu) == 16 and all(len(samples[k]) == 1 for k in mmlu)
+    assert len(mmlu) == 8 and all(len(samples[k]) == 10 for k in mmlu)
     assert (len(samples["truthfulqa_mc2"]), len(samples["gsm8k"])) == (25, 3)
     for name, idx in samples.items():
         assert idx == sorted(set(idx)) and idx and max(idx) < docs[name], name
