@@ -7,6 +7,7 @@ traceback: see main().
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -327,10 +328,10 @@ def load(
     )
     try:
         outcome = run_load(request, log=lambda line: print(f"[harness] {line}", file=sys.stderr, flush=True))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # typer would turn this into a silent exit 130; say what happened (any server started is stopped by now)
         error = HarnessError("interrupted; no result file written" + (f" (the {serve} server started for the run is stopped)" if serve else ""))
-        error.exit_code = 130
+        error.exit_code = interrupted_code(exc)
         raise error from None
     print(PRINTERS[fmt]([outcome.record]))
     print(f"[harness] wrote {outcome.path}", file=sys.stderr)
@@ -519,11 +520,11 @@ def eval_(
     on_event, stop = _eval_progress()
     try:
         outcome = run_eval(request, on_event)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # typer would make this a silent exit 130; the worker is already stopped
         error = HarnessError("interrupted; no result file written (answers already scored stay in the request "
                              "cache unless --no-cache: a rerun skips them)")
-        error.exit_code = 130
+        error.exit_code = interrupted_code(exc)
         raise error from None
     finally:
         stop()
@@ -537,8 +538,40 @@ def eval_(
         raise typer.Exit(1)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so the same clean-up runs: a worker's whole
+    process tree is ended (a vLLM engine's own processes too, which would otherwise be
+    left running), a server the run started is stopped. A sweep installs handlers of its
+    own for the time it runs (it stops between cells instead)."""
+
+
+_signals_seen: list[int] = []
+
+
+def _raise_on_signal(signum, _frame) -> None:
+    _signals_seen.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def interrupted_code(exc: KeyboardInterrupt) -> int:
+    return 143 if isinstance(exc, Terminated) else 130  # 128 + the signal's number, as a shell reports it
+
+
+def _say_interrupted(exc: KeyboardInterrupt) -> int:
+    print("error: interrupted" + (" (SIGTERM)" if isinstance(exc, Terminated) else ""), file=sys.stderr)
+    return interrupted_code(exc)
+
+
+def _install_signal_handlers() -> None:
+    signal.signal(signal.SIGTERM, _raise_on_signal)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where a shell made it ignored
+        signal.signal(signal.SIGINT, _raise_on_signal)
+
+
 def main() -> None:
     from harness.environment import RedactingStream
+
+    _install_signal_handlers()
 
     # nothing the harness prints may carry a key, whoever formatted it
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
@@ -546,6 +579,8 @@ def main() -> None:
     # instead of click's boxed usage text
     try:
         code = app(standalone_mode=False)
+        if code == 130 and _signals_seen:  # typer makes an uncaught Ctrl-C a silent return of 130
+            code = _say_interrupted(Terminated() if _signals_seen[0] == signal.SIGTERM else KeyboardInterrupt())
     except typer.Exit as exc:
         code = exc.exit_code
     except typer.Abort:
@@ -562,9 +597,8 @@ def main() -> None:
 
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         code = exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        code = 130
+    except KeyboardInterrupt as exc:
+        code = _say_interrupted(exc)
     except Exception:
         # a bug, not bad input: keep the traceback for the report, without any secret in it
         import traceback

@@ -175,6 +175,26 @@ def test_no_secret_in_any_output_file_or_log(fault_sweep, cli, tmp_path):
         assert not hits, f"{name} leaked into {hits}"
 
 
+@pytest.mark.slow
+def test_sigterm_ends_a_bench_and_every_process_it_started(tmp_path):
+    # what a CI runner or `timeout` sends: the worker and the server it started in a session
+    # of its own (as a vLLM engine's processes are) must go with the harness, not outlive it
+    state, out = tmp_path / "state", tmp_path / "out"
+    state.mkdir()
+    live = LiveCli("bench", "-b", "faulty", "--set", "fault=hang_http", "--set", f"state_dir={state}",
+                   "--pp", "16", "--tg", "none", "--reps", "1", "--out", str(out), env={"PYTHONPATH": str(FAULT_PLUGINS)})
+    wait_file(state / "server.pid", timeout=120)
+    wait_file(state / "worker.pid")
+    worker, server = int((state / "worker.pid").read_text()), int((state / "server.pid").read_text())
+    assert not gone(server)
+    live.proc.send_signal(signal.SIGTERM)
+    code, stdout, stderr = live.finish(timeout=60)
+    assert code == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "error: interrupted (SIGTERM)" and "Traceback" not in stderr
+    assert gone(worker) and gone(server)
+    assert not result_files(out)
+
+
 # ------------------------------------------------------------------ quick checks, no model
 
 
