@@ -74,11 +74,11 @@ print(json.dumps({"docs": docs, "types": lt.output_types(), "code": lt.executing
     assert out["code"] == ["humaneval"]
     assert "gsm8k" not in out["logprobs"] and "truthfulqa_mc2" in out["logprobs"]
     samples = out["quick_samples"]
-    # 8 MMLU subjects (2 from each category, ten questions each), TruthfulQA and GSM8K
+    # 8 MMLU subjects (2 from each category, six questions each), TruthfulQA and GSM8K
     assert set(samples) == set(out["quick_leaves"]) and len(samples) == 10
     mmlu = [k for k in samples if k.startswith("mmlu_snapshot_")]
-    assert len(mmlu) == 8 and all(len(samples[k]) == 10 for k in mmlu)
-    assert (len(samples["truthfulqa_mc2"]), len(samples["gsm8k"])) == (25, 3)
+    assert len(mmlu) == 8 and all(len(samples[k]) == 6 for k in mmlu)
+    assert (len(samples["truthfulqa_mc2"]), len(samples["gsm8k"])) == (20, 2)
     for name, idx in samples.items():
         assert idx == sorted(set(idx)) and idx and max(idx) < docs[name], name
 

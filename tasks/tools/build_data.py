@@ -67,12 +67,14 @@ SUBJECT_CATEGORY = {s: c for c, subs in CATEGORIES.items() for s in subs}
 # prefix is about 620 tokens (2,600 for European history), a GSM8K prompt with its own
 # drawn 5 exemplars about 1,000, while TruthfulQA's documents share one 6-shot prefix. A
 # subject's questions share its prefix, so each further question costs about 100 tokens:
-# 10 questions from each of 8 subjects (2 per category) cost 11.2k tokens, about what one
-# question from each of 16 subjects costs (10.8k), for five times the documents.
+# 6 questions from each of 8 subjects (2 per category) cost 8.5k tokens, less than one
+# question from each of 16 subjects (10.8k), for three times the documents. The suite's
+# 13k tokens take 110 s at this VM's slower pp512 (150 t/s; it ranges 150 to 215), which
+# leaves make bench (its pp512/tg128 part takes 25 to 32 s) about 30 s of headroom.
 QUICK_SEED = 1234
 QUICK_MMLU_SUBJECTS_PER_CATEGORY = 2
-QUICK_MMLU_PER_SUBJECT = 10
-QUICK_SIZES = {"truthfulqa_mc2": 25, "gsm8k": 3}
+QUICK_MMLU_PER_SUBJECT = 6
+QUICK_SIZES = {"truthfulqa_mc2": 20, "gsm8k": 2}
 
 ATTRIBUTION = {
     "mmlu": (
