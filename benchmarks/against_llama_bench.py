@@ -17,7 +17,12 @@ outside the repository from the sdist, for example:
 
 Usage:
     python benchmarks/against_llama_bench.py --llama-bench /tmp/llama-bench/bin/llama-bench \
-        [--model smollm2-135m] [--threads 2] [--pp 512] [--tg 128] [--reps 5] [--rounds 4]
+        [--model smollm2-135m] [--threads 2] [--pp 512] [--tg 128] [--reps 5] [--rounds 4] \
+        [--rounds-file rounds.jsonl]
+
+On a VM whose speed swings between rounds, run it several times with one --rounds-file: each
+round is appended there and the summary pools every round in the file (geometric mean of the
+paired ratios with a 95% bootstrap confidence interval).
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ def main() -> int:
     parser.add_argument("--tg", type=int, default=128)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds-file", help="append each round here (JSON lines) and pool every round in it")
     args = parser.parse_args()
 
     from harness.models import resolve
@@ -76,6 +82,9 @@ def main() -> int:
             ref = run_llama_bench(args.llama_bench, model_path, args)
         rounds.append((ref, ours))
         print(f"round {i + 1}: llama-bench {ref}  harness {ours}", file=sys.stderr)
+        if args.rounds_file:
+            with open(args.rounds_file, "a") as fh:
+                fh.write(json.dumps({"llama_bench": ref, "harness": ours}) + "\n")
 
     # the ratio of the means and the median of the paired (same-round) ratios: on a VM whose
     # speed drifts between rounds the paired median is the steadier of the two
@@ -89,7 +98,26 @@ def main() -> int:
               f"| {statistics.fmean(ours):.2f} ± {statistics.stdev(ours) if len(ours) > 1 else 0:.2f} "
               f"| {statistics.fmean(ours) / statistics.fmean(ref):.3f} | {statistics.median(ratios):.3f} "
               f"| {', '.join(f'{x:.3f}' for x in ratios)} |")
+    if args.rounds_file:
+        with open(args.rounds_file) as fh:
+            pooled = [json.loads(line) for line in fh if line.strip()]
+        print(f"\nPooled over the {len(pooled)} rounds in {args.rounds_file}:")
+        for test in rounds[0][0]:
+            gm, low, high = geometric_mean_ci([r["harness"][test] / r["llama_bench"][test] for r in pooled])
+            print(f"- {test}: harness/llama-bench geometric mean of paired ratios {gm:.3f} (95% CI {low:.3f} to {high:.3f})")
     return 0
+
+
+def geometric_mean_ci(ratios: list[float]) -> tuple[float, float, float]:
+    import numpy as np
+    from scipy import stats
+
+    logs = np.log(ratios)
+    if len(logs) < 2:
+        return float(np.exp(logs.mean())), float("nan"), float("nan")
+    ci = stats.bootstrap((logs,), np.mean, n_resamples=10000, method="percentile", confidence_level=0.95,
+                         random_state=0).confidence_interval
+    return float(np.exp(logs.mean())), float(np.exp(ci.low)), float(np.exp(ci.high))
 
 
 if __name__ == "__main__":
