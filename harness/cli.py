@@ -7,7 +7,6 @@ traceback: see main().
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -15,6 +14,7 @@ from typing import Optional
 import typer
 from typer.exceptions import TyperException
 
+from harness import interrupts
 from harness.errors import HarnessError
 
 app = typer.Typer(
@@ -331,7 +331,7 @@ def load(
     except KeyboardInterrupt as exc:
         # typer would turn this into a silent exit 130; say what happened (any server started is stopped by now)
         error = HarnessError("interrupted; no result file written" + (f" (the {serve} server started for the run is stopped)" if serve else ""))
-        error.exit_code = interrupted_code(exc)
+        error.exit_code = interrupts.exit_code(exc)
         raise error from None
     print(PRINTERS[fmt]([outcome.record]))
     print(f"[harness] wrote {outcome.path}", file=sys.stderr)
@@ -524,7 +524,7 @@ def eval_(
         # typer would make this a silent exit 130; the worker is already stopped
         error = HarnessError("interrupted; no result file written (answers already scored stay in the request "
                              "cache unless --no-cache: a rerun skips them)")
-        error.exit_code = interrupted_code(exc)
+        error.exit_code = interrupts.exit_code(exc)
         raise error from None
     finally:
         stop()
@@ -538,40 +538,15 @@ def eval_(
         raise typer.Exit(1)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C would be, so the same clean-up runs: a worker's whole
-    process tree is ended (a vLLM engine's own processes too, which would otherwise be
-    left running), a server the run started is stopped. A sweep installs handlers of its
-    own for the time it runs (it stops between cells instead)."""
-
-
-_signals_seen: list[int] = []
-
-
-def _raise_on_signal(signum, _frame) -> None:
-    _signals_seen.append(signum)
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-
-def interrupted_code(exc: KeyboardInterrupt) -> int:
-    return 143 if isinstance(exc, Terminated) else 130  # 128 + the signal's number, as a shell reports it
-
-
 def _say_interrupted(exc: KeyboardInterrupt) -> int:
-    print("error: interrupted" + (" (SIGTERM)" if isinstance(exc, Terminated) else ""), file=sys.stderr)
-    return interrupted_code(exc)
-
-
-def _install_signal_handlers() -> None:
-    signal.signal(signal.SIGTERM, _raise_on_signal)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where a shell made it ignored
-        signal.signal(signal.SIGINT, _raise_on_signal)
+    print("error: interrupted" + (" (SIGTERM)" if isinstance(exc, interrupts.Terminated) else ""), file=sys.stderr)
+    return interrupts.exit_code(exc)
 
 
 def main() -> None:
     from harness.environment import RedactingStream
 
-    _install_signal_handlers()
+    interrupts.install()
 
     # nothing the harness prints may carry a key, whoever formatted it
     sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
@@ -579,8 +554,9 @@ def main() -> None:
     # instead of click's boxed usage text
     try:
         code = app(standalone_mode=False)
-        if code == 130 and _signals_seen:  # typer makes an uncaught Ctrl-C a silent return of 130
-            code = _say_interrupted(Terminated() if _signals_seen[0] == signal.SIGTERM else KeyboardInterrupt())
+        stopped_by = interrupts.first_seen()
+        if code == 130 and stopped_by:  # typer makes an uncaught Ctrl-C a silent return of 130
+            code = _say_interrupted(stopped_by)
     except typer.Exit as exc:
         code = exc.exit_code
     except typer.Abort:

@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from harness import __version__
+from harness import __version__, interrupts
 from harness.errors import BackendNotInstalled, ConfigError, HarnessError
 from harness.meters import now_ns
 
@@ -329,12 +329,8 @@ def served(kind: str, command: list[str], port: int, timeout_s: float, log: Log)
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=errlog, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         previous = signal.getsignal(signal.SIGTERM)
-
-        def on_term(signum, frame):
-            raise KeyboardInterrupt  # unwinds through the finally below, which stops the server
-
-        if threading_main():
-            signal.signal(signal.SIGTERM, on_term)
+        if threading_main():  # SIGTERM unwinds through the finally below, which stops the server
+            signal.signal(signal.SIGTERM, interrupts.raise_on_signal)
         try:
             deadline = time.monotonic() + timeout_s
             while True:

@@ -111,7 +111,8 @@ def test_serve_llamacpp_starts_and_always_stops_its_server(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_started_server(tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_stop_the_started_server(tmp_path, sig, code):
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", "load", "--serve", "llamacpp", "--model", "smollm2-135m",
          "--duration", "60", "-c", "1", "--input-len", "8", "--output-len", "16", "--warmup", "0",
@@ -127,10 +128,10 @@ def test_ctrl_c_stops_the_started_server(tmp_path):
             break
     assert port and port_open(port)
     time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     rest = proc.stderr.read()  # read() keeps what the line iterator had buffered
     proc.wait(timeout=60)
-    assert proc.returncode == 130, rest
+    assert proc.returncode == code, rest
     assert "error: interrupted" in rest and "Traceback" not in rest
     assert not port_open(port)
     assert not list(tmp_path.glob("*.json"))
