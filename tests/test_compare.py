@@ -88,7 +88,8 @@ def _slower_t1(real_runs, tmp_path) -> Path:
 def test_a_real_slowdown_is_flagged(cli, real_runs, tmp_path):
     # every sample halved: the two sets of five cannot overlap (unless one run's own samples
     # spread by 2x), so the exact Mann-Whitney p is its floor, 2/252
-    res = cli("compare", str(real_runs.t1), str(_slower_t1(real_runs, tmp_path)), "--format", "json")
+    slower = str(_slower_t1(real_runs, tmp_path))
+    res = cli("compare", str(real_runs.t1), slower, "--format", "json")
     assert res.code == 0, res.stderr
     rows = _rows(res)
     for key in (("pp32", "pp_tps"), ("tg16", "tg_tps")):
@@ -98,7 +99,7 @@ def test_a_real_slowdown_is_flagged(cli, real_runs, tmp_path):
     ttft = rows[("pp32", "ttft_ms")]
     assert ttft["flagged"] and ttft["verdict"] == "regressed" and ttft["change"] == pytest.approx(100)
     # and the same records read the other way round are an improvement
-    back = _rows(cli("compare", str(_slower_t1(real_runs, tmp_path)), str(real_runs.t1), "--format", "json"))
+    back = _rows(cli("compare", slower, str(real_runs.t1), "--format", "json"))
     assert back[("pp32", "pp_tps")]["verdict"] == "improved" and back[("pp32", "pp_tps")]["flagged"]
 
 
