@@ -66,11 +66,12 @@ SUBJECT_CATEGORY = {s: c for c, subs in CATEGORIES.items() for s in subs}
 # cores with the 135M default model. Its cost is prompt tokens: an MMLU subject's 5-shot
 # prefix is about 620 tokens (2,600 for European history), a GSM8K prompt with its own
 # drawn 5 exemplars about 1,000, while TruthfulQA's documents share one 6-shot prefix. A
-# subject's questions share its prefix, so each further question costs about 100 tokens:
+# subject's questions share its prefix, so each further question costs about 90 tokens:
 # 6 questions from each of 8 subjects (2 per category) cost 8.5k tokens, less than one
-# question from each of 16 subjects (10.8k), for three times the documents. The suite's
-# 13k tokens take 110 s at this VM's slower pp512 (150 t/s; it ranges 150 to 215), which
-# leaves make bench (its pp512/tg128 part takes 25 to 32 s) about 30 s of headroom.
+# question from each of 16 subjects (10.8k), for three times the documents. Measured on
+# 2 cores: the suite's 12.6k tokens took 90 s and 102 s (pp512 at 197 and 178 t/s), and
+# make bench 119 s and 134 s; 10 questions per subject took make bench to 183 s when
+# this VM's pp512 fell to 151 t/s.
 QUICK_SEED = 1234
 QUICK_MMLU_SUBJECTS_PER_CATEGORY = 2
 QUICK_MMLU_PER_SUBJECT = 6
