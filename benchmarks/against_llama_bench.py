@@ -86,8 +86,8 @@ def main() -> int:
             with open(args.rounds_file, "a") as fh:
                 fh.write(json.dumps({"llama_bench": ref, "harness": ours}) + "\n")
 
-    # the ratio of the means and the median of the paired (same-round) ratios: on a VM whose
-    # speed drifts between rounds the paired median is the steadier of the two
+    # the ratio of the means and the median of the paired (same-round) ratios; neither says how
+    # sure it is, which --rounds-file's pooled confidence interval does
     print("| test | llama-bench t/s | harness t/s | ratio of means | median paired ratio | per-round ratios |")
     print("| --- | ---: | ---: | ---: | ---: | --- |")
     for test in rounds[0][0]:
