@@ -69,6 +69,13 @@ def check_capabilities(backend_name: str, can_score: bool, loaded, selection: Ta
     if code and not allow_code:
         raise Refused(f"{', '.join(code)} execute model-written code; add --allow-code-execution to run them "
                       "(sandboxed, see tasks/README.md)")
+    if code:
+        from harness import sandbox
+
+        try:
+            sandbox.check()
+        except sandbox.SandboxUnavailable as exc:
+            raise Refused(f"{', '.join(code)} cannot run: {exc}") from None
 
 
 def run_eval_job(job: EvalJob, channel: Channel) -> None:
