@@ -135,45 +135,35 @@ def gguf_special_ids(path: str | Path) -> dict[str, int | None]:
 class ChatTemplate:
     """A model's own Jinja chat template, rendered in a sandbox (it comes from a model file).
 
-    The environment follows transformers' apply_chat_template: an immutable sandbox
-    (no attribute writes, no unsafe calls), trim_blocks/lstrip_blocks, loop controls,
-    ``raise_exception`` and ``strftime_now``.
+    The environment follows transformers' apply_chat_template (an immutable sandbox,
+    trim_blocks/lstrip_blocks, loop controls, ``raise_exception``, ``strftime_now``), and
+    it runs in a child process with a memory limit and a per-render deadline
+    (harness/template_sandbox.py), so a hostile template fails with one line instead of
+    taking the machine's memory or time.
     """
 
-    def __init__(self, source: str, bos_token: str = "", eos_token: str = ""):
-        import jinja2
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    def __init__(self, source: str, bos_token: str = "", eos_token: str = "", *,
+                 memory_bytes: int | None = None, timeout_s: float | None = None):
+        from harness import template_sandbox as ts
 
-        def raise_exception(message: str):
-            raise jinja2.exceptions.TemplateError(message)
-
-        def strftime_now(fmt: str) -> str:
-            from datetime import datetime
-
-            return datetime.now().strftime(fmt)
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-        env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(x, indent=indent, ensure_ascii=ensure_ascii)
-        env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
         self.source = source
         self.sha256 = hashlib.sha256(source.encode()).hexdigest()
-        try:
-            self._template = env.from_string(source)
-        except jinja2.exceptions.TemplateSyntaxError as exc:
-            raise EvalError(f"the model's chat template does not parse (line {exc.lineno}: {exc.message})") from None
         self.bos_token = bos_token
         self.eos_token = eos_token
+        try:
+            self._renderer = ts.TemplateRenderer(source, bos_token, eos_token,
+                                                 memory_bytes=memory_bytes or ts.MEMORY_BYTES,
+                                                 timeout_s=timeout_s or ts.RENDER_TIMEOUT_S)
+        except ts.TemplateFailed as exc:
+            raise _template_error(exc) from None
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        import jinja2
+        from harness import template_sandbox as ts
 
         try:
-            text = self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         bos_token=self.bos_token, eos_token=self.eos_token)
-        except jinja2.exceptions.SecurityError as exc:
-            raise EvalError(f"the model's chat template tried something the sandbox forbids: {exc}") from None
-        except jinja2.exceptions.TemplateError as exc:
-            raise EvalError(f"the model's chat template failed: {exc}") from None
+            text = self._renderer.render(messages, add_generation_prompt)
+        except ts.TemplateFailed as exc:
+            raise _template_error(exc) from None
         if not add_generation_prompt and messages:
             # continue the final (assistant) message instead of closing it, as
             # transformers' continue_final_message does for lm-eval's gen_prefix
@@ -182,6 +172,21 @@ class ChatTemplate:
                 if piece and piece in text:
                     return text[:text.rindex(piece) + len(piece)]
         return text
+
+    def close(self) -> None:
+        self._renderer.close()
+
+
+def _template_error(exc) -> EvalError:
+    """One line for a chat template that failed (exc: template_sandbox.TemplateFailed)."""
+    if exc.kind == "syntax":
+        return EvalError(f"the model's chat template does not parse (line {exc.lineno}: {exc.message})")
+    if exc.kind == "security":
+        return EvalError(f"the model's chat template tried something the sandbox forbids: {exc.message}")
+    if exc.kind in ("memory", "time", "too long", "recursion"):
+        return EvalError(f"the model's chat template was stopped: {exc.message}; "
+                         "the model file's template is faulty or hostile (run without --apply-chat-template)")
+    return EvalError(f"the model's chat template failed: {exc.message}")
 
 
 # ----------------------------------------------------------------------------- the LM

@@ -227,7 +227,9 @@ def _chat_template(model: ModelInfo):
         raise Refused(f"{model.ref} has no chat template; run without --apply-chat-template")
     ids = accuracy.gguf_special_ids(model.path)
     texts = accuracy.gguf_token_texts(model.path, [i for i in ids.values() if i is not None])
-    return accuracy.ChatTemplate(source, bos_token=texts.get(ids["bos"], ""), eos_token=texts.get(ids["eos"], ""))
+    chat = accuracy.ChatTemplate(source, bos_token=texts.get(ids["bos"], ""), eos_token=texts.get(ids["eos"], ""))
+    chat.render([{"role": "user", "content": "Hello"}])  # a template that fails on this fails before the model loads
+    return chat
 
 
 def main() -> int:
