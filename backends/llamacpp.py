@@ -106,6 +106,13 @@ class LlamaCppBackend(Backend):
             import llama_cpp
         except ImportError:
             raise BackendError(f"llama-cpp-python is not installed; {self.install_hint}") from None
+        from harness.template_sandbox import TemplateFailed, check_model_templates
+
+        try:  # llama-cpp-python compiles the file's chat templates in process as it loads
+            check_model_templates(self.model.path)
+        except TemplateFailed as exc:
+            raise BackendError(f"{self.model.path} is refused: compiling its chat template was stopped ({exc.message}); "
+                               "llama-cpp-python compiles it when it loads the model, so the file is faulty or hostile") from None
         s = self.settings
         n_ctx = s.n_ctx or 512
         gpu = self.supports_gpu_offload()
