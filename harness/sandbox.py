@@ -294,7 +294,10 @@ def _run(program: str, *, timeout_s: float, memory_mb: int, label: str) -> Outco
         return Outcome(True, "passed", rc, "", seconds)
     if status is None:
         status = f"killed by signal {-rc}" if rc is not None and rc < 0 else ("failed" if result else "no result")
-    detail = result if result and word != "passed" else tail.strip()
+    if word == "passed":
+        detail = "the result file does not carry this run's token (the program wrote it, not the driver)"
+    else:
+        detail = result or tail.strip()
     return Outcome(False, status, rc, detail[-STDERR_TAIL_BYTES:], seconds)
 
 

@@ -93,6 +93,7 @@ def test_a_result_written_by_the_program_itself_is_not_a_pass():
         posix._exit(0)
         """)
     assert not outcome.passed and outcome.status == "failed" and outcome.returncode == 0
+    assert "token" in outcome.detail
 
 
 # ------------------------------------------------------------------- file system
