@@ -355,6 +355,52 @@ def test_cpu_time_is_limited():
     assert not outcome.passed and outcome.status in ("timeout", "killed by signal 9", "killed by signal 24")
 
 
+# ------------------------------------------------------------------- the seccomp filter
+def _run_bpf(program: bytes, nr: int, arch: int, arg0: int = 0) -> int:
+    """Classic BPF as the kernel runs a seccomp filter (the subset the filter uses)."""
+    import struct
+
+    insns = [struct.unpack("=HBBI", program[i:i + 8]) for i in range(0, len(program), 8)]
+    data = struct.pack("=iIQ6Q", nr, arch, 0, arg0, 0, 0, 0, 0, 0)
+    pc, acc = 0, 0
+    while True:
+        code, jt, jf, k = insns[pc]
+        if code == 0x20:
+            acc = struct.unpack_from("=I", data, k)[0]
+        elif code == 0x06:
+            return k
+        elif code in (0x15, 0x35, 0x45):
+            taken = acc == k if code == 0x15 else acc >= k if code == 0x35 else bool(acc & k)
+            pc += jt if taken else jf
+        else:
+            raise AssertionError(f"unexpected instruction {code:#x}")
+        pc += 1
+
+
+@pytest.mark.parametrize("machine, arch, forks, clone, other", [
+    ("x86_64", 0xC000003E, (57, 58), 56, (0, 1, 59, 435 - 1)),
+    ("aarch64", 0xC00000B7, (), 220, (63, 64, 221, 93)),
+])
+def test_the_filter_stops_processes_and_nothing_else(machine, arch, forks, clone, other):
+    prog = sandbox.seccomp_program(machine)
+    allow, kill, eagain, enosys = 0x7FFF0000, 0x80000000, 0x50000 | 11, 0x50000 | 38
+    for nr in forks:
+        assert _run_bpf(prog, nr, arch) == eagain
+    assert _run_bpf(prog, clone, arch, arg0=0x11) == eagain  # SIGCHLD: a process
+    assert _run_bpf(prog, clone, arch, arg0=0x3D0F00) == allow  # pthread_create's flags: a thread
+    assert _run_bpf(prog, 435, arch) == enosys  # clone3: libc falls back to clone
+    for nr in other:
+        assert _run_bpf(prog, nr, arch) == allow
+    assert _run_bpf(prog, 57, 0x40000003) == kill  # another architecture's calls
+    if machine == "x86_64":
+        assert _run_bpf(prog, 0x40000000 | 57, arch) == kill  # x32
+
+
+def test_an_unknown_architecture_is_refused():
+    with pytest.raises(sandbox.SandboxUnavailable, match="riscv64"):
+        sandbox.seccomp_program("riscv64")
+
+
 # ------------------------------------------------------------------- refusing
 def _available_bwraps() -> list[str]:
     found = [b for b in (shutil.which("bwrap"), sandbox._bundled_bwrap()) if b]
@@ -454,3 +500,16 @@ def test_harness_eval_refuses_code_execution_without_a_sandbox(cli, tmp_path):
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
     assert lines[0].startswith("error: humaneval cannot run: ") and "/nonexistent/bwrap" in lines[0], lines[0]
     assert not out.exists() or not any(out.rglob("*")), "a refused run writes nothing"
+
+
+@pytest.mark.slow
+def test_harness_eval_scores_humaneval_through_the_sandbox(cli, tmp_path):
+    out = tmp_path / "out"
+    res = cli("eval", "--tasks", "humaneval", "--limit", "1", "--allow-code-execution", "--no-cache",
+              "--threads", "1", "--format", "json", "--out", str(out),
+              env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    assert res.code == 0, res.stderr[-3000:]
+    record = res.json()
+    assert record["failures"] == [] and record["evaluation"]["code_execution"] is True
+    (row,) = [a for a in record["accuracy"] if a["metric"] == "pass@1"]
+    assert row["n"] == 1 and row["value"] in (0.0, 1.0)
