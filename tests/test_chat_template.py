@@ -49,14 +49,15 @@ def test_a_hostile_template_is_stopped_in_one_line(template, needle):
     child_mem = []
     t0 = time.monotonic()
     with pytest.raises(EvalError) as err:
-        chat = ChatTemplate(template, timeout_s=2, memory_bytes=512 * 2**20)
+        # the deadline is short only where time is what the template exhausts
+        chat = ChatTemplate(template, timeout_s=2 if "longer" in needle else 30, memory_bytes=512 * 2**20)
         proc = psutil.Process(chat._renderer._proc.pid)
         child_mem.append(proc)
         chat.render(USER)
     message = str(err.value)
     assert needle in message and "\n" not in message, message
     assert message.startswith("the model's chat template was stopped")
-    assert time.monotonic() - t0 < 30
+    assert time.monotonic() - t0 < 60
     # this process never held the template's memory, and the stopped child is gone
     assert psutil.Process().memory_info().rss < 1024 * 2**20
     for proc in child_mem:
