@@ -206,13 +206,19 @@ def _interpreter() -> tuple[str, list[str]]:
     dirs = [os.path.realpath(p) for p in {sys.base_prefix, sys.base_exec_prefix}]
     if not any(exe.startswith(d + os.sep) for d in dirs):
         dirs.append(os.path.dirname(exe))
+    home = os.path.realpath(os.path.expanduser("~"))
+    for d in dirs:
+        # binding the interpreter's folder must not bind the home folder (or all of /) with it
+        if d == os.sep or home == d or home.startswith(d.rstrip(os.sep) + os.sep):
+            raise SandboxUnavailable(f"the Python interpreter's folder {d} holds the home folder {home}, which the "
+                                     "code sandbox must not show; use a Python installed in its own folder")
     return exe, dirs
 
 
 def _bwrap_command(result_file: str, seccomp_fd: int, info_fd: int, label: str) -> list[str]:
     exe, python_dirs = _interpreter()
-    cmd = [bwrap(), "--info-fd", str(info_fd), "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-           "--unshare-cgroup-try", "--disable-userns", "--uid", "65534", "--gid", "65534",
+    cmd = [bwrap(), "--info-fd", str(info_fd), "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+           "--unshare-uts", "--unshare-cgroup-try", "--disable-userns", "--uid", "65534", "--gid", "65534",
            "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
     system = [d for d in SYSTEM_DIRS if os.path.lexists(d)]
     for d in system:
@@ -336,6 +342,7 @@ def _probe() -> str | None:
     try:
         bwrap()
         seccomp_program()
+        _interpreter()
     except SandboxUnavailable as exc:
         return str(exc)
     try:
