@@ -252,7 +252,10 @@ def check_model_templates(path: str | Path) -> None:
 def _check_file(path: str, size: int, mtime_ns: int) -> None:
     from harness.models import _open_reader
 
-    reader = _open_reader(Path(path))
+    try:
+        reader = _open_reader(Path(path))
+    except Exception:  # a damaged file: the loader that follows reports it
+        return
     sources = []
     for name, field in reader.fields.items():
         if name == "tokenizer.chat_template" or name.startswith("tokenizer.chat_template."):

@@ -437,6 +437,14 @@ def test_the_system_and_the_bundled_bwrap_both_contain_a_program(binary, monkeyp
         sandbox._probe.cache_clear()
 
 
+@pytest.mark.parametrize("prefix", ["/", str(Path.home().parent)])
+def test_an_interpreter_whose_folder_holds_the_home_folder_is_refused(monkeypatch, prefix):
+    monkeypatch.setattr(sys, "base_prefix", prefix)
+    monkeypatch.setattr(sys, "base_exec_prefix", prefix)
+    with pytest.raises(sandbox.SandboxUnavailable, match="home folder"):
+        sandbox._interpreter()
+
+
 def test_no_bwrap_refuses_in_one_line(monkeypatch):
     monkeypatch.setenv(sandbox.BWRAP_ENV, "/nonexistent/bwrap")
     sandbox.bwrap.cache_clear()
