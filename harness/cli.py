@@ -134,6 +134,7 @@ def bench(
     print(PRINTERS[fmt](outcome.records))
     for p in outcome.paths:
         print(f"[harness] wrote {p}", file=sys.stderr)
+    _raise_unsaved(outcome)
     if outcome.failed:
         raise typer.Exit(1)
 
@@ -537,8 +538,19 @@ def eval_(
     for r in outcome.records:
         if r.evaluation and r.evaluation.samples_file:
             print(f"[harness] wrote {r.evaluation.samples_file}", file=sys.stderr)
+    _raise_unsaved(outcome)
     if outcome.failed or outcome.stopped:
         raise typer.Exit(1)
+
+
+def _raise_unsaved(outcome) -> None:
+    """A record measured but not written (the disk filled up): its figures are on stdout now."""
+    if outcome.unsaved:
+        first = outcome.unsaved[0]
+        n = len(outcome.unsaved)
+        first.kept = (f"the {n} result{'s' if n > 1 else ''} not saved {'are' if n > 1 else 'is'} printed above "
+                      f"({len(outcome.paths)} saved)")
+        raise first
 
 
 def _say_interrupted(exc: KeyboardInterrupt) -> int:

@@ -57,7 +57,7 @@ class MeasurementFailed(HarnessError):
     exit_code = EXIT_FAILED
 
 
-def describe_os_error(exc: OSError, path: object = None, doing: str | None = None) -> str:
+def describe_os_error(exc: OSError, path: object = None, doing: str = "cannot use") -> str:
     """'cannot write results/x.json: No space left on device (ENOSPC)': the path, the reason, its errno name."""
     where = path if path is not None else exc.filename
     reason = exc.strerror or str(exc)
@@ -67,13 +67,13 @@ def describe_os_error(exc: OSError, path: object = None, doing: str | None = Non
             errno.EACCES: "choose a folder you can write to",
             errno.EPERM: "choose a folder you can write to",
             errno.EROFS: "the file system is read-only: choose another folder"}.get(exc.errno or 0)
-    return f"cannot {doing or 'use'} {where}: {reason}{f' ({name})' if name else ''}{f'; {hint}' if hint else ''}"
+    return f"{doing} {where}: {reason}{f' ({name})' if name else ''}{f'; {hint}' if hint else ''}"
 
 
 class OutputFileError(HarnessError):
     """A result, log or summary file could not be written (full disk, read-only folder)."""
 
-    def __init__(self, path: object, exc: OSError):
-        super().__init__(describe_os_error(exc, path, "write"))
+    def __init__(self, path: object, exc: OSError, doing: str = "cannot write"):
+        super().__init__(describe_os_error(exc, path, doing))
         self.path = path
         self.errno = exc.errno

@@ -172,6 +172,9 @@ def validate(req: LoadRequest) -> list[Profile]:
         raise ConfigError("bound each load point with --requests N or --duration SECONDS")
     if req.out_dir.exists() and not req.out_dir.is_dir():
         raise ConfigError(f"--out {req.out_dir} is a file; give a folder for result files")
+    from harness.store import check_writable_dir
+
+    check_writable_dir(req.out_dir)  # before a server is started or a request is sent
     profiles = [Profile("concurrency", c) for c in req.concurrency] + [Profile("rate", r) for r in req.rates]
     if not profiles and req.sweep is None:
         profiles = [Profile("concurrency", 1)]

@@ -7,6 +7,7 @@ reaches a result file or a log, whatever a backend or an engine put into the tex
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -74,6 +75,20 @@ def _check_summary_paths(path: Path, summary: SweepRecord) -> SweepRecord:
             raise ResultFileError(f"{path}: {what} {name!r} is not a plain file name inside {path.parent}; "
                                   "refused (the summary is damaged or was edited: move it aside)")
     return summary
+
+
+def check_writable_dir(out_dir: Path, option: str = "--out") -> None:
+    """Before anything is measured: ``out_dir`` (or the folder it would be made in) can be
+    written, so a read-only or forbidden folder is refused before the work, not after it."""
+    parent = out_dir
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ResultFileError(f"{option} {out_dir}: {parent} is a file; give a folder for result files")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        # access(2) says why: EACCES for permissions, EROFS for a read-only file system
+        code = errno.EROFS if os.statvfs(parent).f_flag & os.ST_RDONLY else errno.EACCES
+        raise OutputFileError(parent, OSError(code, os.strerror(code)), f"{option} {out_dir}: cannot write to")
 
 
 def write_record(record: RunRecord, out_dir: Path) -> Path:

@@ -141,11 +141,14 @@ def test_a_read_only_folder_is_one_line_naming_the_file(tmp_path):
     out.mkdir()
     with ScriptedServer() as srv:
         proc = _in_mount_namespace([("ro,size=1m", out)], _load_args(srv.url, prompts, out, 2))
+        posts = srv.posts()
     assert proc.returncode == 2, proc.stderr
     (line,) = _error_lines(proc.stderr)
-    assert re.fullmatch(rf"error: cannot write {re.escape(str(out))}/\S+\.json: Read-only file system \(EROFS\); "
+    folder = re.escape(str(out))
+    assert re.fullmatch(rf"error: --out {folder}: cannot write to {folder}: Read-only file system \(EROFS\); "
                         r"the file system is read-only: choose another folder", line), line
     assert "Traceback" not in proc.stderr
+    assert not posts  # refused before anything was measured
 
 
 def test_a_folder_without_write_permission_is_one_line_naming_the_file(tmp_path):
@@ -163,15 +166,17 @@ def test_a_folder_without_write_permission_is_one_line_naming_the_file(tmp_path)
     try:
         with ScriptedServer() as srv:
             proc = subprocess.run(["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}",
-                                   *_load_args(srv.url, prompts, out, 2)],
+                                   *_load_args(srv.url, prompts, out / "new", 2)],
                                   capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+            posts = srv.posts()
     finally:
         out.chmod(0o755)
     assert proc.returncode == 2, proc.stderr
     (line,) = _error_lines(proc.stderr)
-    assert re.fullmatch(rf"error: cannot write {re.escape(str(out))}/\S+\.json: Permission denied \(EACCES\); "
+    folder = re.escape(str(out))
+    assert re.fullmatch(rf"error: --out {folder}/new: cannot write to {folder}: Permission denied \(EACCES\); "
                         r"choose a folder you can write to", line), line
-    assert list(out.iterdir()) == []
+    assert list(out.iterdir()) == [] and not posts
 
 
 # ------------------------------------------------------------------ a key given in place of its variable
@@ -201,3 +206,24 @@ def test_a_key_given_in_place_of_its_variable_is_never_echoed(cli, tmp_path, giv
     for path in tmp_path.rglob("*"):
         if path.is_file() and path != prompts:
             assert given not in path.read_text(errors="replace"), path
+
+
+@pytest.mark.slow
+def test_a_full_disk_mid_bench_prints_what_was_measured(tmp_path):
+    """harness bench on the real model with a disk too small for its record: the figures are
+    printed, then one line names the file that could not be written; status 2."""
+    out = tmp_path / "tiny"
+    out.mkdir()
+    argv = [sys.executable, "-m", "harness.cli", "bench", "--pp", "8", "--tg", "4", "--reps", "1", "--threads", "1",
+            "--format", "json", "--out", str(out)]
+    proc = _in_mount_namespace([("size=4k", out)], argv)  # one page: less than a record
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = _error_lines(proc.stderr)
+    assert re.fullmatch(rf"error: cannot write {re.escape(str(out))}/\S+\.json: No space left on device \(ENOSPC\); "
+                        r"free some space or choose another folder; the 1 result not saved is printed above \(0 saved\)",
+                        line), line
+    import json
+
+    printed = json.loads(proc.stdout)
+    assert printed["status"] == "ok" and [p["test"] for p in printed["perf"]] == ["pp8", "tg4"]
