@@ -19,6 +19,7 @@ error) or a BackendError (everything else).
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import email.utils
 import json
@@ -41,6 +42,10 @@ Api = Literal["chat", "completions"]
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504}) | frozenset(range(505, 600))
 ERROR_TEXT_CHARS = 300  # of a server's error body, in a message
 MAX_SERVER_STOPS = 4  # OpenAI's limit on stop sequences in one request
+MAX_STREAM_CHARS = 64 * 2**20  # of one streamed answer; far beyond any max_tokens a run asks for
+MAX_LINE_CHARS = 4 * 2**20  # of one server-sent-event line
+ERROR_BODY_BYTES = 64 * 2**10  # read of an error answer's body: enough for its message
+TRANSPORT_KINDS = ("connect", "timeout", "transport")  # retried while no text has arrived
 
 
 # ------------------------------------------------------------------ small pieces
@@ -55,14 +60,21 @@ def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
 
 
 def api_key_from_env(name: str | None) -> str | None:
-    """The key in the variable the user named; a named but unset variable is an error."""
+    """The key in the variable the user named; a named but unset variable is an error.
+
+    The value given is never repeated in a message: a user who passes the key itself
+    instead of a variable's name must not see it printed (or logged) back.
+    """
     if not name:
         return None
-    if not name.replace("_", "").isalnum():
-        raise ConfigError(f"--api-key-env: '{name}' is not an environment variable name (give the NAME, not the key)")
+    if not name.replace("_", "").isalnum() or name[0].isdigit():
+        raise ConfigError("--api-key-env takes the NAME of an environment variable that holds the key (letters, "
+                          "digits and '_'), not the key itself: export KEY_VARIABLE=... and give --api-key-env "
+                          "KEY_VARIABLE (the value given is not shown, in case it is a key)")
     value = os.environ.get(name)
     if value is None or not value.strip():
-        raise ConfigError(f"--api-key-env {name}: the environment variable {name} is not set (export it, or drop --api-key-env)")
+        raise ConfigError("--api-key-env: no environment variable of the name given is set (the name is not shown, "
+                          "in case it is the key itself): export it, or drop --api-key-env")
     try:  # from here on every line the harness writes has this value removed
         from harness.environment import register_secret
 
@@ -142,6 +154,43 @@ def _error_text(body: bytes | str) -> str:
     return text[:ERROR_TEXT_CHARS] + ("..." if len(text) > ERROR_TEXT_CHARS else "")
 
 
+def _transport_kind(httpx, exc: Exception) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return "connect"
+    return "timeout" if isinstance(exc, httpx.TimeoutException) else "transport"
+
+
+def _bounded_body(chunks: Iterator[bytes]) -> bytes:
+    """The start of an error answer's body; a server sending without end is not read to its end."""
+    got = []
+    for raw in chunks:
+        got.append(raw)
+        if sum(map(len, got)) > ERROR_BODY_BYTES:
+            break
+    return b"".join(got)
+
+
+class LineSplitter:
+    """Bytes of a server-sent-event stream -> its lines (split on \\n, \\r\\n or \\r), each bounded."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._pending = ""
+
+    def feed(self, raw: bytes) -> list[str]:
+        text = self._pending + self._decoder.decode(raw)
+        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        self._pending = lines.pop()
+        if len(self._pending) > MAX_LINE_CHARS:
+            raise StreamError("bad chunk", f"the server sent a line longer than {MAX_LINE_CHARS // 2**20} MiB")
+        return lines
+
+    def close(self) -> list[str]:
+        rest = self._pending + self._decoder.decode(b"", final=True)
+        self._pending = ""
+        return [rest] if rest else []
+
+
 def _transport_error(exc: Exception) -> str:
     import httpx
 
@@ -172,6 +221,14 @@ class RequestResult:
     usage_completion_tokens: int | None = None
     retries: int = 0
 
+    def restart(self) -> None:
+        """Forget a failed attempt's answer before the next one; start_ns and retries stay."""
+        self.status = None
+        self.chunk_ns = []
+        self.text = ""
+        self.finish_reason = None
+        self.usage_prompt_tokens = self.usage_completion_tokens = None
+
     @property
     def n_chunks(self) -> int:
         return len(self.chunk_ns)
@@ -190,45 +247,101 @@ class RequestResult:
 
 
 class StreamParser:
-    """Feeds server-sent-event lines into a RequestResult, stamping each text chunk."""
+    """Feeds server-sent-event lines into a RequestResult, stamping each text chunk.
+
+    Every field of every chunk is type-checked before it is used: a server's stream is
+    outside input, and a chunk of the wrong shape (``{"choices": [null]}``, a number
+    where text belongs) ends that request as a "bad chunk" error instead of a crash.
+    """
 
     def __init__(self, api: Api, result: RequestResult):
         self.api = api
         self.result = result
         self.done = False
+        self.chars_seen = 0
 
     def feed(self, line: str, at_ns: int) -> None:
+        self.chars_seen += len(line) + 1
+        if self.chars_seen > MAX_STREAM_CHARS:
+            raise StreamError("bad chunk", f"the stream passed {MAX_STREAM_CHARS // 2**20} MiB without ending")
         if not line.startswith("data:"):
             return  # blank separators, ": ping" comments, "event:" lines
+        if self.done:
+            return  # nothing after [DONE] belongs to the answer
         payload = line[5:].strip()
         if payload == "[DONE]":
             self.done = True
             return
         try:
             data = json.loads(payload)
-        except json.JSONDecodeError:
-            raise StreamError(f"the server sent a chunk that is not JSON: {payload[:80]!r}") from None
+        except (json.JSONDecodeError, RecursionError):
+            raise StreamError("bad chunk", f"the server sent a chunk that is not JSON: {payload[:80]!r}") from None
         if not isinstance(data, dict):
-            return
+            raise StreamError("bad chunk", f"the server sent a chunk that is not a JSON object: {payload[:80]!r}")
         if data.get("error"):
-            raise StreamError(f"the server reported an error mid-stream: {_error_text(json.dumps(data))}")
-        choices = data.get("choices") or []
+            raise StreamError("stream error", f"the server reported an error mid-stream: {_error_text(json.dumps(data))}")
+        choices = _typed(data, "choices", (list, type(None)), payload) or []
         if choices:
             choice = choices[0]
-            piece = choice.get("text") if self.api == "completions" else (choice.get("delta") or {}).get("content")
+            if not isinstance(choice, dict):
+                raise StreamError("bad chunk", f"a chunk's choices[0] is {_kind(choice)}, not an object: {payload[:80]!r}")
+            if self.api == "completions":
+                piece = _typed(choice, "text", (str, type(None)), payload)
+            else:
+                delta = _typed(choice, "delta", (dict, type(None)), payload) or {}
+                piece = _typed(delta, "content", (str, type(None)), payload)
+            finish = _typed(choice, "finish_reason", (str, type(None)), payload)
             if piece:
+                if self.result.finish_reason is not None:
+                    raise StreamError("bad chunk", "the server sent text after the stream's finish_reason")
                 self.result.chunk_ns.append(at_ns)
                 self.result.text += piece
-            if choice.get("finish_reason"):
-                self.result.finish_reason = choice["finish_reason"]
-        usage = data.get("usage")
-        if isinstance(usage, dict):  # with continuous usage stats every chunk has one: the last wins
-            self.result.usage_prompt_tokens = usage.get("prompt_tokens")
-            self.result.usage_completion_tokens = usage.get("completion_tokens")
+            if finish:
+                self.result.finish_reason = finish
+        usage = _typed(data, "usage", (dict, type(None)), payload)
+        if usage is not None:  # with continuous usage stats every chunk has one: the last wins
+            self.result.usage_prompt_tokens = _count(usage, "prompt_tokens", payload)
+            self.result.usage_completion_tokens = _count(usage, "completion_tokens", payload)
+
+    def check_end(self) -> None:
+        """A stream is whole only with a finish_reason and [DONE]: anything less was cut short."""
+        r = self.result
+        if r.finish_reason is None:
+            got = f"after {r.n_chunks} text chunk{'s' if r.n_chunks != 1 else ''}" if r.n_chunks else "before any text"
+            raise StreamError("cut short", f"the stream ended {got} without a finish_reason"
+                              f"{'' if self.done else ' or [DONE]'}: the answer may be incomplete")
+        if not self.done:
+            raise StreamError("cut short", f"the stream ended after finish_reason '{r.finish_reason}' without [DONE]")
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _typed(obj: dict, key: str, types: tuple[type, ...], payload: str) -> Any:
+    value = obj.get(key)
+    if not isinstance(value, types):
+        raise StreamError("bad chunk", f"a chunk's '{key}' is {_kind(value)}, not "
+                          f"{' or '.join(_kind(None) if t is type(None) else t.__name__ for t in types)}: {payload[:80]!r}")
+    return value
+
+
+def _count(usage: dict, key: str, payload: str) -> int | None:
+    value = usage.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StreamError("bad chunk", f"a chunk's usage.{key} is {repr(value)[:40]}, not a count of tokens: "
+                          f"{payload[:80]!r}")
+    return value
 
 
 class StreamError(Exception):
-    pass
+    """A stream that cannot be trusted; ``kind`` is what the request's error is recorded as."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 def request_body(api: Api, model: str, prompt: str | list[dict], max_tokens: int, *, temperature: float = 0.0,
@@ -273,6 +386,7 @@ class OpenAIClient:
         self.shown_url = safe_url(self.base_url)
         self._key = api_key
         self.retry = retry
+        self.timeout_s = timeout_s
         self._timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
         self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._sync: Any = None
@@ -344,39 +458,55 @@ class OpenAIClient:
             self._sleep(wait)
 
     # -- streamed generation
+    #
+    # A request is retried only while nothing of its answer has arrived (a refused
+    # connection, a 429/5xx, a timeout before the first text): a stream cut after text
+    # came is that request's error, never retried into the same result, so its text,
+    # time to first token and inter-token latencies are always one attempt's.
+
     def stream(self, path: str, body: dict, api: Api, on_text: Callable[[str], None] | None = None) -> RequestResult:
-        """One streamed request, retried; never raises for server or network trouble."""
+        """One streamed request, retried; never raises for server or network trouble.
+
+        The request's timeout bounds the whole attempt (send to the stream's end), not
+        only each read, so a server that trickles bytes cannot hold it forever.
+        """
         result = RequestResult(start_ns=now_ns())
         attempt = 0
         while True:
             retry_after = None
+            limit_ns = now_ns() + int(self.timeout_s * 1e9)
             try:
                 with self.sync.stream("POST", self._url(path), json=body) as resp:
                     result.status = resp.status_code
                     if resp.status_code >= 400:
                         retry_after = retry_after_s(resp.headers.get("retry-after"))
-                        self._fail(result, f"http {resp.status_code}", _error_text(resp.read()))
+                        self._fail(result, f"http {resp.status_code}", _error_text(_bounded_body(resp.iter_bytes())))
                     else:
                         parser = StreamParser(api, result)
-                        for line in resp.iter_lines():
-                            before = len(result.text)
+                        lines = LineSplitter()
+                        for raw in resp.iter_bytes():
+                            for line in lines.feed(raw):
+                                before = len(result.text)
+                                parser.feed(line, now_ns())
+                                if on_text and len(result.text) > before:
+                                    on_text(result.text[before:])
+                            if now_ns() > limit_ns:
+                                raise StreamError("timeout", f"no complete answer within the request's timeout "
+                                                  f"({self.timeout_s:g} s)")
+                        for line in lines.close():
                             parser.feed(line, now_ns())
-                            if on_text and len(result.text) > before:
-                                on_text(result.text[before:])
                         result.end_ns = now_ns()
                         return self._finish(result, parser)
             except self._httpx.TransportError as exc:
-                self._fail(result, "connect" if isinstance(exc, self._httpx.ConnectError) else
-                           "timeout" if isinstance(exc, self._httpx.TimeoutException) else "transport",
-                           _transport_error(exc))
+                self._fail(result, _transport_kind(self._httpx, exc), _transport_error(exc))
             except StreamError as exc:
-                self._fail(result, "stream", str(exc))
-                return result  # a broken stream is not retried: tokens were already delivered
+                self._fail(result, exc.kind, str(exc))
             wait = self._retry_wait(result, attempt, retry_after)
             if wait is None:
                 return result
             attempt += 1
             result.retries = attempt
+            result.restart()
             self._sleep(wait)
 
     async def aprime(self, client) -> None:
@@ -386,11 +516,14 @@ class OpenAIClient:
         except self._httpx.HTTPError:
             pass
 
-    async def astream(self, client, path: str, body: dict, api: Api) -> RequestResult:
+    async def astream(self, client, path: str, body: dict, api: Api, deadline_ns: int | None = None) -> RequestResult:
         """The async twin of stream(), on a caller's AsyncClient.
 
         The request (URL, headers, JSON body) is built before the clock starts: preparing
-        it is the client's work, not the server's latency.
+        it is the client's work, not the server's latency. Each attempt ends at the
+        request's own timeout; the whole request, retries and their waits included,
+        ends at ``deadline_ns`` (a load point's end) when one is given: what is still
+        running then is recorded as error kind "deadline".
         """
         request = client.build_request("POST", self._url(path), json=body)
         result = RequestResult(start_ns=now_ns())
@@ -399,30 +532,49 @@ class OpenAIClient:
             retry_after = None
             if attempt:
                 request = client.build_request("POST", self._url(path), json=body)
+            own_limit = now_ns() + int(self.timeout_s * 1e9)
+            limit = own_limit if deadline_ns is None else min(own_limit, deadline_ns)
             try:
-                async with contextlib.aclosing(await client.send(request, stream=True)) as resp:
-                    result.status = resp.status_code
-                    if resp.status_code >= 400:
-                        retry_after = retry_after_s(resp.headers.get("retry-after"))
-                        self._fail(result, f"http {resp.status_code}", _error_text(await resp.aread()))
-                    else:
-                        parser = StreamParser(api, result)
-                        async for line in resp.aiter_lines():
-                            parser.feed(line, now_ns())
-                        result.end_ns = now_ns()
-                        return self._finish(result, parser)
+                async with asyncio.timeout(max(limit - now_ns(), 0) / 1e9):
+                    async with contextlib.aclosing(await client.send(request, stream=True)) as resp:
+                        result.status = resp.status_code
+                        if resp.status_code >= 400:
+                            retry_after = retry_after_s(resp.headers.get("retry-after"))
+                            chunks = []
+                            async for raw in resp.aiter_bytes():
+                                chunks.append(raw)
+                                if sum(map(len, chunks)) > ERROR_BODY_BYTES:
+                                    break
+                            self._fail(result, f"http {resp.status_code}", _error_text(b"".join(chunks)))
+                        else:
+                            parser = StreamParser(api, result)
+                            lines = LineSplitter()
+                            async for raw in resp.aiter_bytes():
+                                for line in lines.feed(raw):
+                                    parser.feed(line, now_ns())
+                            for line in lines.close():
+                                parser.feed(line, now_ns())
+                            result.end_ns = now_ns()
+                            return self._finish(result, parser)
+            except TimeoutError:
+                if deadline_ns is not None and limit == deadline_ns:
+                    self._fail(result, "deadline", "still running at the load point's deadline; stopped there")
+                    return result
+                self._fail(result, "timeout", f"no complete answer within the request's timeout ({self.timeout_s:g} s)")
             except self._httpx.TransportError as exc:
-                self._fail(result, "connect" if isinstance(exc, self._httpx.ConnectError) else
-                           "timeout" if isinstance(exc, self._httpx.TimeoutException) else "transport",
-                           _transport_error(exc))
+                self._fail(result, _transport_kind(self._httpx, exc), _transport_error(exc))
             except StreamError as exc:
-                self._fail(result, "stream", str(exc))
-                return result
+                self._fail(result, exc.kind, str(exc))
             wait = self._retry_wait(result, attempt, retry_after)
             if wait is None:
                 return result
+            if deadline_ns is not None and now_ns() + int(wait * 1e9) >= deadline_ns:
+                self._fail(result, "deadline", f"waiting to retry ({result.error_kind}: {result.error}) "
+                           "when the load point's deadline came; stopped there")
+                return result
             attempt += 1
             result.retries = attempt
+            result.restart()
             await asyncio.sleep(wait)
 
     def _fail(self, result: RequestResult, kind: str, detail: str) -> None:
@@ -432,15 +584,25 @@ class OpenAIClient:
         result.end_ns = now_ns()
 
     def _retry_wait(self, result: RequestResult, attempt: int, retry_after: float | None) -> float | None:
-        retryable = result.error_kind in ("connect", "timeout", "transport") or (
+        """Seconds before the next attempt, or None when this result is final."""
+        if result.chunk_ns:
+            # text has arrived: a retry would mix two attempts' text and timings
+            if result.error_kind == "transport":
+                result.error_kind = "cut short"
+                result.error = self.scrub(f"the connection broke after {result.n_chunks} text chunk"
+                                          f"{'s' if result.n_chunks != 1 else ''} ({result.error}); not retried")
+            return None
+        retryable = result.error_kind in TRANSPORT_KINDS or (
             result.status is not None and result.status in RETRY_STATUSES and result.error_kind.startswith("http"))
         return self.retry.delay(attempt + 1, retry_after) if retryable else None
 
     def _finish(self, result: RequestResult, parser: StreamParser) -> RequestResult:
-        result.error_kind = result.error = None
-        if not result.chunk_ns and not parser.done and result.finish_reason is None:
-            self._fail(result, "stream", "the stream ended without a chunk or [DONE]")
+        try:
+            parser.check_end()
+        except StreamError as exc:
+            self._fail(result, exc.kind, str(exc))
             return result
+        result.error_kind = result.error = None
         result.ok = True
         return result
 

@@ -56,8 +56,11 @@ def parse_set_options(items: list[str] | None) -> dict[str, list[Any]]:
 
 
 def check_out_dir(out_dir: Path) -> None:
+    from harness.store import check_writable_dir
+
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file; give a folder for result files")
+    check_writable_dir(out_dir)
 
 
 def run_bench(request: BenchRequest, on_event: Event | None = None) -> Outcome:

@@ -15,13 +15,14 @@ import typer
 from typer.exceptions import TyperException
 
 from harness import interrupts
-from harness.errors import HarnessError
+from harness.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_STATUS_HELP, HarnessError
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Benchmark open-weight language models on your own hardware.",
+    epilog=EXIT_STATUS_HELP,
 )
 
 FORMAT_HELP = "output format: md, csv or json"
@@ -133,6 +134,7 @@ def bench(
     print(PRINTERS[fmt](outcome.records))
     for p in outcome.paths:
         print(f"[harness] wrote {p}", file=sys.stderr)
+    _raise_unsaved(outcome)
     if outcome.failed:
         raise typer.Exit(1)
 
@@ -330,7 +332,9 @@ def load(
         outcome = run_load(request, log=lambda line: print(f"[harness] {line}", file=sys.stderr, flush=True))
     except KeyboardInterrupt as exc:
         # typer would turn this into a silent exit 130; say what happened (any server started is stopped by now)
-        error = HarnessError("interrupted; no result file written" + (f" (the {serve} server started for the run is stopped)" if serve else ""))
+        kept = getattr(exc, "kept", None)
+        error = HarnessError("interrupted; " + (kept or "no result file written") +
+                             (f" (the {serve} server started for the run is stopped)" if serve else ""))
         error.exit_code = interrupts.exit_code(exc)
         raise error from None
     print(PRINTERS[fmt]([outcome.record]))
@@ -534,16 +538,35 @@ def eval_(
     for r in outcome.records:
         if r.evaluation and r.evaluation.samples_file:
             print(f"[harness] wrote {r.evaluation.samples_file}", file=sys.stderr)
+    _raise_unsaved(outcome)
     if outcome.failed or outcome.stopped:
         raise typer.Exit(1)
 
 
+def _raise_unsaved(outcome) -> None:
+    """A record measured but not written (the disk filled up): its figures are on stdout now."""
+    if outcome.unsaved:
+        first = outcome.unsaved[0]
+        n = len(outcome.unsaved)
+        first.kept = (f"the {n} result{'s' if n > 1 else ''} not saved {'are' if n > 1 else 'is'} printed above "
+                      f"({len(outcome.paths)} saved)")
+        raise first
+
+
 def _say_interrupted(exc: KeyboardInterrupt) -> int:
-    print("error: interrupted" + (" (SIGTERM)" if isinstance(exc, interrupts.Terminated) else ""), file=sys.stderr)
+    print("error: interrupted" + (" (SIGTERM)" if isinstance(exc, interrupts.Terminated) else "") + _kept(exc),
+          file=sys.stderr)
     return interrupts.exit_code(exc)
 
 
+def _kept(exc: BaseException) -> str:
+    """Where the work finished before a failure is, when the failing command kept some."""
+    kept = getattr(exc, "kept", None)
+    return f"; {kept}" if kept and kept not in str(exc) else ""
+
+
 def main() -> None:
+    """Run the CLI; every way out is one of the exit statuses in docs/exit-codes.md."""
     from harness.environment import RedactingStream
 
     interrupts.install()
@@ -567,23 +590,70 @@ def main() -> None:
             from harness.environment import redact  # a bad option's value may be a key
 
             print(f"error: {redact(exc.format_message())}", file=sys.stderr)
-        code = 2
+        code = EXIT_BAD_INPUT
     except HarnessError as exc:
         from harness.environment import redact
 
-        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}{redact(_kept(exc))}", file=sys.stderr)
         code = exc.exit_code
     except KeyboardInterrupt as exc:
         code = _say_interrupted(exc)
-    except Exception:
-        # a bug, not bad input: keep the traceback for the report, without any secret in it
-        import traceback
-
-        from harness.environment import redact
-
-        print(redact(traceback.format_exc()).rstrip(), file=sys.stderr)
-        code = 1
+    except OSError as exc:
+        code = _os_error(exc)
+    except Exception as exc:
+        code = _internal_error(exc)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _os_error(exc: OSError) -> int:
+    """A file the harness could not read or write (a full disk, a read-only folder): one line naming it."""
+    from harness.environment import redact
+    from harness.errors import describe_os_error
+
+    if exc.filename is None:
+        return _internal_error(exc)  # no path to name: treated as a bug, with its traceback kept
+    print(f"error: {redact(describe_os_error(exc))}{redact(_kept(exc))}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _internal_error(exc: BaseException) -> int:
+    """A bug, not bad input: one line, and the traceback (secrets removed) in a log file."""
+    import traceback
+
+    from harness import __version__
+    from harness.environment import redact
+
+    text = redact(f"harness {__version__}\ncommand: harness {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+    where = _write_crash_log(text)
+    summary = redact(f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+    if where is None:
+        print(f"error: internal error ({summary}); the traceback could not be written to a log file, so here it is:",
+              file=sys.stderr)
+        print(text.rstrip(), file=sys.stderr)
+    else:
+        print(f"error: internal error ({summary}){redact(_kept(exc))}; the traceback is in {where} "
+              "(please include it in a bug report)", file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+def _write_crash_log(text: str) -> Path | None:
+    """The traceback in $HARNESS_CACHE_DIR/logs (else the temporary folder); None if neither takes it."""
+    import os
+    import tempfile
+    import time
+
+    from harness.paths import cache_dir
+
+    name = f"error-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}.log"
+    for folder in (lambda: cache_dir() / "logs", lambda: Path(tempfile.gettempdir())):
+        try:
+            path = folder() / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            return path
+        except OSError:
+            continue
+    return None
 
 
 if __name__ == "__main__":

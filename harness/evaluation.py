@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from harness import __version__, registry
 from harness.backend import setting_error
 from harness.bench import check_installed, check_out_dir
-from harness.errors import BackendNotInstalled, ConfigError
+from harness.errors import BackendNotInstalled, ConfigError, OutputFileError
 from harness.models import ModelInfo
 from harness.record import BackendInfo, Failure, RunRecord
 from harness.runner import Outcome, new_run_id, run_worker
@@ -159,7 +159,10 @@ def run_eval(request: EvalRequest, on_event: Event | None = None) -> Outcome:
         elif kind == "record":
             record = RunRecord.model_validate(event["record"])
             outcome.records.append(record)
-            outcome.paths.append(write_record(record, request.out_dir))
+            try:
+                outcome.paths.append(write_record(record, request.out_dir))
+            except OutputFileError as exc:
+                outcome.unsaved.append(exc)  # the CLI prints the scores, then the error
         elif kind == "failed":
             failure.append(Failure(cause=event["cause"], detail=event.get("detail")))
         if on_event:
@@ -176,5 +179,8 @@ def run_eval(request: EvalRequest, on_event: Event | None = None) -> Outcome:
         f.stderr_tail = ended.stderr_tail
         record = _failed_record(job, f)
         outcome.records.append(record)
-        outcome.paths.append(write_record(record, request.out_dir))
+        try:
+            outcome.paths.append(write_record(record, request.out_dir))
+        except OutputFileError as exc:
+            outcome.unsaved.append(exc)
     return outcome

@@ -10,7 +10,8 @@ are written out in results/README.md.
 
 Everything a user can get wrong is checked before the first timed request: the URL,
 the key variable, the model name, the profile values, the server's first answer (the
-warm-up). A run that cannot measure anything leaves no result file.
+warm-up). A run that cannot measure anything leaves no result file; once a load point
+has finished, it is on disk (PointStore), whatever happens to the rest of the run.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from harness import __version__, interrupts
-from harness.errors import BackendNotInstalled, ConfigError, HarnessError
+from harness.errors import BackendNotInstalled, ConfigError, HarnessError, MeasurementFailed
 from harness.meters import now_ns
 
 Api = Literal["chat", "completions"]
@@ -43,8 +44,8 @@ SLO_KEYS = ("ttft_ms", "tpot_ms", "e2el_ms")
 Log = Callable[[str], None]
 
 
-class LoadError(HarnessError):
-    pass
+class LoadError(MeasurementFailed):
+    """The server could not be measured (it failed to start, or failed every request)."""
 
 
 # ------------------------------------------------------------------ options
@@ -171,6 +172,9 @@ def validate(req: LoadRequest) -> list[Profile]:
         raise ConfigError("bound each load point with --requests N or --duration SECONDS")
     if req.out_dir.exists() and not req.out_dir.is_dir():
         raise ConfigError(f"--out {req.out_dir} is a file; give a folder for result files")
+    from harness.store import check_writable_dir
+
+    check_writable_dir(req.out_dir)  # before a server is started or a request is sent
     profiles = [Profile("concurrency", c) for c in req.concurrency] + [Profile("rate", r) for r in req.rates]
     if not profiles and req.sweep is None:
         profiles = [Profile("concurrency", 1)]
@@ -403,7 +407,8 @@ async def _run_point(client, api: Api, bodies: list[dict], profile: Profile, req
             return (limit is None or i < limit) and (deadline is None or now_ns() < deadline)
 
         async def one(i: int) -> None:
-            r = await client.astream(http, path, bodies[i % len(bodies)], api)
+            # a duration-bounded point ends at its deadline: what is still running then is stopped
+            r = await client.astream(http, path, bodies[i % len(bodies)], api, deadline_ns=deadline)
             results.append((i, r))
 
         if profile.kind == "concurrency":
@@ -456,12 +461,15 @@ def summarize(results, t0: int, end: int, profile: Profile, req: LoadRequest, pr
     samples: list[LoadSample] = []
     ttfts, tpots, itls, e2els = [], [], [], []
     errors: dict[str, int] = {}
-    total_in = total_out = good = disagree = short = retried = 0
+    total_in = total_out = good = disagree = short = retried = at_deadline = 0
     for i, r in results:
         retried += bool(r.retries)
         start_ms = (r.start_ns - t0) / 1e6
         if not r.ok:
-            errors[r.error_kind] = errors.get(r.error_kind, 0) + 1
+            if r.error_kind == "deadline":
+                at_deadline += 1  # not the server's failure: the point's --duration ended it
+            else:
+                errors[r.error_kind] = errors.get(r.error_kind, 0) + 1
             samples.append(LoadSample(ok=False, start_ms=start_ms, retries=r.retries, e2el_ms=r.e2el_ns / 1e6,
                                       error=f"{r.error_kind}: {r.error}"))
             continue
@@ -504,7 +512,8 @@ def summarize(results, t0: int, end: int, profile: Profile, req: LoadRequest, pr
         concurrency=int(profile.value) if profile.kind == "concurrency" else req.max_concurrency,
         request_rate_per_s=None if profile.kind == "concurrency" or np.isinf(profile.value) else profile.value,
         api=req.api, input_len=req.input_len, output_len=req.output_len, ignore_eos=req.ignore_eos,
-        warmup_requests=req.warmup, requests=len(results), completed=completed, errors=len(results) - completed,
+        warmup_requests=req.warmup, requests=len(results), completed=completed,
+        errors=len(results) - completed - at_deadline, stopped_at_deadline=at_deadline,
         error_kinds=errors, retried_requests=retried, duration_s=duration,
         total_input_tokens=total_in, total_output_tokens=total_out,
         request_throughput_per_s=completed / duration, output_tokens_per_s=total_out / duration,
@@ -613,49 +622,101 @@ def run_load(req: LoadRequest, log: Log = lambda s: None) -> LoadOutcome:
             bodies = [request_body(req.api, name, p.text, req.output_len, ignore_eos=req.ignore_eos) for p in prompts]
             _warm_up(client, req, [request_body(req.api, name, p.text, req.output_len, ignore_eos=req.ignore_eos)
                                    for p in warm], log)
-            count_tokens = (lambda text: len(tok.tokenize(text))) if tok is not None else None
-            points = []
-            rng = np.random.default_rng(req.seed + 1)
-            for profile in _profile_order(profiles, req):
-                if callable(profile):  # the sweep's rates depend on its first two points
-                    profile = profile(points)
-                    if not profile:
-                        continue
-                    for p in profile:
-                        points.append(_measure(client, req, bodies, p, prompts, count_tokens, rng, log))
-                    continue
-                points.append(_measure(client, req, bodies, profile, prompts, count_tokens, rng, log))
             if engine_version is None:
                 engine_version = _remote_version(client)
+            shown = safe_url(base_url) if not served_by else f"http://127.0.0.1 (started by harness: {served_by})"
+            settings = {"base_url": shown, "api": req.api, "model_name": name, "served_by": served_by,
+                        "key_variable": req.api_key_env, "retries": req.retries, "timeout_s": req.timeout_s,
+                        "seed": req.seed, "dataset": str(req.dataset) if req.dataset else None,
+                        "serve_args": req.serve_args or None,
+                        "served_model_path": served_path}
+            store = PointStore(_new_record(req, client, model, settings, engine_version, served_by), req.out_dir)
+            count_tokens = (lambda text: len(tok.tokenize(text))) if tok is not None else None
+            rng = np.random.default_rng(req.seed + 1)
+            try:
+                for profile in _profile_order(profiles, req):
+                    chosen = profile(store.points) if callable(profile) else [profile]  # a sweep's middle rates
+                    for p in chosen:
+                        store.add(_measure(client, req, bodies, p, prompts, count_tokens, rng, log))
+                path = store.finish()
+            except BaseException as exc:
+                store.stopped(exc)
+                raise
         finally:
             client.close()
+    return LoadOutcome(store.record, path)
 
+
+class PointStore:
+    """The run record of a load test on disk, rewritten (atomically) after every load point.
+
+    Until the last point it has status "incomplete", so a harness killed outright leaves
+    every finished point behind in a file that says what it is. A failure or an interrupt
+    after the first point rewrites it as "partial" with the cause; before the first point
+    there is nothing to keep and no file is written.
+    """
+
+    def __init__(self, record, out_dir: Path):
+        self.record = record
+        self.out_dir = out_dir
+        self.path: Path | None = None  # set by the first write that succeeds
+        self.points_on_disk = 0
+
+    @property
+    def points(self) -> list:
+        return self.record.load
+
+    def add(self, point) -> None:
+        self.record.load.append(point)
+        self._write("incomplete")
+
+    def stopped(self, exc: BaseException) -> None:
+        """The run ends early: the finished points stay, with why the rest are missing."""
+        from harness.record import Failure
+
+        if not self.record.load:
+            return
+        if isinstance(exc, KeyboardInterrupt):
+            cause = f"interrupted ({'SIGTERM' if isinstance(exc, interrupts.Terminated) else 'SIGINT'})"
+        else:
+            cause = str(exc) or type(exc).__name__
+        n = len(self.record.load)
+        self.record.failures.append(Failure(cause=f"stopped after {n} load point{'s' if n > 1 else ''}: {cause}"))
+        try:
+            self._write("partial")
+        except (OSError, HarnessError):
+            pass  # the file as the last write left it ("incomplete") stays; the first error is the one shown
+        if self.path is not None:  # the CLI's one line says where the finished work is
+            n = self.points_on_disk
+            exc.kept = f"the {n} finished load point{'s are' if n > 1 else ' is'} kept in {self.path}"
+
+    def finish(self) -> Path:
+        self._write("partial" if any(p.errors for p in self.record.load) else "ok")
+        return self.path
+
+    def _write(self, status: str) -> None:
+        from harness.store import write_record
+
+        self.record.status = status
+        self.record.wall_s = sum(p.duration_s for p in self.record.load)
+        self.path = write_record(self.record, self.out_dir)
+        self.points_on_disk = len(self.record.load)
+
+
+def _new_record(req: LoadRequest, client, model, settings: dict, engine_version: str | None, served_by: str | None):
     from harness.environment import fingerprint
     from harness.record import BackendInfo, RunRecord
-    from harness.runner import new_run_id
-    from harness.store import write_record
-
-    shown = safe_url(base_url) if not served_by else f"http://127.0.0.1 (started by harness: {served_by})"
-    settings = {"base_url": shown, "api": req.api, "model_name": name, "served_by": served_by,
-                "key_variable": req.api_key_env, "retries": req.retries, "timeout_s": req.timeout_s,
-                "seed": req.seed, "dataset": str(req.dataset) if req.dataset else None,
-                "serve_args": req.serve_args or None,
-                "served_model_path": served_path}
     from harness.registry import get as get_backend
+    from harness.runner import new_run_id
 
-    record = RunRecord(
+    return RunRecord(
         run_id=new_run_id(), created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         harness_version=__version__, command=[client.scrub(c) for c in _safe_command(req.command)], model=model,
         backend=BackendInfo(name="openai", version=get_backend("openai").installed_version(),
                             engine_version=engine_version, settings=settings,
                             device="cpu" if served_by else None),
-        environment=fingerprint(), load=points,
+        environment=fingerprint(), load=[], status="incomplete",
     )
-    failed = [p for p in points if p.errors]
-    record.status = "partial" if failed else "ok"
-    record.wall_s = sum(p.duration_s for p in points)
-    path = write_record(record, req.out_dir)
-    return LoadOutcome(record, path)
 
 
 def _safe_command(command: list[str]) -> list[str]:
@@ -700,12 +761,18 @@ def _measure(client, req, bodies, profile: Profile, prompts, count_tokens, rng, 
     log(f"load point {profile.label}: {bound}")
     results, t0, end = asyncio.run(_run_point(client, req.api, bodies, profile, req, rng))
     point = summarize(results, t0, end, profile, req, prompts, count_tokens)
+    if point.completed == 0 and point.errors == 0 and point.stopped_at_deadline:
+        raise LoadError(f"no request of load point {profile.label} finished within --duration {req.duration_s:g} s "
+                        f"({point.stopped_at_deadline} stopped at its end); give a longer --duration")
     if point.completed == 0:
         first = next((s.error for s in point.samples if s.error), "no request was sent")
         raise LoadError(f"every request of load point {profile.label} failed at {client.shown_url}: {first}")
     if point.errors:
         log(f"load point {profile.label}: {point.errors} of {point.requests} requests failed "
             f"({', '.join(f'{k}: {v}' for k, v in point.error_kinds.items())})")
+    if point.stopped_at_deadline:
+        log(f"load point {profile.label}: {point.stopped_at_deadline} request"
+            f"{'s' if point.stopped_at_deadline > 1 else ''} still running at its {req.duration_s:g} s deadline, stopped")
     return point
 
 

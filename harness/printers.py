@@ -128,7 +128,10 @@ def load_markdown(records: list[RunRecord]) -> str:
             if show_goodput:
                 row.append("" if p.goodput_per_s is None else f"{p.goodput_per_s:.2f}")
             rows.append(row)
-    return _md_table(header, rows, right)
+    notes = [f"run {r.run_id} is incomplete: the harness was stopped outright after {len(r.load)} load point"
+             f"{'s' if len(r.load) != 1 else ''}; these are the points it finished"
+             for r in records if r.load and r.status == "incomplete"]
+    return "\n\n".join([_md_table(header, rows, right)] + notes)
 
 
 def _ordered_accuracy(r: RunRecord) -> list[tuple[int, Any]]:

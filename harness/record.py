@@ -178,6 +178,9 @@ class LoadPoint(BaseModel):
     completed: int
     errors: int
     error_kinds: dict[str, int] = Field(default_factory=dict)
+    # requests still running when a --duration point's deadline came, stopped there: neither
+    # completed nor errors (requests = completed + errors + stopped_at_deadline)
+    stopped_at_deadline: int = 0
     retried_requests: int = 0
     duration_s: float
     total_input_tokens: int
@@ -299,7 +302,9 @@ class RunRecord(BaseModel):
     accuracy: list[AccuracyResult] = Field(default_factory=list)  # harness eval
     evaluation: EvalInfo | None = None  # harness eval: setup and cost
     load: list[LoadPoint] = Field(default_factory=list)  # harness load: one entry per load point
-    status: Literal["ok", "failed", "partial"] = "ok"
+    # "incomplete": written while the run goes on (harness load rewrites it after every load
+    # point); left so on disk only when the harness was killed outright
+    status: Literal["ok", "failed", "partial", "incomplete"] = "ok"
     failures: list[Failure] = Field(default_factory=list)
     wall_s: float | None = None
 

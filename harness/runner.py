@@ -33,6 +33,7 @@ import psutil
 from harness import __version__
 from harness.config import PerfTests
 from harness.environment import fingerprint, redact
+from harness.errors import OutputFileError
 from harness.meters import now_ns
 from harness.plan import Case, LoadGroup
 from harness.record import BackendInfo, Failure, RunRecord
@@ -50,6 +51,8 @@ class Outcome:
     records: list[RunRecord] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
     stopped: str | None = None  # why the run was stopped before its end (a signal's name), if it was
+    # records measured but not written (a full disk mid-run): the CLI prints them, then the error
+    unsaved: list = field(default_factory=list)
 
     @property
     def failed(self) -> list[RunRecord]:
@@ -327,13 +330,19 @@ def run_group(group: LoadGroup, tests: PerfTests, out_dir: Path | None, command:
     outcome = Outcome()
     failures: dict[int, Failure] = {}
 
+    def keep(record: RunRecord) -> None:
+        try:
+            outcome.paths.append(write_record(record, out_dir))
+        except OutputFileError as exc:
+            outcome.unsaved.append(exc)  # the measurement goes on; the CLI prints what was measured
+
     def handle(event: dict) -> None:
         kind = event.get("event")
         if kind == "record":
             record = RunRecord.model_validate(event["record"])
             outcome.records.append(record)
             if out_dir is not None:
-                outcome.paths.append(write_record(record, out_dir))
+                keep(record)
         elif kind == "failed":
             failures[event["index"]] = Failure(cause=event["cause"], detail=event.get("detail"))
         if on_event:
@@ -352,7 +361,7 @@ def run_group(group: LoadGroup, tests: PerfTests, out_dir: Path | None, command:
         record = _failure_record(group, case, run_ids[case.index], failure, command)
         outcome.records.append(record)
         if out_dir is not None:
-            outcome.paths.append(write_record(record, out_dir))
+            keep(record)
         if on_event:
             on_event({"event": "failed", "index": case.index, "cause": failure.cause})
     return outcome
@@ -365,4 +374,5 @@ def run_plan(groups: list[LoadGroup], tests: PerfTests, out_dir: Path, command: 
         result = run_group(group, tests, out_dir, command, on_event)
         total.records.extend(result.records)
         total.paths.extend(result.paths)
+        total.unsaved.extend(result.unsaved)
     return total

@@ -6,6 +6,8 @@ reaches a result file or a log, whatever a backend or an engine put into the tex
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -15,33 +17,78 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from harness.environment import redact
-from harness.errors import ResultFileError
+from harness.errors import OutputFileError, ResultFileError
 from harness.record import SCHEMA_VERSION, SWEEP_SCHEMA_VERSION, RunRecord, SweepRecord
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, flush to disk, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write to a temporary file in the same folder, flush to disk, then rename.
+
+    A file that cannot be written (a full disk, a read-only folder) is an OutputFileError
+    naming ``path``; whatever was at ``path`` before is left as it was.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputFileError(path, exc) from None
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputFileError(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "model"
+def _slug(text: str, empty: str = "model") -> str:
+    """Letters, digits, '_', '.' and '-' only, never starting with '.' or '-': a plain file-name part."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-.")[:60].rstrip("-.") or empty
 
 
 def record_filename(record: RunRecord) -> str:
-    stamp = record.created_at.replace("-", "").replace(":", "")[:15]
+    """STAMP-MODEL-BACKEND-RUNID.json, every part slugged: each comes from a record, which
+    may have been read from a file or named by a plugin, so none may steer the path."""
+    stamp = _slug(record.created_at.replace("-", "").replace(":", "")[:15], "undated")
     model = _slug(record.model.name or Path(record.model.path).stem)
-    return f"{stamp}-{model}-{record.backend.name}-{record.run_id}.json"
+    return f"{stamp}-{model}-{_slug(record.backend.name, 'backend')}-{_slug(record.run_id, 'run')}.json"
+
+
+def is_plain_file_name(name: object) -> bool:
+    """A bare file name: no folder part, no '..', not hidden, nothing a path could be steered with."""
+    return (isinstance(name, str) and bool(name) and not name.startswith(".") and "/" not in name
+            and "\\" not in name and "\0" not in name and Path(name).name == name)
+
+
+def _check_summary_paths(path: Path, summary: SweepRecord) -> SweepRecord:
+    """Every file a sweep summary names must be a plain file name in its own folder: --resume
+    deletes the result files it replaces, and a reader opens them."""
+    named = [(f"cell {c.index}'s result_file", c.result_file) for c in summary.cells if c.result_file is not None]
+    named += [("superseded_files", f) for f in summary.superseded_files]
+    for what, name in named:
+        if not is_plain_file_name(name):
+            raise ResultFileError(f"{path}: {what} {name!r} is not a plain file name inside {path.parent}; "
+                                  "refused (the summary is damaged or was edited: move it aside)")
+    return summary
+
+
+def check_writable_dir(out_dir: Path, option: str = "--out") -> None:
+    """Before anything is measured: ``out_dir`` (or the folder it would be made in) can be
+    written, so a read-only or forbidden folder is refused before the work, not after it."""
+    parent = out_dir
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ResultFileError(f"{option} {out_dir}: {parent} is a file; give a folder for result files")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        # access(2) says why: EACCES for permissions, EROFS for a read-only file system
+        code = errno.EROFS if os.statvfs(parent).f_flag & os.ST_RDONLY else errno.EACCES
+        raise OutputFileError(parent, OSError(code, os.strerror(code)), f"{option} {out_dir}: cannot write to")
 
 
 def write_record(record: RunRecord, out_dir: Path) -> Path:
@@ -104,13 +151,13 @@ def read_sweep(path: Path) -> SweepRecord:
     data = _read_json(path)
     if data.get("kind") != "sweep":
         raise ResultFileError(f"{path} is not a sweep summary (kind '{data.get('kind', 'run')}')")
-    return _validate(path, data, SweepRecord, SWEEP_SCHEMA_VERSION)
+    return _check_summary_paths(path, _validate(path, data, SweepRecord, SWEEP_SCHEMA_VERSION))
 
 
 def read_any(path: Path) -> RunRecord | SweepRecord:
     data = _read_json(path)
     if data.get("kind") == "sweep":
-        return _validate(path, data, SweepRecord, SWEEP_SCHEMA_VERSION)
+        return _check_summary_paths(path, _validate(path, data, SweepRecord, SWEEP_SCHEMA_VERSION))
     return _validate(path, data, RunRecord, SCHEMA_VERSION)
 
 
@@ -160,18 +207,29 @@ class JsonlLog:
     """
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._fh = open(path, "a", buffering=1)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(path, "a", buffering=1)
+        except OSError as exc:
+            raise OutputFileError(path, exc) from None
 
     def append(self, obj: dict) -> None:
-        self._fh.write(redact(json.dumps(obj)) + "\n")
-        self._fh.flush()
+        try:
+            self._fh.write(redact(json.dumps(obj)) + "\n")
+            self._fh.flush()
+        except OSError as exc:
+            raise OutputFileError(self.path, exc) from None
 
     def close(self) -> None:
         if not self._fh.closed:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            try:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    self._fh.close()
+                raise OutputFileError(self.path, exc) from None
             self._fh.close()
 
     def __enter__(self) -> "JsonlLog":

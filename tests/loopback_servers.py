@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
@@ -62,8 +63,45 @@ def llamacpp_server(model_path: str, alias: str = "smollm2") -> Iterator[str]:
         proc.wait()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)  # a client closing its connection is no error
+
+
+@dataclass
+class Stream:
+    """A scripted 200 answer streamed as server-sent events, for the tests of broken streams.
+
+    ``events`` are sent one by one (a dict or list as ``data: JSON``, a str as a raw
+    line), each after ``gap_s``; ``done`` adds ``data: [DONE]``. The body is chunked, so
+    ``cut`` (the connection dropped before the body's end) reaches the client as the
+    broken transfer it is, while an answer that simply stops early ends cleanly.
+    """
+
+    events: list = field(default_factory=list)
+    done: bool = True
+    cut: bool = False
+    gap_s: float = 0.0
+
+
+def text_events(n: int, finish: str | None = "length", usage: bool = True, api: str = "completions") -> list:
+    """The events of a normal answer: n one-word text chunks, then the finish and the usage."""
+    def choice(text: str, finish_reason=None) -> dict:
+        body = {"text": text} if api == "completions" else {"delta": {"content": text} if text else {}}
+        return {"choices": [{"index": 0, **body, "finish_reason": finish_reason}]}
+
+    events = [choice(f" w{i}") for i in range(n)]
+    if finish:
+        events.append(choice("", finish))
+    if usage:
+        events.append({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": 3 + n}})
+    return events
+
+
 class ScriptedServer:
-    """Answers POSTs from ``script``: each entry is a status (int) or (status, headers, body).
+    """Answers POSTs from ``script``: each entry is a status (int), (status, headers, body),
+    a Stream, or None (a normal answer).
 
     Once the script is used up every POST gets a normal two-chunk stream. GET /v1/models
     always lists ``model``. Every request's arrival time, path and Authorization header
@@ -107,6 +145,27 @@ class ScriptedServer:
                     return False
                 return True
 
+            def _stream(self, step: Stream) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                lines = [e if isinstance(e, str) else f"data: {json.dumps(e)}" for e in step.events]
+                lines += ["data: [DONE]"] if step.done else []
+                try:
+                    for line in lines:
+                        if step.gap_s:
+                            time.sleep(step.gap_s)
+                        data = f"{line}\n\n".encode()
+                        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                        self.wfile.flush()
+                    if step.cut:
+                        self.close_connection = True  # no final chunk: the transfer is broken
+                        return
+                    self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client gave up (a timeout or a deadline)
+
             def do_GET(self):
                 if not self._record():
                     return
@@ -125,19 +184,19 @@ class ScriptedServer:
                     return
                 with server.lock:
                     step = server.script.pop(0) if server.script else None  # None: a normal answer
+                if isinstance(step, Stream):
+                    self._stream(step)
+                    return
                 if step is not None:
                     status, headers, text = step if isinstance(step, tuple) else (step, {}, server.error_body)
                     self._send(status, json.dumps({"error": {"message": text}}).encode(), headers)
                     return
                 n = int(body.get("max_tokens") or 2)
-                events = [{"choices": [{"index": 0, "text": f" w{i}", "finish_reason": None}]} for i in range(n)]
-                events.append({"choices": [{"index": 0, "text": "", "finish_reason": "length"}]})
-                events.append({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": n,
-                                                        "total_tokens": 3 + n}})
+                events = text_events(n, api="chat" if self.path.rstrip("/").endswith("chat/completions") else "completions")
                 payload = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
                 self._send(200, payload.encode(), ctype="text/event-stream")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -15,7 +15,7 @@ import pytest
 
 from harness.store import read_record
 from cli_checks import assert_one_line_error
-from loopback_servers import REPO_ROOT, ScriptedServer, free_port, llamacpp_server, port_open
+from loopback_servers import REPO_ROOT, ScriptedServer, Stream, free_port, llamacpp_server, port_open, text_events
 
 SECRET = "sk-load-DO-NOT-LEAK-9876543210fedcba"
 
@@ -185,7 +185,7 @@ def test_errors_mid_run_are_counted_with_retries(cli, tmp_path):
     (["--rate", "0"], r"--rate: 0 is not a positive request rate"),
     (["--rate", "-2"], r"--rate: -2 is not a positive request rate"),
     (["--sweep", "0"], r"--sweep: 0 must be at least 1"),
-    (["--api-key-env", "HARNESS_UNSET_VAR"], r"HARNESS_UNSET_VAR is not set"),
+    (["--api-key-env", "HARNESS_UNSET_VAR"], r"--api-key-env: no environment variable of the name given is set"),
     (["--slo", "ttft=5"], r"--slo: 'ttft=5' is not KEY=MS"),
 ])
 def test_bad_options(cli, tmp_path, args, pattern):
@@ -243,3 +243,146 @@ def test_warm_up_requests_are_sent_and_not_reused(cli, tmp_path):
     assert not set(prompts[:2]) & set(prompts[2:]) and len(set(prompts)) == 5
     record, _ = _only_record(tmp_path)
     assert record.load[0].requests == 3 and record.load[0].warmup_requests == 2
+
+
+# ------------------------------------------------------------------ broken streams, deadlines, no lost work
+
+
+def _one_prompt(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello\n")
+    return prompts
+
+
+def test_a_malformed_chunk_is_that_requests_error(cli, tmp_path):
+    """The issue's case: {"choices": [null]} crashed harness load with a traceback and no record."""
+    with ScriptedServer([None, Stream([{"choices": [None]}])]) as srv:  # None: the warm-up's normal answer
+        r = cli("load", "--base-url", srv.url, "--dataset", str(_one_prompt(tmp_path)), "--requests", "4",
+                "--output-len", "2", "--out", str(tmp_path / "out"))
+    assert r.code == 0 and "Traceback" not in r.stderr, r.stderr
+    record, _ = _only_record(tmp_path / "out")
+    (p,) = record.load
+    assert p.completed == 3 and p.errors == 1 and p.error_kinds == {"bad chunk": 1}
+    (bad,) = [s for s in p.samples if not s.ok]
+    assert bad.error.startswith("bad chunk: a chunk's choices[0] is null")
+    assert record.status == "partial" and "1 of 4 requests failed (bad chunk: 1)" in r.stderr
+
+
+def test_streams_cut_short_are_errors_not_successes(cli, tmp_path):
+    """The issue's case: four streams with no finish_reason and no [DONE] were recorded as
+    four completed requests and no error."""
+    cut = Stream(text_events(2, finish=None, usage=False), done=False)
+    with ScriptedServer([None] + [cut] * 4) as srv:
+        r = cli("load", "--base-url", srv.url, "--dataset", str(_one_prompt(tmp_path)), "--requests", "4",
+                "--output-len", "2", "--out", str(tmp_path / "out"))
+    assert_one_line_error(r, tmp_path / "out", r"every request of load point c=1 failed at .*: cut short: the stream "
+                                               r"ended after 2 text chunks without a finish_reason or \[DONE\]")
+    assert r.code == 1  # a measurement failed, not bad input
+
+
+def test_a_stream_cut_after_text_is_not_retried_into_the_sample(cli, tmp_path):
+    """The issue's case: a stream cut after text was retried and the two answers glued into
+    one sample, with its TTFT and ITLs corrupted."""
+    cut = Stream(text_events(1, finish=None, usage=False), done=False, cut=True)
+    with ScriptedServer([None, cut]) as srv:
+        r = cli("load", "--base-url", srv.url, "--dataset", str(_one_prompt(tmp_path)), "--requests", "3",
+                "--retries", "2", "--output-len", "4", "--out", str(tmp_path / "out"))
+        posts = len(srv.posts())
+    assert r.code == 0, r.stderr
+    assert posts == 1 + 3  # the warm-up and three requests: nothing resent
+    (p,) = _only_record(tmp_path / "out")[0].load
+    assert p.error_kinds == {"cut short": 1} and p.retried_requests == 0
+    for s in p.samples:
+        if s.ok:
+            assert s.chunks == 4 and s.output_tokens == 4 and len(s.itl_ms) == 3
+    _check_point_arithmetic(p)
+
+
+def test_a_duration_point_stops_what_runs_past_its_deadline(cli, tmp_path):
+    """A request that would stream for 40 s is stopped at the 2 s point's end, however long
+    its own --timeout; it is counted apart from completed requests and errors."""
+    slow = Stream(text_events(400), gap_s=0.1)
+    with ScriptedServer([None, slow]) as srv:
+        t0 = time.monotonic()
+        r = cli("load", "--base-url", srv.url, "--dataset", str(_one_prompt(tmp_path)), "-c", "2", "--duration", "2",
+                "--timeout", "300", "--output-len", "2", "--out", str(tmp_path / "out"))
+        took = time.monotonic() - t0
+    assert r.code == 0, r.stderr
+    record, _ = _only_record(tmp_path / "out")
+    (p,) = record.load
+    # the slow one, and the other worker's request when it was in flight at that moment
+    assert p.stopped_at_deadline in (1, 2) and p.errors == 0 and p.completed >= 1 and record.status == "ok"
+    assert p.requests == p.completed + p.stopped_at_deadline
+    stopped = [s for s in p.samples if not s.ok]
+    assert all(s.error.startswith("deadline: still running at the load point's deadline") for s in stopped)
+    assert stopped[0].start_ms < 100  # the slow request was among the first two sent
+    assert 2.0 <= p.duration_s < 3.5 and took < 30
+    assert re.search(r"load point c=2: [12] requests? still running at its 2 s deadline, stopped", r.stderr)
+
+
+def test_finished_points_are_kept_when_a_later_point_fails(cli, tmp_path):
+    """Point c=1 finishes; every request of c=2 fails: the record keeps c=1, says why the run
+    stopped, and the one error line says where it is."""
+    out = tmp_path / "out"
+    with ScriptedServer([None, None, None, 500, 500]) as srv:
+        r = cli("load", "--base-url", srv.url, "--dataset", str(_one_prompt(tmp_path)), "-c", "1,2",
+                "--requests", "2", "--retries", "0", "--output-len", "2", "--out", str(out))
+    assert r.code == 1 and "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("[harness]")]
+    assert len(lines) == 1 and lines[0].startswith("error: every request of load point c=2 failed"), r.stderr
+    record, _ = _only_record(out)
+    assert lines[0].endswith(f"; the 1 finished load point is kept in {sorted(out.glob('*.json'))[0]}")
+    assert [p.label for p in record.load] == ["c=1"] and record.load[0].completed == 2
+    assert record.status == "partial"
+    assert record.failures[0].cause.startswith("stopped after 1 load point: every request of load point c=2 failed")
+    shown = cli("show", str(out))
+    assert shown.code == 0 and "c=1" in shown.stdout and "FAILED" in shown.stdout
+
+
+@pytest.mark.slow
+def test_killed_outright_the_finished_points_stay_marked_incomplete(cli, tmp_path):
+    """SIGKILL while the second point runs: nothing can clean up, and the first point is
+    still on disk, whole, in a record that says it is incomplete."""
+    from sweep_helpers import LiveCli
+
+    out = tmp_path / "out"
+    slow = Stream(text_events(600), gap_s=0.1)
+    with ScriptedServer([None, None, slow]) as srv:
+        live = LiveCli("load", "--base-url", srv.url, "--dataset", str(_one_prompt(tmp_path)), "-c", "1,2",
+                       "--requests", "1", "--output-len", "2", "--out", str(out))
+        live.wait_for(r"load point c=2")
+        live.proc.send_signal(signal.SIGKILL)
+        live.finish(timeout=30)
+    record, _ = _only_record(out)
+    assert record.status == "incomplete" and [p.label for p in record.load] == ["c=1"]
+    assert record.load[0].completed == 1
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left by the rewrite
+    shown = cli("show", str(out))
+    assert shown.code == 0 and f"run {record.run_id} is incomplete" in shown.stdout
+    compared = cli("compare", str(out), str(out))
+    assert f"run {record.run_id} is incomplete" in compared.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_after_a_point_keeps_it(tmp_path, sig, code):
+    out = tmp_path / "out"
+    slow = Stream(text_events(600), gap_s=0.1)
+    with ScriptedServer([None, None, slow]) as srv:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "load", "--base-url", srv.url, "--dataset", str(_one_prompt(tmp_path)),
+             "-c", "1,2", "--requests", "1", "--output-len", "2", "--out", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a foreground job gets it
+        for line in proc.stderr:
+            if "load point c=2" in line:
+                break
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        stderr = proc.stderr.read()
+        rc = proc.wait(timeout=30)
+    assert rc == code and "Traceback" not in stderr, stderr
+    record, _ = _only_record(out)
+    assert record.status == "partial" and [p.label for p in record.load] == ["c=1"]
+    assert record.failures[0].cause == f"stopped after 1 load point: interrupted ({signal.Signals(sig).name})"
+    assert f"error: interrupted; the 1 finished load point is kept in {sorted(out.glob('*.json'))[0]}" in stderr

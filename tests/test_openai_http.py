@@ -7,6 +7,7 @@ scripted stdlib server answers 429/5xx/401 on cue for the retry and key tests.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from backends.openai_http import (OpenAIClient, OpenAIHttpBackend, OpenAISetting
                                   remote_model_info, request_body, retry_after_s, safe_url)
 from harness.errors import BackendError, ConfigError
 from cli_checks import assert_one_line_error
-from loopback_servers import ScriptedServer, llamacpp_server
+from loopback_servers import ScriptedServer, Stream, llamacpp_server, text_events
 
 SECRET = "sk-test-DO-NOT-LEAK-0123456789abcdef"
 
@@ -146,10 +147,12 @@ def test_accepted_key_and_generation(monkeypatch):
 
 def test_missing_key_variable_is_one_clear_error(monkeypatch):
     monkeypatch.delenv("HARNESS_NO_SUCH_KEY", raising=False)
-    with pytest.raises(ConfigError, match="HARNESS_NO_SUCH_KEY is not set"):
+    with pytest.raises(ConfigError, match="no environment variable of the name given is set") as unset:
         api_key_from_env("HARNESS_NO_SUCH_KEY")
-    with pytest.raises(ConfigError, match="not an environment variable name"):
+    with pytest.raises(ConfigError, match="takes the NAME of an environment variable") as shaped:
         api_key_from_env(SECRET[:12] + "=x")
+    # the value given is never repeated: it may be the key itself
+    assert "HARNESS_NO_SUCH_KEY" not in str(unset.value) and SECRET[:12] not in str(shaped.value)
 
 
 def test_unreachable_server_is_one_line_after_retries():
@@ -241,3 +244,143 @@ def test_eval_names_the_models_a_server_serves(server_url, cli, tmp_path):
             "--limit", "1", "--out", str(tmp_path))
     assert_one_line_error(r, tmp_path, r"model 'gpt-4o' is not served at .*; it serves: smollm2")
 
+
+
+# ------------------------------------------------------------------ streams that cannot be trusted
+
+
+def _stream_once(srv, api="completions", retries=3, timeout_s=30.0):
+    client = OpenAIClient(srv.url, timeout_s=timeout_s, retry=RetryPolicy(max_retries=retries, backoff_s=0.01))
+    try:
+        path = "chat/completions" if api == "chat" else "completions"
+        return client.stream(path, request_body(api, "scripted", "hi", 3), api)
+    finally:
+        client.close()
+
+
+async def _astream_once(srv, deadline_s=None, retries=3, timeout_s=30.0):
+    from harness.meters import now_ns
+
+    client = OpenAIClient(srv.url, timeout_s=timeout_s, retry=RetryPolicy(max_retries=retries, backoff_s=0.01))
+    async with client.async_client() as http:
+        deadline = now_ns() + int(deadline_s * 1e9) if deadline_s is not None else None
+        return await client.astream(http, "completions", request_body("completions", "scripted", "hi", 3),
+                                    "completions", deadline_ns=deadline)
+
+
+MALFORMED = [
+    ("completions", {"choices": [None]}, "'choices\\[0\\]'|choices\\[0\\] is null"),
+    ("completions", {"choices": "none"}, "'choices' is str"),
+    ("completions", {"choices": {"text": "a"}}, "'choices' is dict"),
+    ("completions", {"choices": [{"text": 5}]}, "'text' is int"),
+    ("completions", {"choices": [{"text": "a", "finish_reason": 7}]}, "'finish_reason' is int"),
+    ("completions", {"choices": [], "usage": {"completion_tokens": "3"}}, "usage.completion_tokens is '3'"),
+    ("completions", {"choices": [], "usage": {"prompt_tokens": -1}}, "usage.prompt_tokens is -1"),
+    ("completions", {"choices": [], "usage": []}, "'usage' is list"),
+    ("completions", [1, 2], "not a JSON object"),
+    ("completions", "data: {not json", "not JSON"),
+    ("chat", {"choices": [{"delta": "hello"}]}, "'delta' is str"),
+    ("chat", {"choices": [{"delta": {"content": ["a"]}}]}, "'content' is list"),
+]
+
+
+@pytest.mark.parametrize("api, chunk, message", MALFORMED)
+def test_a_malformed_chunk_is_that_requests_error_never_a_crash(api, chunk, message):
+    """Each field of each chunk is type-checked; a chunk of the wrong shape ends the request
+    as a "bad chunk" error (it is not retried: the stream has begun)."""
+    good = text_events(1, api=api)[:1]  # one good text chunk first: the error comes mid-stream
+    with ScriptedServer([Stream(good + [chunk] + text_events(1, api=api))]) as srv:
+        r = _stream_once(srv, api)
+    assert not r.ok and r.error_kind == "bad chunk", (r.error_kind, r.error)
+    assert re.search(message, r.error), r.error
+    assert len(srv.posts()) == 1
+
+
+def test_text_after_the_finish_reason_is_a_bad_chunk():
+    events = text_events(2)
+    with ScriptedServer([Stream(events[:3] + [{"choices": [{"text": " late", "finish_reason": None}]}])]) as srv:
+        r = _stream_once(srv)
+    assert not r.ok and r.error_kind == "bad chunk" and "after the stream's finish_reason" in r.error
+
+
+@pytest.mark.parametrize("events, done, message", [
+    (text_events(2, finish=None, usage=False), False, "ended after 2 text chunks without a finish_reason or \\[DONE\\]"),
+    (text_events(2, finish=None, usage=False), True, "ended after 2 text chunks without a finish_reason"),
+    (text_events(2), False, "ended after finish_reason 'length' without \\[DONE\\]"),
+    ([], False, "ended before any text without a finish_reason or \\[DONE\\]"),
+])
+def test_a_stream_without_its_end_is_an_error(events, done, message):
+    """The issue's case: a stream cut short at a clean boundary used to count as a success."""
+    with ScriptedServer([Stream(events, done=done)]) as srv:
+        r = _stream_once(srv)
+    assert not r.ok and r.error_kind == "cut short" and re.search(message, r.error), r.error
+    assert len(srv.posts()) == 1
+
+
+def test_a_stream_cut_after_text_is_never_retried():
+    """The connection breaks after two text chunks: retrying would glue a second answer onto
+    the first and corrupt TTFT and the ITLs, so it is that request's error."""
+    with ScriptedServer([Stream(text_events(2, finish=None, usage=False), done=False, cut=True)]) as srv:
+        r = _stream_once(srv, retries=3)
+    assert not r.ok and r.error_kind == "cut short", (r.error_kind, r.error)
+    assert "broke after 2 text chunks" in r.error and "not retried" in r.error
+    assert r.retries == 0 and len(srv.posts()) == 1
+
+
+def test_a_stream_cut_before_any_text_is_retried_clean():
+    """Cut before its first text (only a role chunk came): retried, and the sample is the
+    second attempt's alone, with its retry counted."""
+    role_only = [{"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}]
+    with ScriptedServer([Stream(role_only, done=False, cut=True)]) as srv:
+        r = _stream_once(srv, api="chat", retries=3)
+    assert r.ok, r.error
+    assert r.retries == 1 and len(srv.posts()) == 2
+    assert r.text == " w0 w1 w2" and r.n_chunks == 3 and r.usage_completion_tokens == 3
+
+
+def test_the_async_stream_gives_the_same_verdicts():
+    import asyncio
+
+    with ScriptedServer([Stream([{"choices": [None]}]),
+                         Stream(text_events(2, finish=None, usage=False), done=False),
+                         Stream(text_events(1, finish=None, usage=False), done=False, cut=True)]) as srv:
+        kinds = [asyncio.run(_astream_once(srv)) for _ in range(3)]
+        fine = asyncio.run(_astream_once(srv))
+    assert [(r.ok, r.error_kind, r.retries) for r in kinds] == [(False, "bad chunk", 0), (False, "cut short", 0),
+                                                              (False, "cut short", 0)]
+    assert fine.ok and fine.text == " w0 w1 w2" and len(srv.posts()) == 4
+
+
+def test_a_trickling_stream_meets_the_requests_own_timeout():
+    """A server that sends a chunk every 0.2 s never trips a per-read timeout; the request's
+    timeout bounds the whole answer, in both the sync and the async client."""
+    import asyncio
+
+    trickle = Stream(text_events(200), gap_s=0.2)
+    with ScriptedServer([trickle, trickle]) as srv:
+        t0 = time.monotonic()
+        r = _stream_once(srv, retries=0, timeout_s=1.0)
+        sync_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        a = asyncio.run(_astream_once(srv, retries=0, timeout_s=1.0))
+        async_s = time.monotonic() - t0
+    for res in (r, a):
+        assert not res.ok and res.error_kind == "timeout" and "within the request's timeout (1 s)" in res.error
+    assert sync_s < 3 and async_s < 3
+
+
+def test_the_deadline_bounds_a_request_and_its_retries():
+    import asyncio
+
+    with ScriptedServer([Stream(text_events(200), gap_s=0.2)]) as srv:
+        t0 = time.monotonic()
+        r = asyncio.run(_astream_once(srv, deadline_s=1.0, timeout_s=300))
+        streaming_s = time.monotonic() - t0
+    assert not r.ok and r.error_kind == "deadline" and streaming_s < 3
+    # waiting out a 5 s Retry-After would pass the deadline: stopped there, not slept through
+    with ScriptedServer([(503, {"Retry-After": "5"}, "busy")]) as srv:
+        t0 = time.monotonic()
+        r = asyncio.run(_astream_once(srv, deadline_s=1.0))
+        waiting_s = time.monotonic() - t0
+    assert not r.ok and r.error_kind == "deadline" and "waiting to retry (http 503" in r.error
+    assert waiting_s < 1.5 and len(srv.posts()) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -61,3 +62,44 @@ def test_foreign_json_is_refused(tmp_path):
     path.write_text('{"hello": 1}')
     with pytest.raises(ResultFileError, match="not a harness result"):
         read_record(path)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("backend", "../../escaped"), ("run_id", "../../../escaped"), ("created_at", "../../2026/x"),
+    ("model", "/etc/cron.d/evil"), ("backend", ".hidden"), ("run_id", "a\x00b\\c"),
+])
+def test_every_part_of_a_result_file_name_is_slugged(tmp_path, field, value):
+    """backend.name, run_id, created_at and the model's name all go into the file name: none
+    of them may steer where the file goes, hide it, or make a name the file system refuses."""
+    record = _record()
+    if field == "backend":
+        record.backend.name = value
+    elif field == "model":
+        record.model.name = value
+    else:
+        setattr(record, field, value)
+    out = tmp_path / "out"
+    path = write_record(record, out)
+    assert path.parent == out and [p.name for p in tmp_path.rglob("*") if p.is_file()] == [path.name]
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.json", path.name), path.name
+    assert ".." not in path.name
+    assert read_record(path).run_id == record.run_id  # the record itself keeps what it said
+
+
+@pytest.mark.parametrize("name", ["../victim.json", "/tmp/victim.json", "sub/x.json", ".hidden.json", "..", "",
+                                  "a\\b.json"])
+def test_a_summary_naming_a_file_outside_its_folder_is_refused(tmp_path, name):
+    from harness.record import SweepCell, SweepRecord
+    from harness.store import read_sweep, write_sweep
+
+    cell = SweepCell(index=1, key="k", label="c", kind="perf", model_ref="m", model_sha256="0" * 64,
+                     backend="llamacpp", timeout_s=1.0, status="ok", result_file=name)
+    summary = SweepRecord(sweep_id="s", created_at="t", updated_at="t", harness_version="0.1.0", matrix_file="m.yaml",
+                          matrix_sha256="0", cells=[cell])
+    path = tmp_path / "sweep.json"
+    write_sweep(summary, path)
+    with pytest.raises(ResultFileError, match=r"cell 1's result_file .* is not a plain file name inside"):
+        read_sweep(path)
+    write_sweep(summary.model_copy(update={"cells": [], "superseded_files": [name]}), path)
+    with pytest.raises(ResultFileError, match=r"superseded_files .* is not a plain file name"):
+        read_sweep(path)

@@ -229,9 +229,20 @@ def test_truncated_result_file_is_refused_by_name(cli, interrupted, tmp_path):
 @pytest.mark.slow
 def test_damaged_or_newer_summary_is_refused_by_name(cli, interrupted, tmp_path):
     m, out, _, _ = interrupted
+    victim = tmp_path / "victim.json"  # outside the sweep's folder: --resume must never delete it
+    victim.write_text("{}")
+
+    def escaping(d: dict, name: str) -> dict:
+        # a failed cell is rerun, and its earlier result file deleted once the rerun's is written
+        d["cells"][1].update(status="failed", result_file=name)
+        return d
+
     for name, edit, needle in (
         ("newer", lambda d: {**d, "schema_version": "9.0"}, "newer than this harness reads"),
         ("invalid", lambda d: {**d, "cells": "many"}, "fails schema validation at 'cells'"),
+        ("parent", lambda d: escaping(d, "../victim.json"), "cell 2's result_file '../victim.json' is not a plain file name"),
+        ("absolute", lambda d: escaping(d, str(victim)), "is not a plain file name"),
+        ("superseded", lambda d: {**d, "superseded_files": ["../victim.json"]}, "superseded_files '../victim.json'"),
     ):
         folder = tmp_path / name
         shutil.copytree(out, folder)
@@ -239,6 +250,10 @@ def test_damaged_or_newer_summary_is_refused_by_name(cli, interrupted, tmp_path)
         summary.write_text(json.dumps(edit(json.loads(summary.read_text()))))
         res = cli("sweep", str(m), "--out", str(folder), "--resume")
         assert res.code == 2 and str(summary) in res.stderr and needle in res.stderr, res.stderr
+        assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+        shown = cli("show", str(summary))
+        assert shown.code == 2 and needle in shown.stderr, shown.stderr
+    assert victim.read_text() == "{}"
 
 
 @pytest.mark.slow

@@ -40,7 +40,7 @@ LEAKY_VARS = ("OPENAI_API_KEY", "HF_TOKEN", "MY_SERVICE_PASSWORD")
 
 
 class FaultySettings(LlamaCppSettings):
-    fault: Literal["none", "hang_http", "abort_with_env", "orphan_server"] = "none"
+    fault: Literal["none", "hang_http", "abort_with_env", "orphan_server", "bug_in_main"] = "none"
     state_dir: str = ""  # hang_http: where the server's port and pid files go
 
     load_keys: ClassVar[tuple[str, ...]] = LlamaCppSettings.load_keys + ("fault", "state_dir")
@@ -49,6 +49,16 @@ class FaultySettings(LlamaCppSettings):
 class FaultyBackend(LlamaCppBackend):
     name = "faulty"
     Settings = FaultySettings
+    resolve_keys = (*LlamaCppBackend.resolve_keys, "fault")
+
+    @classmethod
+    def resolve_model(cls, ref, settings=None):
+        if (settings or {}).get("fault") == "bug_in_main":
+            # a plugin's bug in the harness's own process, before any worker: an unexpected
+            # exception whose message carries a secret from the environment
+            card: dict = {"token": os.environ.get("MY_SERVICE_PASSWORD", "")}
+            raise KeyError(f"context_length (model card {card})")
+        return super().resolve_model(ref, settings)
 
     def load(self):
         if self.settings.fault == "hang_http":
