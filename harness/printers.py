@@ -180,10 +180,9 @@ def _groups_first(r: RunRecord) -> list[tuple[int, Any]]:
 def accuracy_markdown(records: list[RunRecord]) -> str:
     """lm-eval's familiar table: task, filter, n-shot, metric, value ± stderr; group and
     benchmark rows first, a score from fewer than MIN_DOCS documents labelled a smoke test."""
-    from harness.labels import recalled_note, smoke_label
+    from harness.labels import model_label as full_label, recalled_note, smoke_label
 
-    many = len({(r.model.sha256, r.backend.name) for r in records if r.accuracy}) > 1
-    header = (["model", "backend"] if many else []) + ["task", "filter", "n-shot", "docs", "metric", "value", "± stderr", "note"]
+    header = ["model", "task", "filter", "n-shot", "docs", "metric", "value", "± stderr", "note"]
     right = {len(header) - 6, len(header) - 5, len(header) - 3, len(header) - 2}
     rows = []
     notes = []
@@ -196,7 +195,7 @@ def accuracy_markdown(records: list[RunRecord]) -> str:
             note = "; ".join(x for x in (smoke_label(a.n), recalled if depth == 0 else None) if x)
             row = [name, a.filter, _fmt(a.num_fewshot), _fmt(a.n), a.metric,
                    "" if a.value is None else f"{a.value:.4f}", "" if a.stderr is None else f"± {a.stderr:.4f}", note]
-            rows.append(([model_label(r), r.backend.name] if many else []) + row)
+            rows.append([full_label(r)] + row)
         line = _eval_cost_line(r)
         if line:
             notes.append(line)
