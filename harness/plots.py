@@ -116,8 +116,10 @@ def benchmark_scores(title: str, bars: Sequence[tuple[str, float, tuple[float, f
                 hatch="///" if reported else None, edgecolor="#555555" if reported else "black", linewidth=0.6)
         if err is not None:
             ax.errorbar(value, y, xerr=err, fmt="none", ecolor="black", capsize=3, linewidth=1)
-        text = f"{value:.1f}" + (f" [{ci[0]:.0f}–{ci[1]:.0f}]" if ci else "") + (" smoke test" if smoke else "")
-        ax.text(min(value + 1.5, 60) if ci is None else min(ci[1] + 1.5, 75), y, text, va="center", fontsize=7)
+        text = f"{value:.1f}" + (f" [{ci[0]:.0f}–{ci[1]:.0f}]" if ci else "") + (" · smoke test" if smoke else "")
+        # inside the bar's left end, on a white box: readable whatever the bar's length
+        ax.text(1.0, y, text, va="center", ha="left", fontsize=7,
+                bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85})
     ax.set_yticks(ys, [_wrap(b[0], 34) for b in bars], fontsize=7)
     ax.set_xlim(0, 100)
     ax.set_xlabel("score (%) · whiskers: 95% interval")

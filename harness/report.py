@@ -495,7 +495,9 @@ def headline_section(bench_scores: list[BenchmarkScore], scores: PublishedScores
         out.append({"benchmark": bench, "title": title, "measured": measured, "published": published,
                     "ref": ref, "ref_is_smoke": ref_is_smoke, "has_closed": bool(closed), "plot": None,
                     "min_docs": min_docs})
-    return sorted(out, key=lambda b: (not b["has_closed"], b["title"]))
+    # comparisons that are claims first: a closed model measured here against an open score
+    # from enough documents, then smoke tests, then benchmarks with no closed model measured
+    return sorted(out, key=lambda b: (not b["has_closed"], b["ref_is_smoke"], b["title"]))
 
 
 def _measured_row(s: BenchmarkScore, kind: str, ref: BenchmarkScore | None) -> dict[str, Any]:
