@@ -553,3 +553,64 @@ def test_headline_page_reads_at_a_glance_at_desk_and_phone_widths(cli, real_runs
     for width in (1280, 390):
         scroll, window = _measure_width(html, width, tmp_path)
         assert window == width and scroll <= window, (width, scroll, window)
+
+
+# ---------------------------------------------------------------------------- printers and recalled answers
+
+
+def test_eval_table_shows_groups_first_and_labels_smoke_tests_and_recalled_runs(real_runs, tmp_path):
+    from harness.labels import RECALLED_NOTE
+    from harness.printers import accuracy_markdown, csv_text
+    from harness.report import load_runs
+
+    runs = _fixture_runs(real_runs, tmp_path / "runs")
+
+    def recalled(d):
+        d["evaluation"].update(requests_total=120, requests_recalled=120, cost={
+            "wall_s": 1.5, "tokens_evaluated": 0, "tokens_without_reuse": 0, "tokens_saved_by_reuse": 0, "floor_tokens": 0})
+    write_variant(real_runs.file(runs / "open-a"), tmp_path / "recalled", recalled)
+    (record,), _ = load_runs([tmp_path / "recalled"])
+    md = accuracy_markdown([record])
+    lines = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    names = [line.split("|")[2].strip() for line in lines]
+    assert names == ["mmlu_snapshot", "gsm8k", "- mmlu_snapshot_anatomy"]  # groups and benchmarks first
+    assert "smoke test (n=2): not a claim" in lines[1] and "smoke test (n=6): not a claim" in lines[2]
+    assert "smoke test" not in lines[0]
+    assert all(line.split("|")[1].strip() == "smollm2-135m Q4_1 · llamacpp" for line in lines)
+    # a run whose answers came from the cache says so, and its wall time is not a speed
+    assert RECALLED_NOTE in lines[0]
+    assert f"{RECALLED_NOTE}; its eval wall (1.5 s) and token counts are not a speed" in md
+    assert "tokens evaluated" not in md
+    assert RECALLED_NOTE in csv_text([record])
+    (fresh,), _ = load_runs([runs / "open-a"])
+    assert RECALLED_NOTE not in accuracy_markdown([fresh]) + csv_text([fresh])
+
+
+@pytest.mark.slow
+def test_a_rerun_from_the_request_cache_is_marked_recalled(cli, tmp_path):
+    """The real lm-eval request cache: a second run of the same evaluation asks the model
+    nothing, and every printer and the report say its answers were recalled."""
+    from harness.labels import RECALLED_NOTE
+    from harness.report import load_runs
+
+    env = {"HARNESS_CACHE_DIR": str(tmp_path / "cache")}
+    args = ("eval", "--tasks", "truthfulqa_mc2", "--limit", "2")
+    first = cli(*args, "-o", str(tmp_path / "first"), env=env)
+    assert first.code == 0, first.stderr
+    again = cli(*args, "-o", str(tmp_path / "again"), env=env)
+    assert again.code == 0, again.stderr
+    fresh = cli(*args, "--no-cache", "-o", str(tmp_path / "fresh"), env=env)
+    assert fresh.code == 0, fresh.stderr
+    (a,), _ = load_runs([tmp_path / "first"])
+    (b,), _ = load_runs([tmp_path / "again"])
+    (c,), _ = load_runs([tmp_path / "fresh"])
+    assert a.evaluation.requests_total > 0 and a.evaluation.requests_recalled == 0
+    assert b.evaluation.requests_recalled == b.evaluation.requests_total == a.evaluation.requests_total
+    assert b.evaluation.cost.requests_loglikelihood == 0  # the model was asked nothing
+    assert c.evaluation.requests_recalled == 0 and c.evaluation.request_cache is None
+    assert RECALLED_NOTE not in first.stdout and RECALLED_NOTE in again.stdout and RECALLED_NOTE not in fresh.stdout
+    shown = cli("show", str(tmp_path / "again"), "--format", "csv")
+    assert RECALLED_NOTE in shown.stdout
+    html = tmp_path / "r.html"
+    assert cli("report", str(tmp_path / "again"), "--html", str(html)).code == 0
+    assert RECALLED_NOTE in html.read_text()
