@@ -1,11 +1,13 @@
 """`harness report RUN... --html FILE`: one self-contained HTML page, PNG plots beside it.
 
 The page needs no network: styles are inline and plots are embedded as base64 PNG (the
-same PNGs are written beside the HTML for pull-request comments). Sections: runs, speed
-and latency percentiles, serving throughput against concurrency, accuracy against memory,
-open against closed (measured open models, closed models measured through the
-OpenAI-compatible backend, and published scores from harness/data with source and
-protocol), an openness card per model, and cost per million tokens.
+same PNGs are written beside the HTML for pull-request comments). The page opens with
+the answer: per benchmark, the best open model measured here, each closed model measured
+here with the gap and its 95% interval and whether the protocols are identical, then the
+published scores (harness/data, with source and protocol), then speed, memory and cost of
+the same models. After it: runs, every accuracy score (subjects collapsed), speed and
+latency percentiles, serving throughput against concurrency, an openness card per model,
+and cost per million tokens. docs/report.md explains how to read it.
 
 Reported numbers come only from the reference data and are always labelled "reported";
 a reported number whose protocol differs from the measured one says how.
@@ -23,7 +25,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from harness.cost import ApiPrice, CostInputs, cost_per_mtok, measured_power_w
 from harness.environment import hardware_key
@@ -41,7 +42,6 @@ from harness.reference import (
 )
 
 TEMPLATE = Path(__file__).resolve().parent / "data" / "report.html.j2"
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 
 
 @dataclass
