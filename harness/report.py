@@ -108,13 +108,17 @@ def config_label(r: RunRecord, varying: list[str]) -> str:
     return " · ".join(parts + ([" ".join(shown)] if shown else []))
 
 
-def access_of(r: RunRecord, openness: Openness) -> str:
+def access_of(r: RunRecord, openness: Openness, closed: frozenset[str] = frozenset()) -> str:
     """'open' for a local weights file, or a served model the harness started or whose name
     belongs to an open family; any other model behind an HTTP API is 'closed' (its weights
     are not known to be available), wherever the server runs: a proxy on this machine can
     stand in front of a closed API."""
     if r.model.format != "openai-api":
         return "open"
+    from harness.labels import served_name
+
+    if served_name(r).lower() in closed:  # harness report --closed-model NAME
+        return "closed"
     if r.backend.settings.get("served_by") or openness.family_for(r.model.name, r.model.ref):
         return "open"
     return "closed"
@@ -207,7 +211,8 @@ def _memory_by_config(records: list[RunRecord]) -> dict[tuple, tuple[float, str]
     return out
 
 
-def accuracy_section(records: list[RunRecord], varying: list[str], openness: Openness, min_docs: int) -> dict[str, Any]:
+def accuracy_section(records: list[RunRecord], varying: list[str], openness: Openness, min_docs: int,
+                     closed: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Every accuracy entry: benchmark and group rows (shown), their subjects (collapsed),
     each score with its 95% interval and the smoke-test label below min_docs documents.
     The memory scatter's points are benchmark-level scores only."""
@@ -230,7 +235,7 @@ def accuracy_section(records: list[RunRecord], varying: list[str], openness: Ope
             metric = a.metric + (f" ({a.filter})" if a.filter not in (None, "none") else "")
             smoke = smoke_label(a.n, min_docs)
             row = {
-                "config": label, "access": access_of(r, openness), "task": a.task, "kind": a.kind, "parent": a.parent,
+                "config": label, "access": access_of(r, openness, closed), "task": a.task, "kind": a.kind, "parent": a.parent,
                 "metric": metric, "value": f"{value:.1f}", "ci": _ci_text(ci) if ci else "",
                 "n": a.n if a.n is not None else "", "shots": a.num_fewshot if a.num_fewshot is not None else "",
                 "memory": f"{mem[0]:.0f} MiB ({mem[1]})" if mem else "not measured",
@@ -399,7 +404,7 @@ FILTER_PREFERENCE = ("flexible-extract", "none", "strict-match")
 
 
 def benchmark_scores(records: list[RunRecord], varying: list[str], scores: PublishedScores, openness: Openness,
-                     min_docs: int) -> list[BenchmarkScore]:
+                     min_docs: int, closed: frozenset[str] = frozenset()) -> list[BenchmarkScore]:
     """Each record's benchmark and group scores: top-level entries only (a subject of a group
     never stands for its benchmark), one metric per task (the bundled task's own, else the
     first), one answer filter (flexible-extract, else none, else the first)."""
@@ -427,7 +432,7 @@ def benchmark_scores(records: list[RunRecord], varying: list[str], scores: Publi
             stderr = a.stderr * scale if a.stderr is not None else None
             metric = a.metric + (f" ({a.filter})" if a.filter not in (None, "none") else "")
             out.append(BenchmarkScore(
-                record=r, label=model_label(r), access=access_of(r, openness),
+                record=r, label=model_label(r), access=access_of(r, openness, closed),
                 benchmark=tp.benchmark if tp else task, value=value, ci=score_interval(value, stderr, a.n, fraction),
                 n=a.n, protocol=measured_protocol(r, a, metric, tp.protocol.cot if tp else None), smoke=smoke_label(a.n, min_docs),
                 recalled=recalled_note(r), dataset_note=tp.dataset_note if tp else None,
@@ -655,7 +660,8 @@ def overview(records: list[RunRecord]) -> dict[str, Any]:
 
 def build_report(records: list[RunRecord], sources: list[str], inputs: CostInputs, api_prices: list[ApiPrice],
                  title: str = "Benchmark report", scores_path: Path | None = None,
-                 openness_path: Path | None = None, with_plots: bool = True, min_docs: int | None = None) -> Report:
+                 openness_path: Path | None = None, with_plots: bool = True, min_docs: int | None = None,
+                 closed_models: list[str] | None = None) -> Report:
     from harness import plots
     from harness.labels import MIN_DOCS
 
@@ -671,8 +677,9 @@ def build_report(records: list[RunRecord], sources: list[str], inputs: CostInput
                  records=records, sources=sources)
     speed = speed_section(records, varying)
     load = load_section(records, varying)
-    acc = accuracy_section(records, varying, openness, min_docs)
-    headline = headline_section(benchmark_scores(records, varying, scores, openness, min_docs), scores, min_docs)
+    closed = frozenset(n.strip().lower() for n in closed_models or [])
+    acc = accuracy_section(records, varying, openness, min_docs, closed)
+    headline = headline_section(benchmark_scores(records, varying, scores, openness, min_docs, closed), scores, min_docs)
     rep.sections = {
         "overview": overview(records), "speed": speed, "load": load, "accuracy": acc, "headline": headline,
         "side_by_side": side_by_side(headline, records, inputs, api_prices), "min_docs": min_docs,

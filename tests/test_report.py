@@ -614,3 +614,23 @@ def test_a_rerun_from_the_request_cache_is_marked_recalled(cli, tmp_path):
     html = tmp_path / "r.html"
     assert cli("report", str(tmp_path / "again"), "--html", str(html)).code == 0
     assert RECALLED_NOTE in html.read_text()
+
+
+def test_a_served_open_family_name_is_open_unless_named_closed(real_runs, tmp_path):
+    """A chat proxy on this machine may serve a closed stand-in under an open family's name:
+    --closed-model says which served models are closed."""
+    from harness.cost import CostInputs
+    from harness.report import build_report, load_runs
+
+    runs = _fixture_runs(real_runs, tmp_path / "runs")
+
+    def renamed(d):
+        d["model"].update(ref="openai:smollm2-135m", name="smollm2-135m", path="http://127.0.0.1:8011/v1")
+        d["backend"]["settings"].update(base_url="http://127.0.0.1:8011/v1", model_name="smollm2-135m")
+    write_variant(real_runs.file(runs / "closed"), runs / "closed", renamed)
+    records, files = load_runs([runs])
+    by_kind = lambda rep: {r["model"]: r["kind"] for b in rep.sections["headline"] for r in b["measured"]}  # noqa: E731
+    plain = by_kind(build_report(records, files, CostInputs(), [], with_plots=False))
+    assert "smollm2-135m@127.0.0.1:8011 · openai" not in plain  # an open family's name: open, and not the best
+    named = by_kind(build_report(records, files, CostInputs(), [], with_plots=False, closed_models=["smollm2-135m"]))
+    assert named["smollm2-135m@127.0.0.1:8011 · openai"] == "closed measured here"
