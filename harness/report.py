@@ -501,8 +501,10 @@ def headline_section(bench_scores: list[BenchmarkScore], scores: PublishedScores
                     "ref": ref, "ref_is_smoke": ref_is_smoke, "has_closed": bool(closed), "plot": None,
                     "min_docs": min_docs})
     # comparisons that are claims first: a closed model measured here against an open score
-    # from enough documents, then smoke tests, then benchmarks with no closed model measured
-    return sorted(out, key=lambda b: (not b["has_closed"], b["ref_is_smoke"], b["title"]))
+    # from enough documents, then smoke tests, then benchmarks with no closed model measured;
+    # among equals, the score from more documents first
+    return sorted(out, key=lambda b: (not b["has_closed"], b["ref_is_smoke"],
+                                      -((b["ref"].n or 0) if b["ref"] is not None else 0), b["title"]))
 
 
 def _measured_row(s: BenchmarkScore, kind: str, ref: BenchmarkScore | None) -> dict[str, Any]:
