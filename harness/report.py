@@ -705,11 +705,11 @@ def build_report(records: list[RunRecord], sources: list[str], inputs: CostInput
     if load["series"]:
         rep.plots["throughput"] = Plot("throughput", "Throughput against concurrency", plots.throughput_vs_concurrency(load["series"]),
                                        "output tokens/s against concurrent requests")
-    if len(speed["ttft_groups"]) > 1:
+    if speed["ttft_groups"]:
         rep.plots["ttft"] = Plot("ttft", "Time to first token, percentiles",
                                  plots.latency_percentiles(speed["ttft_groups"], "Time to first token (p50 / p90 / p99)", "ms"),
                                  "time to first token percentiles per configuration")
-    if len(speed["tpot_groups"]) > 1:
+    if speed["tpot_groups"]:
         rep.plots["tpot"] = Plot("tpot", "Time per output token, percentiles",
                                  plots.latency_percentiles(speed["tpot_groups"], "Time per output token (p50 / p90 / p99)", "ms"),
                                  "time per output token percentiles per configuration")

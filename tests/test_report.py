@@ -310,9 +310,8 @@ def test_report_without_load_or_accuracy_says_so(cli, real_runs, tmp_path):
     dom, console = render(html)
     assert console == []
     assert "no load-test data" in dom and "no accuracy data" in dom and "no accuracy measured" in dom
-    # one configuration: its latency percentiles have nothing to be compared with, so no plot
-    assert 'data-plots-loaded="0/0"' in dom
-    assert not png_dir.exists() or not list(png_dir.iterdir())
+    assert 'data-plots-loaded="2/2"' in dom  # TTFT and time-per-token percentiles
+    assert sorted(p.name for p in png_dir.iterdir()) == ["bare-tpot.png", "bare-ttft.png"]
     # no --power-w: the power is the measured one where the meters read it, else unknown
     assert "unknown (give --power-w)" in dom or "measured (" in dom
 
