@@ -504,7 +504,7 @@ def _measure_width(page: Path, width: int, tmp_path: Path) -> tuple[int, int]:
         f'style="width:{width}px;height:900px;border:0"></iframe><script>'
         "document.getElementById('f').addEventListener('load', function () {"
         " var d = this.contentDocument; document.body.dataset.widths = d.documentElement.scrollWidth + 'x' +"
-        " this.contentWindow.innerWidth; });</script></body></html>")
+        " this.contentWindow.innerWidth; document.body.dataset.framed = d.title; });</script></body></html>")
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     try:
         proc = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1400,1000",
@@ -516,12 +516,14 @@ def _measure_width(page: Path, width: int, tmp_path: Path) -> tuple[int, int]:
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = re.search(r'data-widths="(\d+)x(\d+)"', proc.stdout)
     assert m, proc.stdout[:500]
+    title = re.search(r"<title>(.*?)</title>", page.read_text())
+    assert f'data-framed="{title.group(1) if title else ""}"' in proc.stdout  # the page itself was measured
     return int(m.group(1)), int(m.group(2))
 
 
 def test_the_width_check_can_fail(tmp_path):
     page = tmp_path / "wide.html"
-    page.write_text('<html><head><meta name="viewport" content="width=device-width, initial-scale=1"></head>'
+    page.write_text('<html><head><meta name="viewport" content="width=device-width, initial-scale=1"><title>wide</title></head>'
                     '<body><div style="width: 1500px">wide</div></body></html>')
     for width in (1280, 390):
         scroll, window = _measure_width(page, width, tmp_path)
