@@ -622,6 +622,38 @@ def task_config_hashes(results: dict) -> dict[str, str]:
     return hashes
 
 
+def requests_built(leaves: dict[str, Any]) -> int | None:
+    """Requests lm-eval built for the tasks it just ran (each instance once per repeat):
+    with the request cache, the model receives only those the cache could not answer."""
+    try:
+        return sum(max(1, int(getattr(i, "repeats", 1) or 1)) for task in leaves.values() for i in (task.instances or []))
+    except Exception:  # an lm-eval whose tasks keep no instances: unknown, never a guess
+        return None
+
+
+SCORING = {"multiple_choice": "loglikelihood", "loglikelihood": "loglikelihood",
+           "generate_until": "generative", "loglikelihood_rolling": "perplexity"}
+
+
+def task_scorings(results: dict) -> dict[str, str]:
+    """Task or group -> how its answers were scored, from each task's output_type."""
+    out = {name: SCORING.get(str((cfg or {}).get("output_type")), str((cfg or {}).get("output_type")))
+           for name, cfg in (results.get("configs") or {}).items() if (cfg or {}).get("output_type")}
+    subtasks = results.get("group_subtasks") or {}
+
+    def group(name: str, seen: frozenset = frozenset()) -> str | None:
+        if name in out:
+            return out[name]
+        kinds = {group(c, seen | {name}) for c in subtasks.get(name, []) if c not in seen} - {None}
+        if kinds:
+            out[name] = kinds.pop() if len(kinds) == 1 else "mixed"
+        return out.get(name)
+
+    for name in subtasks:
+        group(name)
+    return out
+
+
 def _number(v: Any) -> float | None:
     try:
         f = float(v)
@@ -638,6 +670,7 @@ def accuracy_results(results: dict) -> list:
     from harness.record import AccuracyResult
 
     hashes = task_config_hashes(results)
+    scorings = task_scorings(results)
     groups = set(results.get("groups") or {}) | set(results.get("group_subtasks") or {})
     entries = dict(results.get("results") or {})
     for name, entry in (results.get("groups") or {}).items():
@@ -666,7 +699,7 @@ def accuracy_results(results: dict) -> list:
                 num_fewshot=int(shots) if isinstance(shots, (int, float)) else None,
                 higher_is_better=(hib.get(name) or {}).get(metric),
                 task_version=None if versions.get(name) is None else str(versions.get(name)),
-                task_config_hash=hashes.get(name),
+                task_config_hash=hashes.get(name), scoring=scorings.get(name),
             ))
     return out
 

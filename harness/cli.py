@@ -396,6 +396,8 @@ def report(
     currency: str = typer.Option("USD", "--currency", help="currency of the prices, for labels"),
     reference: Optional[Path] = typer.Option(None, "--reference", help="published scores YAML (default: harness/data/published_scores.yaml)"),
     openness: Optional[Path] = typer.Option(None, "--openness", help="openness facts YAML (default: harness/data/openness.yaml)"),
+    min_docs: int = typer.Option(100, "--min-docs", help="a score from fewer documents is a smoke test: greyed, labelled, never the best"),
+    closed_model: list[str] = typer.Option([], "--closed-model", help="a served model NAME to treat as closed (e.g. behind a proxy on this machine); repeat"),
 ) -> None:
     """One self-contained HTML report: tables, plots, open against closed, openness, cost."""
     from harness.cost import CostInputs, parse_api_price
@@ -405,7 +407,8 @@ def report(
                         currency=currency).check()
     prices = [parse_api_price(p) for p in api_price]
     records, files = load_runs(runs)
-    rep = build_report(records, files, inputs, prices, title=title, scores_path=reference, openness_path=openness)
+    rep = build_report(records, files, inputs, prices, title=title, scores_path=reference, openness_path=openness,
+                       min_docs=min_docs, closed_models=closed_model)
     for path in write_report(rep, html, png_dir):
         print(f"[harness] wrote {path}", file=sys.stderr)
 

@@ -205,7 +205,7 @@ def _model_label(r: RunRecord) -> str:
     from harness.printers import model_label
 
     short = (r.model.sha256 or "")[:8]
-    return f"{model_label(r)} ({short})" if short else (r.model.name or r.model.ref)
+    return f"{model_label(r)} ({short})" if short else model_label(r)
 
 
 def _setting_key(name: str, records: list[RunRecord]) -> str:

@@ -187,6 +187,8 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
             record.backend.settings = lm.engine.effective_settings()
             lm.engine.close()
     c = lm.counters
+    requests_total = accuracy.requests_built(loaded.leaves) if results is not None else None
+    received = c.requests_loglikelihood + c.requests_rolling + c.requests_generate
     info_hashes: dict[str, str] = {}
     samples_file = None
     if results is not None:
@@ -203,6 +205,8 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
         chat_template_sha256=chat.sha256 if chat else None, code_execution=job.allow_code_execution,
         skipped=job.selection.skipped, task_config_hashes=info_hashes,
         request_cache=f"{job.request_cache}_rank0.db" if job.request_cache else None, samples_file=samples_file,
+        requests_total=requests_total,
+        requests_recalled=max(0, requests_total - received) if requests_total is not None else None,
         cost=EvalCost(
             wall_s=wall_s, model_load_s=load_s, requests_loglikelihood=c.requests_loglikelihood,
             requests_loglikelihood_rolling=c.requests_rolling, requests_generate=c.requests_generate,

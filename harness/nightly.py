@@ -8,7 +8,8 @@ Steps, each run as the user would run it (the harness CLI in a subprocess), so o
 failing model or backend never stops the others and the artifacts always exist:
   1. `harness bench` for every model on every backend that is installed and can run
      unattended (a backend whose settings need a value, such as a server URL, cannot);
-  2. `harness eval --suite SUITE` for the same pairs, where the eval command exists;
+  2. `harness eval --suite SUITE --no-cache` for the same pairs, where the eval command exists
+     (a night measures; it never recalls answers from an earlier night's request cache);
   3. tonight's result files copied into HISTORY/<UTC stamp>/ (files are only added);
   4. `harness compare` against the previous night, `harness trend` over the history,
      `harness report` on tonight's results (HTML and PNGs);
@@ -86,7 +87,10 @@ def run(models: list[str], backends: list[str], bench_args: list[str], suite: st
             if res.returncode:
                 failed.append(f"bench {model} {backend}")
             if eval_ok:
-                res = _harness(["eval", "--model", model, "--backend", backend, "--suite", str(suite), "--out", str(runs)])
+                # --no-cache: a night measures its accuracy; answers recalled from an earlier
+                # night's request cache would hide a scoring regression
+                res = _harness(["eval", "--model", model, "--backend", backend, "--suite", str(suite), "--no-cache",
+                                "--out", str(runs)])
                 lines.append(f"- eval {suite} {model} on {backend}: {'ok' if res.returncode == 0 else f'FAILED (exit {res.returncode})'}")
                 if res.returncode:
                     failed.append(f"eval {model} {backend}")

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from harness.errors import HarnessError
 
-COLORS = {"measured open": "#1f77b4", "measured closed": "#d62728", "reported": "#9e9e9e"}
+COLORS = {"measured open": "#1f77b4", "measured closed": "#d62728", "reported": "#d9d9d9"}
 
 
 def _figure(width: float = 7.5, height: float = 4.0):
@@ -97,4 +97,39 @@ def open_vs_closed(title: str, bars: Sequence[tuple[str, float, float | None, st
     ax.set_xlabel("score (%) · hatched: reported, not measured · *: protocol differs")
     ax.set_title(title)
     ax.grid(True, axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def benchmark_scores(title: str, bars: Sequence[tuple[str, float, tuple[float, float] | None, str, bool]]) -> bytes:
+    """One benchmark: bars (label, score %, 95% interval or None, kind, smoke test).
+
+    Measured bars are solid with interval whiskers; published figures are pale and
+    hatched, with no whisker (none is published); a smoke-test bar is drawn faded."""
+    from matplotlib.patches import Patch
+
+    fig, ax = _figure(width=7.0, height=max(2.2, 0.42 * len(bars) + 1.5))
+    ys = list(range(len(bars)))[::-1]
+    for y, (label, value, ci, kind, smoke) in zip(ys, bars):
+        reported = kind == "reported"
+        err = None if ci is None else [[max(0.0, value - ci[0])], [max(0.0, ci[1] - value)]]
+        ax.barh(y, value, color=COLORS.get(kind, "#777777"), alpha=0.35 if smoke else 1.0,
+                hatch="///" if reported else None, edgecolor="#555555" if reported else "black", linewidth=0.6)
+        if err is not None:
+            ax.errorbar(value, y, xerr=err, fmt="none", ecolor="black", capsize=3, linewidth=1)
+        text = f"{value:.1f}" + (f" [{ci[0]:.0f}–{ci[1]:.0f}]" if ci else "") + (" · smoke test" if smoke else "")
+        # inside the bar's left end, on a white box: readable whatever the bar's length
+        ax.text(1.0, y, text, va="center", ha="left", fontsize=7,
+                bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85})
+    ax.set_yticks(ys, [_wrap(b[0], 34) for b in bars], fontsize=7)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("score (%) · whiskers: 95% interval")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
+    kinds = []
+    for kind, name in (("measured open", "measured here: open"), ("measured closed", "measured here: closed"),
+                       ("reported", "published, not measured here")):
+        if any(b[3] == kind for b in bars):
+            kinds.append(Patch(facecolor=COLORS[kind], hatch="///" if kind == "reported" else None,
+                               edgecolor="#555555", label=name))
+    ax.legend(handles=kinds, fontsize=7, loc="lower right")
     return _png(fig)

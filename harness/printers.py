@@ -38,9 +38,10 @@ def _params_label(n: int | None) -> str:
 
 
 def model_label(r: RunRecord) -> str:
-    m = r.model
-    size = _params_label(m.parameters).replace(" ", "").replace(".00", "")
-    return " ".join(x for x in (m.architecture or "?", size, m.quantization or "") if x)
+    """The model column of a table that has a backend column of its own (harness.labels)."""
+    from harness.labels import model_name
+
+    return model_name(r)
 
 
 def _fmt(v: Any) -> str:
@@ -118,7 +119,7 @@ def load_markdown(records: list[RunRecord]) -> str:
     right = set(range(4, len(header)))
     rows = []
     for r in records:
-        label = model_label(r) if r.model.architecture else (r.model.name or r.model.ref)
+        label = model_label(r)
         server = r.backend.settings.get("served_by") or "remote"
         for p in r.load:
             row = [label, server, p.api, p.label, _fmt(p.input_len), str(p.output_len), f"{p.completed}/{p.requests}",
@@ -154,34 +155,50 @@ def _ordered_accuracy(r: RunRecord) -> list[tuple[int, Any]]:
 
 
 def _eval_cost_line(r: RunRecord) -> str | None:
+    from harness.labels import model_label, recalled_note
+
     e = r.evaluation
     if e is None or e.cost is None:
         return None
     c = e.cost
+    recalled = recalled_note(r)
     saved = f" ({100 * c.tokens_saved_by_reuse / c.tokens_without_reuse:.0f}%)" if c.tokens_without_reuse else ""
     load = f" (model load {c.model_load_s:.2f} s)" if c.model_load_s is not None else ""
-    line = (f"{model_label(r)} on {r.backend.name}: eval wall {c.wall_s:.1f} s{load}, {c.tokens_evaluated:,} tokens evaluated, "
+    line = (f"{model_label(r)}: eval wall {c.wall_s:.1f} s{load}, {c.tokens_evaluated:,} tokens evaluated, "
             f"{c.tokens_saved_by_reuse:,} saved by context reuse{saved}, {c.tokens_generated:,} generated; lm-eval {e.lm_eval_version}")
+    if recalled:
+        line = (f"{model_label(r)}: {recalled}; its eval wall ({c.wall_s:.1f} s) and token counts are not a speed "
+                f"(rerun with --no-cache to measure); lm-eval {e.lm_eval_version}")
     if e.skipped:
         line += "\nskipped: " + "; ".join(f"{t} ({why})" for t, why in e.skipped.items())
     return line
 
 
+def _groups_first(r: RunRecord) -> list[tuple[int, Any]]:
+    """Benchmark and group rows (top level) first, then each one's subjects and subtasks."""
+    ordered = _ordered_accuracy(r)
+    return [x for x in ordered if x[0] == 0] + [x for x in ordered if x[0] > 0]
+
+
 def accuracy_markdown(records: list[RunRecord]) -> str:
-    """lm-eval's familiar table: task, filter, n-shot, metric, value ± stderr."""
-    many = len({(r.model.sha256, r.backend.name) for r in records if r.accuracy}) > 1
-    header = (["model", "backend"] if many else []) + ["task", "filter", "n-shot", "docs", "metric", "value", "± stderr"]
-    right = {len(header) - 5, len(header) - 4, len(header) - 2, len(header) - 1}
+    """lm-eval's familiar table: task, filter, n-shot, metric, value ± stderr; group and
+    benchmark rows first, a score from fewer than MIN_DOCS documents labelled a smoke test."""
+    from harness.labels import model_label as full_label, recalled_note, smoke_label
+
+    header = ["model", "task", "filter", "n-shot", "docs", "metric", "value", "± stderr", "note"]
+    right = {len(header) - 6, len(header) - 5, len(header) - 3, len(header) - 2}
     rows = []
     notes = []
     for r in records:
         if not r.accuracy:
             continue
-        for depth, a in _ordered_accuracy(r):
+        recalled = recalled_note(r)
+        for depth, a in _groups_first(r):
             name = ("  " * depth + "- " if depth else "") + (a.alias or a.task).strip()
+            note = "; ".join(x for x in (smoke_label(a.n), recalled if depth == 0 else None) if x)
             row = [name, a.filter, _fmt(a.num_fewshot), _fmt(a.n), a.metric,
-                   "" if a.value is None else f"{a.value:.4f}", "" if a.stderr is None else f"± {a.stderr:.4f}"]
-            rows.append(([model_label(r), r.backend.name] if many else []) + row)
+                   "" if a.value is None else f"{a.value:.4f}", "" if a.stderr is None else f"± {a.stderr:.4f}", note]
+            rows.append([full_label(r)] + row)
         line = _eval_cost_line(r)
         if line:
             notes.append(line)
@@ -224,8 +241,12 @@ def flat_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
             d["slo"] = ";".join(f"{k}={v:g}" for k, v in p.slo.items())
             rows.append({**base, "test": f"load {p.label}", **d})
         cost = r.evaluation.cost if r.evaluation else None
+        from harness.labels import recalled_note, smoke_label
+
+        recalled = recalled_note(r)
         for a in r.accuracy:
             d = a.model_dump()
+            d.update(smoke_test=smoke_label(a.n) or "", recalled_from_cache=recalled or "")
             if cost is not None:
                 d.update(eval_wall_s=cost.wall_s, eval_tokens_evaluated=cost.tokens_evaluated,
                          eval_tokens_saved_by_reuse=cost.tokens_saved_by_reuse)

@@ -234,6 +234,10 @@ class AccuracyResult(BaseModel):
     higher_is_better: bool | None = None
     task_version: str | None = None
     task_config_hash: str | None = None  # sha256 of the task's full config (prompt, shots, filters, metrics)
+    # how answers were scored: "loglikelihood" (the choices' log-probabilities), "generative"
+    # (the model writes its answer), "perplexity", or "mixed" for a group of both; None in
+    # records written before it was kept (the report then infers it from the metric)
+    scoring: str | None = None
 
     # read access by field name, for code written against the earlier untyped entries
     def get(self, key: str, default: Any = None) -> Any:
@@ -277,6 +281,10 @@ class EvalInfo(BaseModel):
     skipped: dict[str, str] = Field(default_factory=dict)  # task -> why it did not run
     task_config_hashes: dict[str, str] = Field(default_factory=dict)  # task or group -> config sha256
     request_cache: str | None = None  # lm-eval's request cache file (use_cache), if used
+    # requests the tasks built, and how many of them lm-eval answered from its request cache
+    # instead of asking the model; None in records written before they were counted
+    requests_total: int | None = None
+    requests_recalled: int | None = None
     samples_file: str | None = None  # --log-samples: the per-document JSONL file
     cost: EvalCost | None = None
 

@@ -1,11 +1,13 @@
 """`harness report RUN... --html FILE`: one self-contained HTML page, PNG plots beside it.
 
 The page needs no network: styles are inline and plots are embedded as base64 PNG (the
-same PNGs are written beside the HTML for pull-request comments). Sections: runs, speed
-and latency percentiles, serving throughput against concurrency, accuracy against memory,
-open against closed (measured open models, closed models measured through the
-OpenAI-compatible backend, and published scores from harness/data with source and
-protocol), an openness card per model, and cost per million tokens.
+same PNGs are written beside the HTML for pull-request comments). The page opens with
+the answer: per benchmark, the best open model measured here, each closed model measured
+here with the gap and its 95% interval and whether the protocols are identical, then the
+published scores (harness/data, with source and protocol), then speed, memory and cost of
+the same models. After it: runs, every accuracy score (subjects collapsed), speed and
+latency percentiles, serving throughput against concurrency, an openness card per model,
+and cost per million tokens. docs/report.md explains how to read it.
 
 Reported numbers come only from the reference data and are always labelled "reported";
 a reported number whose protocol differs from the measured one says how.
@@ -15,13 +17,14 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from harness.cost import ApiPrice, CostInputs, cost_per_mtok, measured_power_w
 from harness.environment import hardware_key
@@ -39,7 +42,6 @@ from harness.reference import (
 )
 
 TEMPLATE = Path(__file__).resolve().parent / "data" / "report.html.j2"
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 
 
 @dataclass
@@ -87,21 +89,18 @@ def varying_settings(records: list[RunRecord]) -> list[str]:
 
 
 def model_short(r: RunRecord) -> str:
-    m = r.model
-    if m.format == "openai-api":
-        return m.name or m.ref
-    base = m.ref if (m.ref and "/" not in m.ref and not m.ref.endswith(".gguf")) else Path(m.path).stem
-    return f"{base} {m.quantization}" if m.quantization and m.quantization.lower() not in base.lower() else base
+    """The model part of a label (harness.labels.model_name)."""
+    from harness.labels import model_name
+
+    return model_name(r)
 
 
 def config_label(r: RunRecord, varying: list[str]) -> str:
+    """The record's label (harness.labels) with the device and the settings that vary between records."""
+    from harness.labels import model_label
     from harness.printers import SETTING_COLUMNS
 
-    parts = [model_short(r), r.backend.name]
-    if r.backend.settings.get("base_url"):  # a model behind a server: say which
-        host = urlparse(str(r.backend.settings["base_url"]).split(" ")[0]).hostname
-        served = r.backend.settings.get("served_by")
-        parts[-1] += f"@{host}" + (f" ({served})" if served else "")
+    parts = [model_label(r)]
     if r.backend.device and r.backend.device != "cpu":
         parts.append(r.backend.device)
     shown = [f"{SETTING_COLUMNS.get(k, k)}={_fmt_setting(r.backend.settings[k])}" for k in varying
@@ -109,13 +108,18 @@ def config_label(r: RunRecord, varying: list[str]) -> str:
     return " · ".join(parts + ([" ".join(shown)] if shown else []))
 
 
-def access_of(r: RunRecord, openness: Openness) -> str:
-    """'open' for a local weights file; for a model behind an HTTP API, 'closed' unless the
-    server is on this machine or the model's name belongs to an open family."""
+def access_of(r: RunRecord, openness: Openness, closed: frozenset[str] = frozenset()) -> str:
+    """'open' for a local weights file, or a served model the harness started or whose name
+    belongs to an open family; any other model behind an HTTP API is 'closed' (its weights
+    are not known to be available), wherever the server runs: a proxy on this machine can
+    stand in front of a closed API."""
     if r.model.format != "openai-api":
         return "open"
-    host = urlparse(str(r.backend.settings.get("base_url", ""))).hostname or ""
-    if host in LOOPBACK or openness.family_for(r.model.name, r.model.ref):
+    from harness.labels import served_name
+
+    if served_name(r).lower() in closed:  # harness report --closed-model NAME
+        return "closed"
+    if r.backend.settings.get("served_by") or openness.family_for(r.model.name, r.model.ref):
         return "open"
     return "closed"
 
@@ -192,7 +196,7 @@ def _memory_by_config(records: list[RunRecord]) -> dict[tuple, tuple[float, str]
     """(model, backend, device) -> (MiB, what it is): the largest peak seen in any run."""
     out: dict[tuple, tuple[float, str]] = {}
     for r in records:
-        key = (r.model.sha256 or r.model.ref, r.backend.name, r.backend.device)
+        key = _model_key(r)
         cands = []
         for p in r.perf:
             if p.peak_vram_mib is not None:
@@ -207,104 +211,358 @@ def _memory_by_config(records: list[RunRecord]) -> dict[tuple, tuple[float, str]
     return out
 
 
-def _accuracy_entries(records: list[RunRecord], varying: list[str], openness: Openness):
-    for r in records:
-        for entry in r.accuracy:
-            a = entry.model_dump() if hasattr(entry, "model_dump") else dict(entry)
-            try:
-                value = float(a["value"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            try:
-                stderr = float(a.get("stderr")) if a.get("stderr") is not None else None
-            except (TypeError, ValueError):
-                stderr = None  # lm-eval's "N/A"
-            scale = 100.0 if 0.0 <= value <= 1.0 else 1.0
-            yield {
-                "record": r, "config": config_label(r, varying), "access": access_of(r, openness),
-                "task": str(a.get("task")), "metric": str(a.get("metric")),
-                "filter": a.get("filter") if a.get("filter") not in (None, "none") else None,
-                "value": value * scale, "stderr": stderr * scale if stderr is not None else None,
-                "n": a.get("n"), "num_fewshot": a.get("num_fewshot"),
-            }
+def accuracy_section(records: list[RunRecord], varying: list[str], openness: Openness, min_docs: int,
+                     closed: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Every accuracy entry: benchmark and group rows (shown), their subjects (collapsed),
+    each score with its 95% interval and the smoke-test label below min_docs documents.
+    The memory scatter's points are benchmark-level scores only."""
+    from harness.labels import recalled_note, smoke_label
 
-
-def accuracy_section(records: list[RunRecord], varying: list[str], openness: Openness) -> dict[str, Any]:
     memory = _memory_by_config(records)
-    rows, points = [], []
-    for e in _accuracy_entries(records, varying, openness):
-        r = e["record"]
-        mem = memory.get((r.model.sha256 or r.model.ref, r.backend.name, r.backend.device))
-        metric = e["metric"] + (f" ({e['filter']})" if e["filter"] else "")
-        rows.append({
-            "config": e["config"], "access": e["access"], "task": e["task"], "metric": metric,
-            "value": f"{e['value']:.1f}" + (f" ± {e['stderr']:.1f}" if e["stderr"] is not None else ""),
-            "n": e["n"] if e["n"] is not None else "", "shots": e["num_fewshot"] if e["num_fewshot"] is not None else "",
-            "memory": f"{mem[0]:.0f} MiB ({mem[1]})" if mem else "not measured",
-        })
-        if mem:
-            points.append((e["config"], f"{e['task']} {metric}", mem[0], e["value"], e["stderr"]))
+    rows, subjects, points = [], [], []
+    for r in records:
+        label = config_label(r, varying)
+        recalled = recalled_note(r)
+        mem = memory.get(_model_key(r))
+        for a in r.accuracy:
+            if a.value is None:
+                continue
+            fraction = 0.0 <= a.value <= 1.0
+            scale = 100.0 if fraction else 1.0
+            value = a.value * scale
+            stderr = a.stderr * scale if a.stderr is not None else None
+            ci = score_interval(value, stderr, a.n, fraction)
+            metric = a.metric + (f" ({a.filter})" if a.filter not in (None, "none") else "")
+            smoke = smoke_label(a.n, min_docs)
+            row = {
+                "config": label, "access": access_of(r, openness, closed), "task": a.task, "kind": a.kind, "parent": a.parent,
+                "metric": metric, "value": f"{value:.1f}", "ci": _ci_text(ci) if ci else "",
+                "n": a.n if a.n is not None else "", "shots": a.num_fewshot if a.num_fewshot is not None else "",
+                "memory": f"{mem[0]:.0f} MiB ({mem[1]})" if mem else "not measured",
+                "labels": [x for x in (smoke, recalled) if x], "smoke": bool(smoke),
+            }
+            (subjects if a.parent is not None else rows).append(row)
+            if mem and a.parent is None:
+                points.append((label, f"{a.task} {metric}", mem[0], value, stderr))
     kinds = {m[1] for m in memory.values()}
-    return {"rows": rows, "points": points, "memory_label": " / ".join(sorted(kinds)) + " (MiB)" if kinds else "memory (MiB)"}
+    configs = {p[0] for p in points}
+    return {"rows": rows, "subjects": subjects, "points": points if len(configs) > 1 else [],
+            "memory_label": " / ".join(sorted(kinds)) + " (MiB)" if kinds else "memory (MiB)"}
 
 
-def open_vs_closed_section(records: list[RunRecord], varying: list[str], scores: PublishedScores,
-                           openness: Openness) -> list[dict[str, Any]]:
-    by_benchmark: dict[str, list[dict]] = {}
-    for e in _accuracy_entries(records, varying, openness):
-        tp, part_of = scores.task_protocol_for(e["task"])
-        bench = tp.benchmark if tp else e["task"]
-        shots = e["num_fewshot"] if e["num_fewshot"] is not None else (tp.protocol.shots if tp else None)
-        base = tp.protocol if tp else Protocol()
-        e["protocol"] = base.model_copy(update={"shots": shots, "metric": e["metric"]})
-        e["dataset_note"] = "; ".join(n for n in (tp.dataset_note if tp else None, part_of) if n) or None
-        e["protocol_note"] = tp.protocol_note if tp else None
-        by_benchmark.setdefault(bench, []).append(e)
+def _model_key(r: RunRecord) -> tuple:
+    """One model on one backend: its eval records and bench records meet here (an eval
+    record names no device)."""
+    return (r.model.sha256 or r.model.ref, r.backend.name)
+
+
+# ---------------------------------------------------------------------------- the headline
+
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(p: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion p of n documents, as fractions.
+
+    It also bounds the spread of any per-document score in [0, 1] (no such score varies
+    more than a 0/1 one with the same mean), so it is used for every score lm-eval reports
+    as a fraction, and is never narrower than the normal interval from lm-eval's stderr."""
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def score_interval(value_pct: float, stderr_pct: float | None, n: int | None, fraction: bool) -> tuple[float, float] | None:
+    """95% interval in percent: the Wilson interval over n documents, widened to
+    value ± 1.96 stderr where that is wider; None when neither n nor stderr is known."""
+    lo = hi = None
+    if fraction and n:
+        a, b = wilson_interval(value_pct / 100, n)
+        lo, hi = a * 100, b * 100
+    if stderr_pct is not None:
+        a, b = value_pct - Z95 * stderr_pct, value_pct + Z95 * stderr_pct
+        lo, hi = (a, b) if lo is None else (min(lo, a), max(hi, b))
+    if lo is None:
+        return None
+    return (max(0.0, lo), min(100.0, hi)) if fraction else (lo, hi)
+
+
+def gap_interval(a: float, a_ci: tuple[float, float] | None, b: float, b_ci: tuple[float, float] | None):
+    """95% interval of a - b from the two scores' own intervals (Newcombe's method, which
+    reduces to the normal one for symmetric intervals); a published figure has none."""
+    la, ua = a_ci or (a, a)
+    lb, ub = b_ci or (b, b)
+    d = a - b
+    return d - math.hypot(a - la, ub - b), d + math.hypot(ua - a, b - lb)
+
+
+GENERATIVE_METRICS = ("exact_match", "pass@", "bleu", "rouge", "f1", "em")
+
+
+def _infer_scoring(metric: str) -> str:
+    if "perplexity" in metric or metric in ("bits_per_byte",):
+        return "perplexity"
+    return "generative" if metric.startswith(GENERATIVE_METRICS) else "loglikelihood"
+
+
+@dataclass(frozen=True)
+class MeasuredProtocol:
+    """What two accuracy results must share to be compared as equals."""
+
+    task: str
+    metric: str
+    config_hash: str | None
+    shots: int | None
+    chat_template: bool
+    fewshot_as_multiturn: bool | None
+    system_instruction: str | None
+    scoring: str
+    cot: bool | None = None  # as the bundled task prompts (its exemplars); None for another task
+
+    def differences(self, other: "MeasuredProtocol") -> list[str]:
+        """What differs, each as 'this vs other'; empty when the protocols are identical."""
+        out = []
+        if self.task != other.task:
+            out.append(f"task {self.task} vs {other.task}")
+        if self.metric != other.metric:
+            out.append(f"metric {self.metric} vs {other.metric}")
+        if self.scoring != other.scoring:
+            out.append(f"scoring {self.scoring} vs {other.scoring}")
+        if self.shots != other.shots:
+            out.append(f"{_shots(self.shots)} vs {_shots(other.shots)}")
+        if self.chat_template != other.chat_template:
+            out.append(f"chat template {'applied' if self.chat_template else 'not applied'} vs "
+                       f"{'applied' if other.chat_template else 'not applied'}")
+        if bool(self.fewshot_as_multiturn) != bool(other.fewshot_as_multiturn):
+            out.append(f"few-shot as multi-turn {'yes' if self.fewshot_as_multiturn else 'no'} vs "
+                       f"{'yes' if other.fewshot_as_multiturn else 'no'}")
+        if (self.system_instruction or None) != (other.system_instruction or None):
+            out.append("system instruction differs")
+        if not out and self.config_hash and other.config_hash and self.config_hash != other.config_hash:
+            out.append(f"task config differs (sha256 {self.config_hash[:8]} vs {other.config_hash[:8]})")
+        return out
+
+    def as_reference(self) -> Protocol:
+        """In the terms published figures are described in."""
+        return Protocol(shots=self.shots, metric=self.metric.split(" ")[0], cot=self.cot,
+                        form="generative" if self.scoring == "generative" else
+                        ("loglikelihood" if self.scoring == "loglikelihood" else None), harness="lm-eval")
+
+    def text(self) -> str:
+        parts = [self.task, self.metric, _shots(self.shots), self.scoring]
+        if self.chat_template:
+            parts.append("chat template" + (", few-shot as multi-turn" if self.fewshot_as_multiturn else ""))
+        if self.system_instruction:
+            parts.append("system instruction")
+        return " · ".join(parts)
+
+
+def _shots(v: int | None) -> str:
+    return "shots not recorded" if v is None else f"{v}-shot"
+
+
+def measured_protocol(r: RunRecord, a, metric: str, cot: bool | None = None) -> MeasuredProtocol:
+    e = r.evaluation
+    system = getattr(e, "system_instruction", None) if e else None
+    return MeasuredProtocol(
+        task=a.task, metric=metric,
+        config_hash=a.task_config_hash or ((e.task_config_hashes or {}).get(a.task) if e else None),
+        shots=a.num_fewshot if a.num_fewshot is not None else (e.num_fewshot if e else None),
+        chat_template=bool(e.apply_chat_template) if e else False,
+        fewshot_as_multiturn=getattr(e, "fewshot_as_multiturn", None) if e else None,
+        system_instruction=(hashlib.sha256(str(system).encode()).hexdigest()[:12] if system else None),
+        scoring=getattr(a, "scoring", None) or _infer_scoring(a.metric),
+        cot=cot,
+    )
+
+
+@dataclass
+class BenchmarkScore:
+    """One benchmark-level (task or group, never a subject) score of one record."""
+
+    record: RunRecord
+    label: str
+    access: str
+    benchmark: str
+    value: float  # percent
+    ci: tuple[float, float] | None
+    n: int | None
+    protocol: MeasuredProtocol
+    smoke: str | None  # "smoke test (n=…): not a claim"
+    recalled: str | None
+    dataset_note: str | None = None
+    protocol_note: str | None = None
+
+    @property
+    def claim(self) -> bool:
+        return self.smoke is None
+
+
+FILTER_PREFERENCE = ("flexible-extract", "none", "strict-match")
+
+
+def benchmark_scores(records: list[RunRecord], varying: list[str], scores: PublishedScores, openness: Openness,
+                     min_docs: int, closed: frozenset[str] = frozenset()) -> list[BenchmarkScore]:
+    """Each record's benchmark and group scores: top-level entries only (a subject of a group
+    never stands for its benchmark), one metric per task (the bundled task's own, else the
+    first), one answer filter (flexible-extract, else none, else the first)."""
+    from harness.labels import model_label, recalled_note, smoke_label
+
     out = []
-    for bench, measured in by_benchmark.items():
-        opens = [m for m in measured if m["access"] == "open"]
-        best = max(opens, key=lambda m: m["value"]) if opens else None
-        rows = []
-        for m in sorted(measured, key=lambda m: (m["access"], -m["value"])):
-            gap, labels = None, []
-            if m is not best and best is not None:
-                gap = m["value"] - best["value"]
-                if (m["task"], m["protocol"].shots, m["metric"], m["filter"]) != (best["task"], best["protocol"].shots, best["metric"], best["filter"]):
-                    labels.append(f"protocol differs: {m['task']} {m['metric']} {m['filter'] or ''} {m['protocol'].shots}-shot "
-                                  f"vs {best['task']} {best['metric']} {best['filter'] or ''} {best['protocol'].shots}-shot")
-            if m["dataset_note"]:
-                labels.append(f"dataset: {m['dataset_note']}")
-            if m["protocol_note"]:
-                labels.append(m["protocol_note"])
-            rows.append({
-                "model": m["config"], "kind": f"measured {m['access']}", "value": m["value"], "stderr": m["stderr"],
-                "protocol": f"{m['task']} · {m['metric']}{' (' + m['filter'] + ')' if m['filter'] else ''} · "
-                            f"{m['protocol'].shots}-shot · n={m['n']}",
-                "source": "measured on this hardware (harness)", "gap": gap, "labels": labels, "differs": False,
-            })
-        for s in (scores.for_benchmark(bench) if bench in scores.benchmarks else []):
-            labels = []
-            differs, unstated = protocol_differences(best["protocol"], s.protocol) if best else ([], [])
-            if differs:
-                labels.append("protocol differs: " + "; ".join(differs))
-            if unstated:
-                labels.append("not stated by the source: " + ", ".join(unstated))
-            if best and best["dataset_note"]:
-                labels.append("dataset differs: measured on another version (see the measured row)")
-            if not s.verified:
-                labels.append("[unverified]")
-            if s.note:
-                labels.append(s.note)
-            rows.append({
-                "model": s.model, "kind": f"reported ({s.access})", "value": s.value, "stderr": None,
-                "protocol": s.protocol_text, "source": s.source,
-                "gap": (s.value - best["value"]) if best else None, "labels": labels,
-                "differs": bool(differs or unstated or (best and best["dataset_note"])),
-            })
-        title = scores.benchmarks[bench].title if bench in scores.benchmarks else bench
-        out.append({"benchmark": bench, "title": title, "rows": rows,
-                    "best_open": best["config"] + f" ({best['value']:.1f})" if best else None, "plot": None})
+    for r in records:
+        tops: dict[str, list] = {}
+        for a in r.accuracy:
+            if a.value is None or a.parent is not None:
+                continue
+            tp, part_of = scores.task_protocol_for(a.task)
+            if part_of:  # a subject of a bundled group (records before `parent` was kept)
+                continue
+            tops.setdefault(a.task, []).append(a)
+        for task, entries in tops.items():
+            tp = scores.task_protocol(task)
+            want = tp.protocol.metric if tp else None
+            mine = [a for a in entries if a.metric == want] or [a for a in entries if a.metric == entries[0].metric]
+            mine.sort(key=lambda a: (FILTER_PREFERENCE.index(a.filter) if a.filter in FILTER_PREFERENCE else 9, a.filter))
+            a = mine[0]
+            fraction = 0.0 <= a.value <= 1.0
+            scale = 100.0 if fraction else 1.0
+            value = a.value * scale
+            stderr = a.stderr * scale if a.stderr is not None else None
+            metric = a.metric + (f" ({a.filter})" if a.filter not in (None, "none") else "")
+            out.append(BenchmarkScore(
+                record=r, label=model_label(r), access=access_of(r, openness, closed),
+                benchmark=tp.benchmark if tp else task, value=value, ci=score_interval(value, stderr, a.n, fraction),
+                n=a.n, protocol=measured_protocol(r, a, metric, tp.protocol.cot if tp else None), smoke=smoke_label(a.n, min_docs),
+                recalled=recalled_note(r), dataset_note=tp.dataset_note if tp else None,
+                protocol_note=tp.protocol_note if tp else None,
+            ))
     return out
+
+
+def _ci_text(ci: tuple[float, float] | None) -> str:
+    return f"[{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "no interval (n and stderr unknown)"
+
+
+def _gap_row(other_value: float, other_ci, ref: BenchmarkScore) -> dict[str, Any]:
+    gap = other_value - ref.value
+    lo, hi = gap_interval(other_value, other_ci, ref.value, ref.ci)
+    return {"gap": gap, "gap_ci": (lo, hi), "gap_text": f"{gap:+.1f}", "gap_ci_text": f"[{lo:+.1f}, {hi:+.1f}]"}
+
+
+def headline_section(bench_scores: list[BenchmarkScore], scores: PublishedScores, min_docs: int) -> list[dict[str, Any]]:
+    """Per benchmark: the best open model measured here (from at least min_docs documents),
+    each closed model measured here with the gap to it, then the published figures.
+
+    A score from fewer documents is shown greyed and never chosen as best; when no open
+    score is large enough, the gaps are taken against the best smoke-test score and are
+    greyed with it."""
+    by_bench: dict[str, list[BenchmarkScore]] = {}
+    for s in bench_scores:
+        by_bench.setdefault(s.benchmark, []).append(s)
+    out = []
+    for bench, mine in by_bench.items():
+        opens = sorted((s for s in mine if s.access == "open"), key=lambda s: -s.value)
+        claims = [s for s in opens if s.claim]
+        ref = claims[0] if claims else (opens[0] if opens else None)
+        ref_is_smoke = ref is not None and not ref.claim
+        measured = []
+        if ref is not None:
+            measured.append(_measured_row(ref, "best open measured here" if not ref_is_smoke else
+                                          "open measured here (best of smoke tests)", None))
+        closed = [s for s in mine if s.access == "closed"]
+        for s in sorted(closed, key=lambda s: (bool(ref and s.protocol.differences(ref.protocol)), -s.value)):
+            measured.append(_measured_row(s, "closed measured here", ref))
+        published = []
+        if ref is not None and bench in scores.benchmarks:
+            reference_protocol = ref.protocol.as_reference()
+            for p in sorted(scores.for_benchmark(bench), key=lambda p: (p.access != "closed", -p.value)):
+                differs, unstated = protocol_differences(reference_protocol, p.protocol)
+                match = []
+                if differs:
+                    match.append("differs: " + "; ".join(differs))
+                if unstated:
+                    match.append("not stated by the source: " + ", ".join(unstated))
+                if ref.dataset_note:
+                    match.append("dataset differs: measured on " + ref.dataset_note)
+                labels = [] if p.verified else ["[unverified]"]
+                if p.note:
+                    labels.append(p.note)
+                published.append({
+                    "model": p.model, "kind": f"reported ({p.access})", "value": p.value, "ci": None,
+                    "ci_text": "published figure (no interval given)", "n": None, "protocol": p.protocol_text,
+                    "source": p.source, "match": match or ["as stated, same shots and form (other details unknown)"],
+                    "identical": False, "labels": labels, "smoke": ref.smoke if ref_is_smoke else None,
+                    **_gap_row(p.value, None, ref),
+                })
+        title = scores.benchmarks[bench].title if bench in scores.benchmarks else bench
+        out.append({"benchmark": bench, "title": title, "measured": measured, "published": published,
+                    "ref": ref, "ref_is_smoke": ref_is_smoke, "has_closed": bool(closed), "plot": None,
+                    "min_docs": min_docs})
+    # comparisons that are claims first: a closed model measured here against an open score
+    # from enough documents, then smoke tests, then benchmarks with no closed model measured;
+    # among equals, the score from more documents first
+    return sorted(out, key=lambda b: (not b["has_closed"], b["ref_is_smoke"],
+                                      -((b["ref"].n or 0) if b["ref"] is not None else 0), b["title"]))
+
+
+def _measured_row(s: BenchmarkScore, kind: str, ref: BenchmarkScore | None) -> dict[str, Any]:
+    labels = [x for x in (s.smoke, s.recalled) if x]
+    if s.dataset_note:
+        labels.append("dataset: " + s.dataset_note)
+    row = {"score": s, "model": s.label, "kind": kind, "value": s.value, "ci": s.ci, "ci_text": _ci_text(s.ci), "n": s.n,
+           "protocol": s.protocol.text(), "source": "measured on this hardware", "labels": labels,
+           "smoke": s.smoke, "identical": None, "match": [], "gap": None, "gap_text": "", "gap_ci_text": ""}
+    if ref is not None and ref is not s:
+        diffs = s.protocol.differences(ref.protocol)
+        row["identical"] = not diffs
+        row["match"] = ["identical"] if not diffs else ["differs: " + "; ".join(diffs)]
+        row.update(_gap_row(s.value, s.ci, ref))
+        if ref.smoke and not s.smoke:
+            row["smoke"] = ref.smoke
+    return row
+
+
+def side_by_side(headline: list[dict[str, Any]], records: list[RunRecord], inputs: CostInputs,
+                 api_prices: list[ApiPrice]) -> list[dict[str, Any]]:
+    """Speed, memory and cost of the models in the headline, one row per model and backend:
+    the fastest single-stream generation and prompt speed any record measured for it, its
+    largest memory peak, what a million output tokens cost at that speed, and for a model
+    behind an API the prices given with --api-price. An evaluation's wall time is never
+    shown as speed (its answers may have come from the request cache)."""
+    from harness.labels import model_label, served_name
+
+    memory = _memory_by_config(records)
+    wanted: dict[tuple, RunRecord] = {}
+    for block in headline:
+        for s in [block["ref"]] + [row["score"] for row in block["measured"] if row.get("score") is not None]:
+            if s is not None:
+                wanted.setdefault(_model_key(s.record), s.record)
+    prices = {a.name.lower(): a for a in api_prices}
+    rows = []
+    for key, r in wanted.items():
+        perf = [p for x in records if _model_key(x) == key for p in x.perf if p.batch is None]
+        tg = max((p for p in perf if p.n_gen), key=lambda p: p.tps_mean, default=None)
+        pp = max((p for p in perf if not p.n_gen), key=lambda p: p.tps_mean, default=None)
+        mem = memory.get(key)
+        cost = None
+        if tg is not None:
+            c = cost_per_mtok(tg.tps_mean, inputs, None)
+            cost = f"{c.total:.4f} {inputs.currency}" if c.total is not None else (
+                f"{c.hours:.2f} h of this machine" if c.hours is not None else None)
+        api = prices.get(served_name(r).lower()) if r.model.format == "openai-api" else None
+        rows.append({
+            "model": model_label(r),
+            "tg": f"{tg.tps_mean:.1f} ± {tg.tps_stddev:.1f} ({tg.test})" if tg else "not measured",
+            "pp": f"{pp.tps_mean:.1f} ± {pp.tps_stddev:.1f} ({pp.test})" if pp else "not measured",
+            "memory": f"{mem[0]:.0f} MiB ({mem[1]})" if mem else ("held by the API provider" if r.model.format == "openai-api"
+                                                              else "not measured"),
+            "cost": (f"API: {api.input_per_mtok:g} in / {api.output_per_mtok:g} out per Mtok ({inputs.currency})" if api else
+                     (f"{cost} per Mtok output" if cost else ("give --api-price NAME=IN/OUT" if r.model.format == "openai-api"
+                                                              else "no throughput measured"))),
+        })
+    return rows
 
 
 def openness_cards(records: list[RunRecord], openness: Openness) -> list[dict[str, Any]]:
@@ -389,9 +647,12 @@ def overview(records: list[RunRecord]) -> dict[str, Any]:
         k = hardware_key(r.environment or {})
         gpus = ", ".join(str(g) for g in k[2] if g)
         hardware[json.dumps(k)] = f"{k[0]} ({k[1]} cores){', ' + gpus if gpus else ''}"
+    from harness.labels import recalled_note
+
     failures = [f"{config_label(r, [])} ({r.run_id}): {f.cause}" for r in records for f in r.failures]
+    recalled = [f"{config_label(r, [])} ({r.run_id}): {recalled_note(r)}" for r in records if recalled_note(r)]
     created = sorted(r.created_at for r in records)
-    return {"runs": len(records), "hardware": sorted(hardware.values()), "failures": failures,
+    return {"runs": len(records), "hardware": sorted(hardware.values()), "failures": failures, "recalled": recalled,
             "first": created[0] if created else "", "last": created[-1] if created else "",
             "models": sorted({model_short(r) for r in records}), "backends": sorted({r.backend.name for r in records})}
 
@@ -401,11 +662,16 @@ def overview(records: list[RunRecord]) -> dict[str, Any]:
 
 def build_report(records: list[RunRecord], sources: list[str], inputs: CostInputs, api_prices: list[ApiPrice],
                  title: str = "Benchmark report", scores_path: Path | None = None,
-                 openness_path: Path | None = None, with_plots: bool = True) -> Report:
+                 openness_path: Path | None = None, with_plots: bool = True, min_docs: int | None = None,
+                 closed_models: list[str] | None = None) -> Report:
     from harness import plots
+    from harness.labels import MIN_DOCS
 
     if not records:
         raise ConfigError("harness report: no result records to report on")
+    min_docs = MIN_DOCS if min_docs is None else min_docs
+    if min_docs < 1:
+        raise ConfigError(f"--min-docs must be at least 1 (got {min_docs})")
     scores = load_published_scores(scores_path) if scores_path else load_published_scores()
     openness = load_openness(openness_path) if openness_path else load_openness()
     varying = varying_settings(records)
@@ -413,16 +679,29 @@ def build_report(records: list[RunRecord], sources: list[str], inputs: CostInput
                  records=records, sources=sources)
     speed = speed_section(records, varying)
     load = load_section(records, varying)
-    acc = accuracy_section(records, varying, openness)
-    ovc = open_vs_closed_section(records, varying, scores, openness)
+    closed = frozenset(n.strip().lower() for n in closed_models or [])
+    acc = accuracy_section(records, varying, openness, min_docs, closed)
+    headline = headline_section(benchmark_scores(records, varying, scores, openness, min_docs, closed), scores, min_docs)
     rep.sections = {
-        "overview": overview(records), "speed": speed, "load": load, "accuracy": acc, "open_vs_closed": ovc,
+        "overview": overview(records), "speed": speed, "load": load, "accuracy": acc, "headline": headline,
+        "side_by_side": side_by_side(headline, records, inputs, api_prices), "min_docs": min_docs,
         "openness": openness_cards(records, openness), "cost": cost_section(records, varying, inputs, api_prices),
         "reference": {"scores": scores.source_document, "openness": openness.source_document,
                       "frameworks": openness.frameworks},
     }
     if not with_plots:
         return rep
+    for i, block in enumerate(headline):
+        bars = [(row["model"], row["value"], row["ci"], "measured " + row["score"].access, bool(row["smoke"]))
+                for row in block["measured"]]
+        bars += [(row["model"], row["value"], None, "reported", False) for row in block["published"]]
+        if len(bars) < 2:  # nothing to compare
+            continue
+        name = f"benchmark_{i + 1}"
+        rep.plots[name] = Plot(name, f"{block['title']}: measured here and published",
+                               plots.benchmark_scores(f"{block['title']}: measured here and published", bars),
+                               f"scores on {block['title']} with 95% intervals; published figures hatched")
+        block["plot"] = name
     if load["series"]:
         rep.plots["throughput"] = Plot("throughput", "Throughput against concurrency", plots.throughput_vs_concurrency(load["series"]),
                                        "output tokens/s against concurrent requests")
@@ -437,16 +716,7 @@ def build_report(records: list[RunRecord], sources: list[str], inputs: CostInput
     if acc["points"]:
         rep.plots["accuracy_memory"] = Plot("accuracy_memory", "Accuracy against memory",
                                             plots.accuracy_vs_memory(acc["points"], acc["memory_label"]),
-                                            "accuracy against memory per configuration and task")
-    for i, block in enumerate(ovc):
-        bars = [(row["model"], row["value"], row["stderr"], "reported" if row["kind"].startswith("reported") else row["kind"],
-                 row["differs"]) for row in block["rows"]]
-        if bars:
-            name = f"open_vs_closed_{i + 1}"
-            rep.plots[name] = Plot(name, f"Open against closed: {block['title']}",
-                                   plots.open_vs_closed(f"{block['title']}: measured and reported", bars),
-                                   f"measured and reported scores on {block['title']}")
-            block["plot"] = name
+                                            "accuracy against memory per configuration and benchmark")
     return rep
 
 

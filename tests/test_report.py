@@ -35,7 +35,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 
 def test_every_published_score_has_source_and_protocol():
     scores = load_published_scores()
-    assert len(scores.scores) == 55
+    assert len(scores.scores) == 92
     for s in scores.scores:
         assert s.source.strip() and s.protocol_text.strip()
         assert s.benchmark in scores.benchmarks
@@ -48,7 +48,7 @@ def test_every_published_score_has_source_and_protocol():
     claude_gsm8k = next(s for s in scores.scores if s.model.startswith("Claude") and s.benchmark == "gsm8k")
     assert claude_gsm8k.value == 96.4 and not claude_gsm8k.verified
     # two protocols for one model and benchmark stay two numbers
-    assert sorted(s.value for s in scores.scores if s.model.startswith("Claude") and s.benchmark == "mmlu") == [88.3, 90.4]
+    assert sorted(s.value for s in scores.scores if s.model.startswith("Claude 3.5") and s.benchmark == "mmlu") == [88.3, 90.4]
     # a subject of a bundled group is measured like the group, and says it is a part
     tp, note = scores.task_protocol_for("mmlu_snapshot_generative_anatomy")
     assert tp is scores.tasks["mmlu_snapshot_generative"] and "one part of mmlu_snapshot_generative" in note
@@ -77,6 +77,30 @@ def test_published_scores_match_the_reference_notes_number_for_number():
         numbers = {float(x) for x in re.findall(r"(?<![\d.])(\d{1,2}\.\d)(?![\d.])", figures)}
         assert numbers, row
         assert numbers == by_model[model], (model, numbers, by_model.get(model))
+
+
+def test_2025_scores_match_their_notes_number_for_number():
+    """The figures added for 2025 models come from docs/published-scores-2025.md, which
+    names each one's source; every figure of a row there is in the data, and no other."""
+    md = (REPO / "docs" / "published-scores-2025.md").read_text()
+    notes_md = (SHARED_REFERENCE / "published_scores.md").read_text() if SHARED_REFERENCE.exists() else ""
+    scores = load_published_scores()
+    by_model: dict[str, set[float]] = {}
+    for s in scores.scores:
+        by_model.setdefault(s.model, set()).add(s.value)
+    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith(("| model", "|---"))]
+    assert len(rows) == 19
+    seen = set()
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        model, figures = cells[0], cells[1]
+        numbers = {float(x) for x in re.findall(r"(?<![\d.])(\d{1,2}\.\d{1,2})(?![\d.])", figures)}
+        assert numbers and numbers == by_model[model], (model, numbers, by_model.get(model))
+        assert ("[unverified]" in figures) == any(not s.verified for s in scores.scores if s.model == model), model
+        seen.add(model)
+    # every score is in one of the two notes
+    for s in scores.scores:
+        assert s.model in seen or f"| {s.model} |" in notes_md or not notes_md, s.model
 
 
 def test_openness_facts_with_sources():
@@ -243,7 +267,8 @@ def test_full_report_renders_in_chromium(cli, real_runs, load_run, tmp_path):
     assert res.code == 0, res.stderr
     pngs = sorted(html.parent.glob("report-*.png"))
     names = {p.stem.removeprefix("report-") for p in pngs}
-    assert {"throughput", "ttft", "tpot", "accuracy_memory", "open_vs_closed_1", "open_vs_closed_2"} <= names, names
+    assert {"throughput", "ttft", "tpot", "benchmark_1", "benchmark_2"} <= names, names
+    assert "accuracy_memory" not in names  # one configuration with a memory figure: nothing to compare
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = html.read_text()
@@ -256,9 +281,10 @@ def test_full_report_renders_in_chromium(cli, real_runs, load_run, tmp_path):
     assert f'data-plots-loaded="{len(pngs)}/{len(pngs)}"' in dom and '<p class="plot-failed">' not in dom
     assert "no load-test data" not in dom and "no accuracy data" not in dom
     # open against closed: measured open, measured closed, reported with source and protocol
-    assert "measured open" in dom and "measured closed" in dom and "reported (closed)" in dom
+    assert "best open measured here" in dom and "closed measured here" in dom and "reported (closed)" in dom
     assert "GPT-4 Technical Report, arXiv 2303.08774, Table 2" in dom
-    assert "protocol differs: shots: reported 0-shot, measured 5-shot" in dom  # Claude's 0-shot CoT GSM8K
+    assert "differs: shots: reported 0-shot, measured 5-shot" in dom  # Claude's 0-shot CoT GSM8K
+    assert "smoke test (n=57): not a claim" in dom  # the 57-question MMLU score
     assert "[unverified]" in dom
     assert "+88.0" in dom  # gsm8k: measured closed 90.0 against the best measured open 2.0
     # openness card for the bundled model, every fact with its source
@@ -331,3 +357,281 @@ def test_trend_table_over_nights(cli, real_runs, tmp_path):
     vb = next(p for p in b["perf"] if p["test"] == "tg16")["tps_mean"]
     assert float(tg["2026-01-01"]) == pytest.approx(va, rel=0.01) and float(tg["2026-01-02"]) == pytest.approx(vb, rel=0.01)
     assert tg["last vs previous"] == f"{(vb - va) / va * 100:+.1f}%"
+
+
+# ---------------------------------------------------------------------------- labels
+
+
+def test_one_label_names_file_quantization_backend_and_server(cli, real_runs, tmp_path):
+    from harness.labels import model_label
+    from harness.store import read_record
+
+    local = read_record(real_runs.file(real_runs.t1))
+    assert model_label(local) == "smollm2-135m Q4_1 · llamacpp"
+    closed = read_record(_closed_model(real_runs, tmp_path / "closed"))
+    assert model_label(closed) == "gpt-4o-mini@api.example.com · openai"
+
+    def nameless(d):  # a served model whose record carries nothing but the reference
+        d["model"].update(name=None)
+        d["backend"]["settings"].pop("model_name")
+    bare = read_record(write_variant(_closed_model(real_runs, tmp_path / "c2"), tmp_path / "bare", nameless))
+    assert model_label(bare) == "gpt-4o-mini@api.example.com · openai"
+    # the same label in show, compare and trend
+    shown = cli("show", str(real_runs.t1), str(tmp_path / "closed"))
+    assert shown.code == 0, shown.stderr
+    assert "smollm2-135m Q4_1" in shown.stdout and "gpt-4o-mini@api.example.com" in shown.stdout and "?" not in shown.stdout
+    compared = cli("compare", str(real_runs.t1), str(real_runs.t1_again))
+    assert "smollm2-135m Q4_1" in compared.stdout, compared.stdout + compared.stderr
+    trended = cli("trend", str(real_runs.t1), str(real_runs.t1_again))
+    assert trended.code == 0 and "smollm2-135m Q4_1" in trended.stdout
+
+
+# ---------------------------------------------------------------------------- the headline
+
+
+def _acc(task, value, n, *, metric="acc", filt="none", stderr=0.001, kind="task", parent=None, shots=5,
+         config_hash="cfg-" + "0" * 60, scoring="loglikelihood"):
+    return {"task": task, "metric": metric, "filter": filt, "value": value, "stderr": stderr, "n": n, "kind": kind,
+            "parent": parent, "num_fewshot": shots, "higher_is_better": True,
+            "task_config_hash": config_hash + task, "scoring": scoring}
+
+
+def _evaluation(chat=False):
+    return {"lm_eval_version": "0.4.13", "tasks": ["mmlu_snapshot", "gsm8k"], "apply_chat_template": chat,
+            "requests_total": 100, "requests_recalled": 0}
+
+
+def _fixture_runs(real_runs, root: Path) -> Path:
+    """Two open models and a closed one; groups with subjects, tiny and large n."""
+    def open_a(d):  # the bundled model: a weak group score, one strong subject from 6 questions
+        d["accuracy"] = [
+            _acc("mmlu_snapshot", 0.30, 1000, kind="group"),
+            _acc("mmlu_snapshot_anatomy", 0.8333, 6, parent="mmlu_snapshot"),
+            _acc("gsm8k", 0.5, 2, metric="exact_match", filt="flexible-extract", scoring="generative"),
+        ]
+        d["evaluation"] = _evaluation()
+
+    def open_b(d):  # another open file: the best group score; GSM8K perfect on 50 questions
+        d["model"].update(ref="other-open.gguf", name="Other Open 1B", sha256="b" * 64,
+                          path=str(Path(d["model"]["path"]).with_name("other-open-1b.Q8_0.gguf")), quantization="Q8_0")
+        d["accuracy"] = [
+            _acc("mmlu_snapshot", 0.35, 1000, kind="group"),
+            _acc("mmlu_snapshot_anatomy", 0.5, 6, parent="mmlu_snapshot"),
+            _acc("gsm8k", 1.0, 50, metric="exact_match", filt="flexible-extract", scoring="generative"),
+        ]
+        d["evaluation"] = _evaluation()
+
+    def closed(d):
+        d["model"] = {"ref": "openai:gpt-4o-mini", "name": "gpt-4o-mini", "path": "https://api.example.com/v1",
+                      "sha256": "", "format": "openai-api", "size_bytes": 0}
+        d["backend"] = {"name": "openai", "version": "0.28.1",
+                        "settings": {"base_url": "https://api.example.com/v1", "api": "chat", "model_name": "gpt-4o-mini"}}
+        d["perf"], d["model_load"], d["load"] = [], None, []
+        d["accuracy"] = [
+            _acc("mmlu_snapshot", 0.80, 1000, kind="group"),
+            _acc("mmlu_snapshot_anatomy", 1.0, 6, parent="mmlu_snapshot"),
+            _acc("gsm8k", 0.9, 200, metric="exact_match", filt="flexible-extract", shots=0, scoring="generative"),
+        ]
+        d["evaluation"] = _evaluation()
+
+    src = real_runs.file(real_runs.t1)
+    for name, change in (("open-a", open_a), ("open-b", open_b), ("closed", closed)):
+        write_variant(src, root / name, change)
+    shutil.copytree(real_runs.t2, root / "bench-t2")  # speed of the bundled model
+    return root
+
+
+def test_headline_picks_group_scores_gaps_and_intervals(real_runs, tmp_path):
+    from scipy.stats import binomtest
+
+    from harness.cost import CostInputs
+    from harness.report import build_report, load_runs
+
+    records, files = load_runs([_fixture_runs(real_runs, tmp_path / "runs")])
+    rep = build_report(records, files, CostInputs(), [], with_plots=False)
+    blocks = {b["benchmark"]: b for b in rep.sections["headline"]}
+    mmlu = blocks["mmlu"]
+    best, closed = mmlu["measured"]
+    # the group score of the better open model, not a 6-question subject at 83.3 or 100
+    assert best["kind"] == "best open measured here" and best["model"] == "other-open-1b.Q8_0 · llamacpp"
+    assert best["value"] == pytest.approx(35.0) and best["n"] == 1000 and not best["smoke"]
+    assert closed["model"] == "gpt-4o-mini@api.example.com · openai" and closed["kind"] == "closed measured here"
+    assert closed["identical"] and closed["match"] == ["identical"]
+    # the gap and its interval: Newcombe's combination of the two Wilson intervals (scipy's)
+    ci_open = binomtest(350, 1000).proportion_ci(method="wilson")
+    ci_closed = binomtest(800, 1000).proportion_ci(method="wilson")
+    assert best["ci"] == pytest.approx((ci_open.low * 100, ci_open.high * 100), abs=1e-6)
+    assert closed["gap"] == pytest.approx(45.0)
+    lo = 45.0 - 100 * ((0.80 - ci_closed.low) ** 2 + (ci_open.high - 0.35) ** 2) ** 0.5
+    hi = 45.0 + 100 * ((ci_closed.high - 0.80) ** 2 + (0.35 - ci_open.low) ** 2) ** 0.5
+    assert closed["gap_ci"] == pytest.approx((lo, hi), abs=1e-6)
+    assert closed["gap_text"] == "+45.0" and closed["gap_ci_text"] == f"[{lo:+.1f}, {hi:+.1f}]"
+    # published figures come second, gaps against the same best open score, protocols compared
+    gpt4 = next(r for r in mmlu["published"] if r["model"] == "GPT-4 (2023-03-14)")
+    assert gpt4["gap"] == pytest.approx(86.4 - 35.0) and gpt4["kind"] == "reported (closed)"
+    assert any("dataset differs" in m for m in gpt4["match"])
+    claude = next(r for r in mmlu["published"] if r["model"] == "Claude 3.5 Sonnet (2024-06-20)" and r["value"] == 88.3)
+    assert "differs: shots: reported 0-shot, measured 5-shot; cot: reported CoT, measured no CoT" in claude["match"]
+
+    # GSM8K: every open score is a smoke test, so none is "best", the closed one differs in shots
+    gsm = blocks["gsm8k"]
+    ref, closed = gsm["measured"]
+    assert gsm["ref_is_smoke"] and ref["kind"] == "open measured here (best of smoke tests)"
+    assert ref["smoke"] == "smoke test (n=50): not a claim"
+    assert not any(r["kind"] == "best open measured here" for r in gsm["measured"])
+    assert closed["identical"] is False and closed["match"] == ["differs: 0-shot vs 5-shot"]
+    assert closed["smoke"] == "smoke test (n=50): not a claim"  # its gap is against a smoke test
+    # the threshold is a setting: from 10 documents the 50-question score is a claim
+    rep10 = build_report(records, files, CostInputs(), [], with_plots=False, min_docs=10)
+    gsm10 = next(b for b in rep10.sections["headline"] if b["benchmark"] == "gsm8k")
+    assert gsm10["measured"][0]["kind"] == "best open measured here" and not gsm10["ref_is_smoke"]
+    # speed, memory and cost of the same models sit under the table
+    side = {r["model"]: r for r in rep.sections["side_by_side"]}
+    assert "gpt-4o-mini@api.example.com · openai" in side and "other-open-1b.Q8_0 · llamacpp" in side
+    assert side["gpt-4o-mini@api.example.com · openai"]["tg"] == "not measured"
+    # subjects stay out of every comparison, and are kept (collapsed) in the accuracy section
+    assert {r["task"] for r in rep.sections["accuracy"]["subjects"]} == {"mmlu_snapshot_anatomy"}
+    assert "mmlu_snapshot_anatomy" not in {r["task"] for r in rep.sections["accuracy"]["rows"]}
+
+
+def _measure_width(page: Path, width: int, tmp_path: Path) -> tuple[int, int]:
+    """(document scroll width, viewport width) of the page laid out `width` px wide in
+    headless chromium. The page is framed at that width (chromium's window cannot be made
+    narrower than 500 px); the frame's viewport is what a phone of that width gives it."""
+    frame = tmp_path / f"frame-{width}.html"
+    frame.write_text(
+        f'<html><body style="margin:0"><iframe id="f" src="{page.resolve().as_uri()}" '
+        f'style="width:{width}px;height:900px;border:0"></iframe><script>'
+        "document.getElementById('f').addEventListener('load', function () {"
+        " var d = this.contentDocument; document.body.dataset.widths = d.documentElement.scrollWidth + 'x' +"
+        " this.contentWindow.innerWidth; document.body.dataset.framed = d.title; });</script></body></html>")
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    try:
+        proc = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1400,1000",
+                               "--allow-file-access-from-files", "--hide-scrollbars", "--virtual-time-budget=5000",
+                               "--dump-dom", frame.resolve().as_uri()],
+                              capture_output=True, text=True, timeout=180)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = re.search(r'data-widths="(\d+)x(\d+)"', proc.stdout)
+    assert m, proc.stdout[:500]
+    title = re.search(r"<title>(.*?)</title>", page.read_text())
+    assert f'data-framed="{title.group(1) if title else ""}"' in proc.stdout  # the page itself was measured
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_the_width_check_can_fail(tmp_path):
+    page = tmp_path / "wide.html"
+    page.write_text('<html><head><meta name="viewport" content="width=device-width, initial-scale=1"><title>wide</title></head>'
+                    '<body><div style="width: 1500px">wide</div></body></html>')
+    for width in (1280, 390):
+        scroll, window = _measure_width(page, width, tmp_path)
+        assert window == width and scroll > window
+
+
+def test_headline_page_reads_at_a_glance_at_desk_and_phone_widths(cli, real_runs, tmp_path):
+    runs = _fixture_runs(real_runs, tmp_path / "runs")
+    html = tmp_path / "site" / "report.html"
+    res = cli("report", str(runs), "--html", str(html), "--api-price", "gpt-4o-mini=0.15/0.60")
+    assert res.code == 0, res.stderr
+    dom, console = render(html)
+    assert console == [], console
+    # the first section is the answer
+    first_h2 = re.search(r"<h2[^>]*>(.*?)</h2>", dom).group(1)
+    assert first_h2 == "Closed against open on this hardware"
+    answer = dom[dom.index('id="answer"'):dom.index('id="runs"')]
+    assert "smoke test (n=50): not a claim" in answer and 'class="measured smoke"' in answer
+    assert "differs: 0-shot vs 5-shot" in answer and ">identical<" in answer
+    assert "Against published figures: reported, not measured here" in answer
+    assert "API: 0.15 in / 0.6 out per Mtok" in answer  # cost beside the closed model
+    # one plot per benchmark
+    names = {p.stem.removeprefix("report-") for p in html.parent.glob("report-*.png")}
+    assert {"benchmark_1", "benchmark_2"} <= names and "accuracy_memory" in names
+    # subjects only in a collapsed details element
+    details = dom[dom.index('<details class="subjects"'):]
+    assert "mmlu_snapshot_anatomy" in details and "mmlu_snapshot_anatomy" not in dom[:dom.index('<details class="subjects"')]
+    for width in (1280, 390):
+        scroll, window = _measure_width(html, width, tmp_path)
+        assert window == width and scroll <= window, (width, scroll, window)
+
+
+# ---------------------------------------------------------------------------- printers and recalled answers
+
+
+def test_eval_table_shows_groups_first_and_labels_smoke_tests_and_recalled_runs(real_runs, tmp_path):
+    from harness.labels import RECALLED_NOTE
+    from harness.printers import accuracy_markdown, csv_text
+    from harness.report import load_runs
+
+    runs = _fixture_runs(real_runs, tmp_path / "runs")
+
+    def recalled(d):
+        d["evaluation"].update(requests_total=120, requests_recalled=120, cost={
+            "wall_s": 1.5, "tokens_evaluated": 0, "tokens_without_reuse": 0, "tokens_saved_by_reuse": 0, "floor_tokens": 0})
+    write_variant(real_runs.file(runs / "open-a"), tmp_path / "recalled", recalled)
+    (record,), _ = load_runs([tmp_path / "recalled"])
+    md = accuracy_markdown([record])
+    lines = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    names = [line.split("|")[2].strip() for line in lines]
+    assert names == ["mmlu_snapshot", "gsm8k", "- mmlu_snapshot_anatomy"]  # groups and benchmarks first
+    assert "smoke test (n=2): not a claim" in lines[1] and "smoke test (n=6): not a claim" in lines[2]
+    assert "smoke test" not in lines[0]
+    assert all(line.split("|")[1].strip() == "smollm2-135m Q4_1 · llamacpp" for line in lines)
+    # a run whose answers came from the cache says so, and its wall time is not a speed
+    assert RECALLED_NOTE in lines[0]
+    assert f"{RECALLED_NOTE}; its eval wall (1.5 s) and token counts are not a speed" in md
+    assert "tokens evaluated" not in md
+    assert RECALLED_NOTE in csv_text([record])
+    (fresh,), _ = load_runs([runs / "open-a"])
+    assert RECALLED_NOTE not in accuracy_markdown([fresh]) + csv_text([fresh])
+
+
+@pytest.mark.slow
+def test_a_rerun_from_the_request_cache_is_marked_recalled(cli, tmp_path):
+    """The real lm-eval request cache: a second run of the same evaluation asks the model
+    nothing, and every printer and the report say its answers were recalled."""
+    from harness.labels import RECALLED_NOTE
+    from harness.report import load_runs
+
+    env = {"HARNESS_CACHE_DIR": str(tmp_path / "cache")}
+    args = ("eval", "--tasks", "truthfulqa_mc2", "--limit", "2")
+    first = cli(*args, "-o", str(tmp_path / "first"), env=env)
+    assert first.code == 0, first.stderr
+    again = cli(*args, "-o", str(tmp_path / "again"), env=env)
+    assert again.code == 0, again.stderr
+    fresh = cli(*args, "--no-cache", "-o", str(tmp_path / "fresh"), env=env)
+    assert fresh.code == 0, fresh.stderr
+    (a,), _ = load_runs([tmp_path / "first"])
+    (b,), _ = load_runs([tmp_path / "again"])
+    (c,), _ = load_runs([tmp_path / "fresh"])
+    assert a.evaluation.requests_total > 0 and a.evaluation.requests_recalled == 0
+    assert b.evaluation.requests_recalled == b.evaluation.requests_total == a.evaluation.requests_total
+    assert b.evaluation.cost.requests_loglikelihood == 0  # the model was asked nothing
+    assert c.evaluation.requests_recalled == 0 and c.evaluation.request_cache is None
+    assert RECALLED_NOTE not in first.stdout and RECALLED_NOTE in again.stdout and RECALLED_NOTE not in fresh.stdout
+    shown = cli("show", str(tmp_path / "again"), "--format", "csv")
+    assert RECALLED_NOTE in shown.stdout
+    html = tmp_path / "r.html"
+    assert cli("report", str(tmp_path / "again"), "--html", str(html)).code == 0
+    assert RECALLED_NOTE in html.read_text()
+
+
+def test_a_served_open_family_name_is_open_unless_named_closed(real_runs, tmp_path):
+    """A chat proxy on this machine may serve a closed stand-in under an open family's name:
+    --closed-model says which served models are closed."""
+    from harness.cost import CostInputs
+    from harness.report import build_report, load_runs
+
+    runs = _fixture_runs(real_runs, tmp_path / "runs")
+
+    def renamed(d):
+        d["model"].update(ref="openai:smollm2-135m", name="smollm2-135m", path="http://127.0.0.1:8011/v1")
+        d["backend"]["settings"].update(base_url="http://127.0.0.1:8011/v1", model_name="smollm2-135m")
+    write_variant(real_runs.file(runs / "closed"), runs / "closed", renamed)
+    records, files = load_runs([runs])
+    by_kind = lambda rep: {r["model"]: r["kind"] for b in rep.sections["headline"] for r in b["measured"]}  # noqa: E731
+    plain = by_kind(build_report(records, files, CostInputs(), [], with_plots=False))
+    assert plain["smollm2-135m@127.0.0.1:8011 · openai"] == "best open measured here"  # an open family's name
+    named = by_kind(build_report(records, files, CostInputs(), [], with_plots=False, closed_models=["smollm2-135m"]))
+    assert named["smollm2-135m@127.0.0.1:8011 · openai"] == "closed measured here"
