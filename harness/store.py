@@ -34,6 +34,21 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def write_atomic_bytes(path: Path, data: bytes) -> None:
+    """write_atomic for binary files (a PNG plot)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "model"
 
@@ -46,7 +61,12 @@ def record_filename(record: RunRecord) -> str:
 
 def write_record(record: RunRecord, out_dir: Path) -> Path:
     path = out_dir / record_filename(record)
-    write_atomic(path, redact(record.model_dump_json(indent=2)) + "\n")
+    text = redact(record.model_dump_json(indent=2)) + "\n"
+    if os.environ.get("HARNESS_CHECK_SCHEMA"):  # the published schema must describe what is written
+        from harness.schema import check_record
+
+        check_record(json.loads(text))
+    write_atomic(path, text)
     return path
 
 
