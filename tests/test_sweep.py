@@ -178,9 +178,10 @@ def test_printers_accept_the_sweep_summary(cli, interrupted):
     csv_out = cli("show", str(out / "sweep.json"), "--format", "csv")
     lines = csv_out.stdout.strip().splitlines()
     assert lines[0].startswith("sweep_id,index,label") and len(lines) == 3
-    js = cli("show", str(out), "--format", "json").json()
-    assert len(js["sweeps"]) == 1 and len(js["runs"]) == 2
-    assert {r["run_id"] for r in js["runs"]} == {c.run_id for c in second["summary"].cells}
+    js = cli("show", str(out), "--format", "json").json()  # one list: the run records, then the summary
+    runs, sweeps = [x for x in js if x["kind"] == "run"], [x for x in js if x["kind"] == "sweep"]
+    assert len(sweeps) == 1 and len(runs) == 2 and js[-1]["kind"] == "sweep"
+    assert {r["run_id"] for r in runs} == {c.run_id for c in second["summary"].cells}
     records, sweeps = load_records([out / "sweep.json"])
     assert len(records) == 2 and sweeps[0].sweep_id == second["summary"].sweep_id
     # every reader of run records takes a summary as its cells' files: compare does
