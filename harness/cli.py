@@ -7,6 +7,7 @@ traceback: see main().
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -679,6 +680,19 @@ def with_hyphens(argv: list[str], root) -> list[str]:
     return out
 
 
+def joined_goodput(argv: list[str]) -> list[str]:
+    """vllm bench serve writes --goodput ttft:500 tpot:50 (several values after one flag);
+    click takes one, so the KEY:MS words that follow are joined into it."""
+    out: list[str] = []
+    for arg in argv:
+        if out and len(out) >= 2 and out[-2] == "--goodput" and re.fullmatch(r"[a-z0-9_]+:[^\s]+", arg) \
+                and not arg.startswith("-"):
+            out[-1] = f"{out[-1]} {arg}"
+            continue
+        out.append(arg)
+    return out
+
+
 def main() -> None:
     from harness.environment import RedactingStream
 
@@ -690,7 +704,8 @@ def main() -> None:
     # instead of click's boxed usage text
     try:
         root = _command_tree()
-        code = root.main(args=with_hyphens(sys.argv[1:], root), prog_name="harness", standalone_mode=False)
+        args = joined_goodput(with_hyphens(sys.argv[1:], root))
+        code = root.main(args=args, prog_name="harness", standalone_mode=False)
         stopped_by = interrupts.first_seen()
         if code == 130 and stopped_by:  # typer makes an uncaught Ctrl-C a silent return of 130
             code = _say_interrupted(stopped_by)

@@ -449,6 +449,12 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
 # ------------------------------------------------------------------ sending load
 
 
+def arrival_gap(rng: np.random.Generator, rate: float, burstiness: float = 1.0) -> float:
+    """Seconds to the next request, as vllm bench serve draws them: gamma-distributed with shape
+    ``burstiness`` and mean 1/rate (burstiness 1: exponential gaps, a Poisson process)."""
+    return float(rng.gamma(burstiness, 1.0 / (rate * burstiness)))
+
+
 async def _run_point(client, api: Api, bodies: list[dict], profile: Profile, req: LoadRequest,
                      rng: np.random.Generator) -> tuple[list[tuple[int, object]], int, int]:
     """Send one load point; returns (index, RequestResult) pairs, its start and its end."""
@@ -498,8 +504,7 @@ async def _run_point(client, api: Api, bodies: list[dict], profile: Profile, req
                 tasks.append(asyncio.create_task(capped(i)))
                 i += 1
                 if not np.isinf(profile.value):
-                    # vllm bench serve's arrivals: gamma gaps of mean 1/rate (burstiness 1: exponential, Poisson)
-                    at_s += float(rng.gamma(req.burstiness, 1.0 / (profile.value * req.burstiness)))
+                    at_s += arrival_gap(rng, profile.value, req.burstiness)
             await asyncio.gather(*tasks)
         end = max([r.end_ns for _, r in results], default=now_ns())
     return sorted(results, key=lambda x: x[0]), t0, end

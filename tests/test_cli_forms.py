@@ -166,3 +166,25 @@ def test_record_printers_sql_and_jsonl(tmp_path):
     lines = PRINTERS["jsonl"](records).splitlines()
     assert [json.loads(x)["run_id"] for x in lines] == [r.run_id for r in records]
     assert isinstance(json.loads(PRINTERS["json"](records[:1])), list)
+
+
+def test_arrival_gaps_follow_vllm_bench_serve_burstiness():
+    import numpy as np
+
+    from harness.load import arrival_gap
+
+    rng = np.random.default_rng(0)
+    for burstiness in (0.25, 1.0, 4.0):
+        gaps = np.array([arrival_gap(rng, 5.0, burstiness) for _ in range(20000)])
+        assert abs(gaps.mean() - 0.2) < 0.01  # the rate is kept
+        # the coefficient of variation of gamma(k) gaps is 1/sqrt(k): burstier below 1, steadier above
+        assert abs(gaps.std() / gaps.mean() - 1 / burstiness ** 0.5) < 0.05
+
+
+def test_goodput_takes_several_words_as_vllm_bench_serve_does():
+    from harness.cli import joined_goodput
+
+    assert joined_goodput(["load", "--goodput", "ttft:500", "tpot:50", "--rate", "2"]) == \
+        ["load", "--goodput", "ttft:500 tpot:50", "--rate", "2"]
+    assert joined_goodput(["load", "--goodput", "ttft:500", "--goodput", "e2el:9"]) == \
+        ["load", "--goodput", "ttft:500", "--goodput", "e2el:9"]
