@@ -115,7 +115,7 @@ def test_unknown_task_lists_close_matches(cli, tmp_path):
     ("unknown suite", ["--suite", "quik"], ["unknown suite 'quik'", "quick"]),
     ("no tasks", [], ["--tasks", "--suite"]),
     ("both", ["--tasks", "gsm8k", "--suite", "quick"], ["either"]),
-    ("limit 0", ["--tasks", "gsm8k", "--limit", "0"], ["--limit must be at least 1"]),
+    ("limit 0", ["--tasks", "gsm8k", "--limit", "0"], ["--limit: 0 is neither a count of at least 1 nor a fraction"]),
     ("negative shots", ["--tasks", "gsm8k", "--num-fewshot", "-1"], ["--num-fewshot"]),
     ("empty name", ["--tasks", "gsm8k,,truthfulqa_mc2"], ["empty name"]),
     ("code execution", ["--tasks", "humaneval", "--limit", "1"], ["humaneval", "--allow-code-execution"]),
