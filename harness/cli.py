@@ -237,7 +237,7 @@ def sweep(
 ) -> None:
     """Run a matrix of models x backends x tests, each cell in its own process, surviving faults."""
     from harness.environment import redact
-    from harness.printers import PRINTERS, SWEEP_PRINTERS, sweep_plan_markdown
+    from harness.printers import PRINTERS, SWEEP_PRINTERS, sweep_plan_text
     from harness.sweep import SweepRequest, prepare, run_sweep
 
     _check_format(fmt)
@@ -248,7 +248,7 @@ def sweep(
     command = ["harness", *sys.argv[1:]]
     plan = prepare(SweepRequest(matrix_file=file, out_dir=out, resume=resume, dry_run=dry_run, command=command))
     if dry_run:
-        print(sweep_plan_markdown(plan))
+        print(sweep_plan_text(plan, fmt))
         return
 
     def log(line: str) -> None:

@@ -358,6 +358,25 @@ def sweep_json(summary) -> str:
 SWEEP_PRINTERS: dict[str, Callable[[Any], str]] = {"md": sweep_markdown, "csv": sweep_csv, "json": sweep_json}
 
 
+def sweep_plan_rows(plan) -> list[dict[str, Any]]:
+    """`harness sweep --dry-run --format csv|json`: one row per cell, with what --resume does with it."""
+    rows = []
+    for c in plan.cells:
+        action = "keep" if c.key in plan.resume.kept else "rerun" if c.key in plan.resume.rerun else "run"
+        rows.append({"index": c.index, "kind": c.kind, "label": c.label, "model": c.model_ref, "backend": c.backend,
+                     "timeout_s": c.timeout_s, "estimate_s": None if action == "keep" else c.estimate_s,
+                     "estimate_source": c.estimate_source, "action": action, "key": c.key})
+    return rows
+
+
+def sweep_plan_text(plan, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(sweep_plan_rows(plan), indent=2)
+    if fmt == "csv":
+        return rows_to_csv(sweep_plan_rows(plan)).rstrip("\n")
+    return sweep_plan_markdown(plan)
+
+
 def sweep_plan_markdown(plan) -> str:
     """`harness sweep --dry-run`: every cell with its timeout, its estimate and what --resume does with it."""
     from harness.sweep import format_duration
