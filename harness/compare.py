@@ -100,7 +100,8 @@ def measurements(record: RunRecord, source: str = "") -> list[Measurement]:
     out: list[Measurement] = []
     for p in record.perf:
         kind = re.match(r"[a-z]+", p.test)
-        prefix = kind.group(0) if kind else p.test
+        # llama-bench's pp512+tg128 is its own kind of test (pg_tps), not a prompt-processing figure
+        prefix = "pg" if "+" in p.test.partition(" @ ")[0] else kind.group(0) if kind else p.test
         if p.samples_tps:
             out.append(Measurement("perf", p.test, f"{prefix}_tps", list(p.samples_tps), DIRECTION["tps_mean"], "t/s", record, source))
         if p.samples_ttft_ms:
@@ -814,7 +815,7 @@ def trend_series(records: list[RunRecord], last: int = 14) -> tuple[list[str], l
     for r in records:
         day = r.created_at[:10]
         for m in measurements(r):
-            if m.metric not in ("pp_tps", "tg_tps", "ttft_ms", "peak_rss_mib", "peak_vram_mib") and m.kind != "accuracy":
+            if m.metric not in ("pp_tps", "tg_tps", "pg_tps", "ttft_ms", "peak_rss_mib", "peak_vram_mib") and m.kind != "accuracy":
                 continue
             key = join_key(m, None)
             series[key][day].extend(m.samples if m.kind != "accuracy" else [m.value * 100 if 0 <= m.value <= 1 else m.value])

@@ -188,3 +188,15 @@ def test_goodput_takes_several_words_as_vllm_bench_serve_does():
         ["load", "--goodput", "ttft:500 tpot:50", "--rate", "2"]
     assert joined_goodput(["load", "--goodput", "ttft:500", "--goodput", "e2el:9"]) == \
         ["load", "--goodput", "ttft:500", "--goodput", "e2el:9"]
+
+
+def test_compare_names_a_pg_test_by_its_own_metric():
+    from harness.compare import measurements
+    from harness.record import PerfResult
+    from test_store import _record
+
+    r = _record()
+    r.perf = [PerfResult(test=t, n_prompt=8, n_gen=g, reps=1, tps_mean=1.0, tps_stddev=0.0, samples_tps=[1.0], samples_ms=[1.0])
+              for t, g in (("pp8", 0), ("pp8+tg4", 4), ("pp8+tg4 @ d16", 4), ("pp8 @ d16", 0))]
+    by_test = {m.test: m.metric for m in measurements(r) if m.metric.endswith("_tps")}
+    assert by_test == {"pp8": "pp_tps", "pp8+tg4": "pg_tps", "pp8+tg4 @ d16": "pg_tps", "pp8 @ d16": "pp_tps"}
