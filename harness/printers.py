@@ -363,7 +363,7 @@ def sweep_plan_rows(plan) -> list[dict[str, Any]]:
     rows = []
     for c in plan.cells:
         action = "keep" if c.key in plan.resume.kept else "rerun" if c.key in plan.resume.rerun else "run"
-        rows.append({"index": c.index, "kind": c.kind, "label": c.label, "model": c.model_ref, "backend": c.backend,
+        rows.append({"index": c.index, "kind": c.kind, "label": c.label, "model": c.model.ref, "backend": c.backend,
                      "timeout_s": c.timeout_s, "estimate_s": None if action == "keep" else c.estimate_s,
                      "estimate_source": c.estimate_source, "action": action, "key": c.key})
     return rows
