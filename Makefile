@@ -66,6 +66,8 @@ NIGHTLY_BACKENDS ?= auto
 NIGHTLY_BENCH_ARGS ?= --pp 512 --tg 128 --reps 5
 NIGHTLY_SUITE ?= quick
 NIGHTLY_REPORT_ARGS ?=
+# a flagged regression against the previous night fails the job (harness compare --fail-on)
+NIGHTLY_FAIL_ON ?= pp_tps:-10%,tg_tps:-10%,accuracy:-2pt
 NIGHTLY_OUT ?= results/nightly
 HISTORY_DIR ?= results/history
 
@@ -73,7 +75,7 @@ HISTORY_DIR ?= results/history
 nightly: setup
 	$(BIN)/python -m harness.nightly --models "$(NIGHTLY_MODELS)" --backends "$(NIGHTLY_BACKENDS)" \
 		--bench-args "$(NIGHTLY_BENCH_ARGS)" --suite "$(NIGHTLY_SUITE)" --report-args "$(NIGHTLY_REPORT_ARGS)" \
-		--out "$(NIGHTLY_OUT)" --history "$(HISTORY_DIR)"
+		--out "$(NIGHTLY_OUT)" --history "$(HISTORY_DIR)" --fail-on "$(NIGHTLY_FAIL_ON)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -12,14 +12,20 @@ import ctypes
 import glob
 import os
 from importlib.metadata import PackageNotFoundError, version
-from typing import ClassVar, Iterator
+from typing import ClassVar, Iterator, Literal
 
 import numpy as np
 import psutil
+from pydantic import Field, field_validator, model_validator
 
 from harness.backend import Backend, BackendSettings, Capabilities, LoadInfo, LogitsWanted
 from harness.errors import BackendError
 from harness.models import ModelInfo
+
+
+# llama-bench's KV cache types (-ctk/-ctv) -> ggml type ids
+CACHE_TYPES = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "iq4_nl": 20, "q5_0": 6, "q5_1": 7}
+SPLIT_MODES = {"none": 0, "layer": 1, "row": 2}
 
 
 class LlamaCppSettings(BackendSettings):
@@ -32,8 +38,37 @@ class LlamaCppSettings(BackendSettings):
     flash_attn: bool = True  # llama-bench's "auto" resolves to on for CPU and current GPUs
     use_mmap: bool = True
     seed: int = 0
+    type_k: str = "f16"  # KV cache types, llama-bench's -ctk/-ctv names
+    type_v: str = "f16"
+    split_mode: Literal["none", "layer", "row"] = "layer"  # how several GPUs share the model (-sm)
+    main_gpu: int = Field(0, ge=0)  # -mg: the GPU for the whole model (split_mode none) or its small tensors (row)
+    tensor_split: tuple[float, ...] | None = None  # -ts: each GPU's share, e.g. (3, 1); None: by free memory
 
-    load_keys: ClassVar[tuple[str, ...]] = ("n_gpu_layers", "n_ctx", "n_batch", "n_ubatch", "flash_attn", "use_mmap")
+    load_keys: ClassVar[tuple[str, ...]] = ("n_gpu_layers", "n_ctx", "n_batch", "n_ubatch", "flash_attn", "use_mmap",
+                                            "type_k", "type_v", "split_mode", "main_gpu", "tensor_split")
+    # llama-bench's option names where they differ from the setting's
+    bench_options: ClassVar[dict[str, str]] = {"threads": "n_threads", "mmap": "use_mmap",
+                                               "cache-type-k": "type_k", "cache-type-v": "type_v"}
+
+    @field_validator("type_k", "type_v")
+    @classmethod
+    def _cache_type(cls, v: str) -> str:
+        if v.lower() not in CACHE_TYPES:
+            raise ValueError(f"unknown KV cache type '{v}'; use one of {', '.join(CACHE_TYPES)}")
+        return v.lower()
+
+    @field_validator("tensor_split")
+    @classmethod
+    def _tensor_split(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if v is not None and (not v or any(x < 0 for x in v) or not sum(v)):
+            raise ValueError("tensor split needs non-negative shares with a positive sum, e.g. 3/1")
+        return v
+
+    @model_validator(mode="after")
+    def _quantized_v_needs_flash_attn(self) -> "LlamaCppSettings":
+        if self.type_v not in ("f32", "f16", "bf16") and not self.flash_attn:
+            raise ValueError(f"a quantized V cache ({self.type_v}) needs flash attention; drop --flash-attn 0")
+        return self
 
 
 def physical_cores() -> int:
@@ -130,6 +165,11 @@ class LlamaCppBackend(Backend):
                 n_threads_batch=s.n_threads_batch or threads,
                 flash_attn=s.flash_attn,
                 seed=s.seed,
+                type_k=CACHE_TYPES[s.type_k],
+                type_v=CACHE_TYPES[s.type_v],
+                split_mode=SPLIT_MODES[s.split_mode],
+                main_gpu=s.main_gpu,
+                tensor_split=list(s.tensor_split) if s.tensor_split else None,
                 logits_all=False,
                 verbose=False,
             )

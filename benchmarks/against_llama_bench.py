@@ -49,7 +49,7 @@ def run_harness(model: str, args) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as out_dir:
         out = subprocess.run(
             [sys.executable, "-m", "harness.cli", "bench", "--model", model, "--threads", str(args.threads),
-             "--pp", str(args.pp), "--tg", str(args.tg), "--reps", str(args.reps), "--format", "json", "-o", out_dir],
+             "--pp", str(args.pp), "--tg", str(args.tg), "--reps", str(args.reps), "--format", "json", "--out", out_dir],
             capture_output=True, text=True, check=True,
         )
     record = json.loads(out.stdout)

@@ -40,7 +40,7 @@ def run_harness(model: str, batch: int, pp: int, tg: int, reps: int, max_len: in
     cmd = [sys.executable, "-m", "harness.cli", "bench", "-b", "vllm", "-m", model, "--pp", "none", "--tg", "none",
            "--batch", str(batch), "--batch-pp", str(pp), "--batch-tg", str(tg), "--reps", str(reps),
            "--n-ctx", str(max_len),
-           "-o", str(out), "-f", "json"]
+           "--out", str(out), "-f", "json"]
     subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     record = json.loads(sorted(out.glob("*.json"), key=os.path.getmtime)[-1].read_text())
     [perf] = [p for p in record["perf"] if p["test"] == f"batch{batch}"]

@@ -34,6 +34,9 @@ class BackendSettings(BaseModel):
     # Settings that need a fresh model load when they change; the others (threads, say)
     # are applied to a loaded model. plan.py groups configurations by these.
     load_keys: ClassVar[tuple[str, ...]] = ()
+    # `harness bench` options (llama-bench's long names, e.g. "cache-type-k") -> this backend's
+    # setting, where the names differ; an option named like a setting ("n-batch") needs no entry
+    bench_options: ClassVar[dict[str, str]] = {}
 
     def load_identity(self) -> tuple:
         return tuple(getattr(self, k) for k in self.load_keys)
@@ -130,6 +133,17 @@ class Backend(ABC):
             close = difflib.get_close_matches(unknown[0], known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(f"backend '{cls.name}' has no setting '{unknown[0]}'{hint}")
+
+    @classmethod
+    def setting_for_option(cls, option: str) -> str:
+        """The setting a `harness bench` option sets on this backend (``--cache-type-k`` ->
+        llama.cpp's type_k); one ConfigError when the backend has no such setting."""
+        name = option.lstrip("-")
+        setting = cls.Settings.bench_options.get(name, name.replace("-", "_"))
+        if setting not in cls.Settings.model_fields:
+            raise ConfigError(f"--{name}: backend '{cls.name}' has no such setting; leave it out, or see its "
+                              f"settings with --set")
+        return setting
 
     @classmethod
     def resolve_model(cls, ref: str | None, settings: Mapping[str, Any] | None = None) -> ModelInfo:

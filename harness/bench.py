@@ -33,6 +33,8 @@ class BenchRequest(BaseModel):
     batch: list[int] = []
     batch_pp: int = 128
     batch_tg: int = 128
+    pg: list[tuple[int, int]] = []  # llama-bench's -pg: prompt + generation tests
+    depth: list[int] = [0]  # llama-bench's -d: context depths
 
 
 def check_installed(backend_cls: type[registry.Backend]) -> None:
@@ -66,8 +68,8 @@ def check_out_dir(out_dir: Path) -> None:
 def run_bench(request: BenchRequest, on_event: Event | None = None) -> Outcome:
     if request.reps < 1:
         raise ConfigError("--reps must be at least 1")
-    if not request.pp and not request.tg and not request.batch:
-        raise ConfigError("nothing to measure: give at least one --pp, --tg or --batch size")
+    if not request.pp and not request.tg and not request.pg and not request.batch:
+        raise ConfigError("nothing to measure: give at least one --pp, --tg, -pg or --batch size")
     if request.batch and (request.batch_pp < 1 or request.batch_tg < 1):
         raise ConfigError("--batch-pp and --batch-tg must be at least 1")
     backend_cls = registry.get(request.backend)
@@ -80,11 +82,15 @@ def run_bench(request: BenchRequest, on_event: Event | None = None) -> Outcome:
     through = {k: request.grid[k][0] for k in backend_cls.resolve_keys if len(request.grid.get(k) or []) == 1}
     models = [backend_cls.resolve_model(ref, through) for ref in request.models or [None]]
     tests = PerfTests(pp=request.pp, tg=request.tg, reps=request.reps, batch=request.batch,
-                      batch_pp=request.batch_pp, batch_tg=request.batch_tg)
+                      batch_pp=request.batch_pp, batch_tg=request.batch_tg, pg=request.pg, depth=request.depth or [0])
     grid = {k: v for k, v in request.grid.items() if v}
     groups = build_plan(backend_cls, models, grid, tests)
+    case = groups[0].cases[0]
+    if any(request.depth):
+        if not backend_cls(case.model, case.settings).capabilities.incremental_eval:  # __init__ is cheap
+            raise ConfigError(f"--n-depth: backend '{backend_cls.name}' runs whole requests; tests at a depth "
+                              f"need a backend that steps a KV cache (llamacpp)")
     if request.batch:
-        case = groups[0].cases[0]
         if not backend_cls(case.model, case.settings).capabilities.batching:  # __init__ is cheap: no model load
             raise ConfigError(f"--batch: backend '{backend_cls.name}' runs one request at a time; "
                               f"batch throughput needs a batching backend (--backend vllm)")

@@ -1,19 +1,25 @@
-"""The models a user can name: bundled ones and GGUF files in the usual folders."""
+"""The models a user can name: bundled ones, GGUF files in the usual folders, and what
+Ollama and LM Studio already hold (named as the harness takes them: ollama:NAME:TAG)."""
 
 from __future__ import annotations
 
 from harness.errors import ModelError
-from harness.models import BUNDLED, check_gguf_file, local_model_files, read_gguf_metadata
+from harness.models import BUNDLED, check_gguf_file, local_model_files, read_gguf_metadata, split_parts, store_models
 
 
 def _describe(name: str, source: str, path) -> dict:
     row = {"name": name, "source": source, "path": str(path)}
     try:
         check_gguf_file(path)
+        parts = split_parts(path)
         meta = read_gguf_metadata(path)
+        for part in parts[1:]:
+            meta["parameters"] += read_gguf_metadata(part)["parameters"]
     except ModelError as exc:
         return {**row, "error": str(exc)}
-    return {**row, "size_mib": round(path.stat().st_size / 2**20, 2), "parameters": meta["parameters"],
+    if len(parts) > 1:
+        row["parts"] = len(parts)
+    return {**row, "size_mib": round(sum(p.stat().st_size for p in parts) / 2**20, 2), "parameters": meta["parameters"],
             "quantization": meta["quantization"], "license": meta["license"], "architecture": meta["architecture"]}
 
 
@@ -35,4 +41,6 @@ def list_models() -> list[dict]:
         if path.resolve() in bundled_paths:
             continue
         rows.append(_describe(path.name, "local", path))
+    for ref, path, source in store_models():
+        rows.append(_describe(ref, source, path))
     return rows

@@ -100,7 +100,8 @@ def measurements(record: RunRecord, source: str = "") -> list[Measurement]:
     out: list[Measurement] = []
     for p in record.perf:
         kind = re.match(r"[a-z]+", p.test)
-        prefix = kind.group(0) if kind else p.test
+        # llama-bench's pp512+tg128 is its own kind of test (pg_tps), not a prompt-processing figure
+        prefix = "pg" if "+" in p.test.partition(" @ ")[0] else kind.group(0) if kind else p.test
         if p.samples_tps:
             out.append(Measurement("perf", p.test, f"{prefix}_tps", list(p.samples_tps), DIRECTION["tps_mean"], "t/s", record, source))
         if p.samples_ttft_ms:
@@ -806,14 +807,15 @@ PRINTERS = {"md": markdown, "csv": csv_text, "json": json_text}
 # ---------------------------------------------------------------------------- trend (nightly history)
 
 
-def trend(records: list[RunRecord], last: int = 14) -> tuple[list[str], list[list[str]]]:
-    """Metric values per night (the day each record was created), newest last."""
+def trend_series(records: list[RunRecord], last: int = 14) -> tuple[list[str], list[tuple[list[str], list[float | None]]]]:
+    """The nights (days records were created, the last ``last``) and, per series, its labels
+    (model, backend, settings, test, metric) and its mean value each night (None: not run)."""
     series: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     labels: dict[tuple, list[str]] = {}
     for r in records:
         day = r.created_at[:10]
         for m in measurements(r):
-            if m.metric not in ("pp_tps", "tg_tps", "ttft_ms", "peak_rss_mib", "peak_vram_mib") and m.kind != "accuracy":
+            if m.metric not in ("pp_tps", "tg_tps", "pg_tps", "ttft_ms", "peak_rss_mib", "peak_vram_mib") and m.kind != "accuracy":
                 continue
             key = join_key(m, None)
             series[key][day].extend(m.samples if m.kind != "accuracy" else [m.value * 100 if 0 <= m.value <= 1 else m.value])
@@ -821,11 +823,27 @@ def trend(records: list[RunRecord], last: int = 14) -> tuple[list[str], list[lis
                                  if k in ("n_threads", "n_gpu_layers", "flash_attn", "n_batch"))
             labels[key] = [_model_label(r), r.backend.name, settings, m.test, m.metric + (f" ({m.filter})" if m.filter else "")]
     days = sorted({d for s in series.values() for d in s})[-last:]
+    out = []
+    for key, by_day in sorted(series.items(), key=lambda kv: labels[kv[0]]):
+        out.append((labels[key], [(sum(by_day[d]) / len(by_day[d])) if by_day.get(d) else None for d in days]))
+    return days, out
+
+
+def trend(records: list[RunRecord], last: int = 14) -> tuple[list[str], list[list[str]]]:
+    """Metric values per night (the day each record was created), newest last."""
+    days, series = trend_series(records, last)
     header = ["model", "backend", "settings", "test", "metric", *days, "last vs previous"]
     rows = []
-    for key, by_day in sorted(series.items(), key=lambda kv: labels[kv[0]]):
-        vals = [(sum(by_day[d]) / len(by_day[d])) if by_day.get(d) else None for d in days]
+    for labels, vals in series:
         present = [v for v in vals if v is not None]
         change = _rel(present[-2], present[-1]) if len(present) >= 2 else None
-        rows.append(labels[key] + [_fmt_num(v) for v in vals] + [f"{change:+.1f}%" if change is not None else ""])
+        rows.append(labels + [_fmt_num(v) for v in vals] + [f"{change:+.1f}%" if change is not None else ""])
     return header, rows
+
+
+def trend_png(records: list[RunRecord], last: int = 14) -> bytes:
+    """The trend as a plot: a panel per metric, a line per model/backend/settings/test, nights on x."""
+    from harness.plots import trend_lines
+
+    days, series = trend_series(records, last)
+    return trend_lines(days, [(" ".join(x for x in labels[:4] if x), labels[4], vals) for labels, vals in series])

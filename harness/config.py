@@ -48,6 +48,95 @@ def parse_bool_list(option: str, text: str | None) -> list[bool] | None:
     return out
 
 
+def parse_pg_list(option: str, items: list[str] | None) -> list[tuple[int, int]]:
+    """llama-bench's -pg: each value PP,TG (repeat the option for more) -> [(PP, TG), ...]."""
+    pairs = []
+    for item in items or []:
+        parts = [p.strip() for p in item.split(",")]
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ConfigError(f"{option}: '{item}' is not PP,TG (two whole numbers, e.g. {option} 512,128; repeat {option} for more)")
+        pair = (int(parts[0]), int(parts[1]))
+        if pair in pairs:
+            raise ConfigError(f"{option}: {item} is given twice")
+        pairs.append(pair)
+    return pairs
+
+
+def parse_split_list(option: str, text: str | None) -> list[tuple[float, ...]] | None:
+    """llama-bench's -ts: comma-separated values, each a split of shares like 3/1 -> [(3.0, 1.0)]."""
+    if text is None:
+        return None
+    out = []
+    for part in text.split(","):
+        try:
+            shares = tuple(float(x) for x in part.replace(";", "/").split("/"))
+        except ValueError:
+            raise ConfigError(f"{option}: '{part}' is not a split like 3/1 (each GPU's share, slash-separated)") from None
+        out.append(shares)
+    return out
+
+
+def parse_word_list(option: str, text: str | None, choices: tuple[str, ...] | None = None) -> list[str] | None:
+    """'q8_0,f16' -> ['q8_0', 'f16'], each one of ``choices`` when given."""
+    if text is None:
+        return None
+    values = [v.strip().lower() for v in text.split(",")]
+    for v in values:
+        if not v or (choices and v not in choices):
+            raise ConfigError(f"{option}: '{v}' is not one of {', '.join(choices or ())}")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{option}: '{text}' repeats a value")
+    return values
+
+
+def parse_limit(option: str, text: str | None) -> int | float | None:
+    """lm-eval's --limit: a whole number of documents, or a fraction (0 < x < 1) of each task's."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{option}: '{text}' is not a number (a count such as 50, or a fraction such as 0.1)") from None
+    if 0 < value < 1:
+        return value
+    if value >= 1 and value.is_integer():
+        return int(value)
+    raise ConfigError(f"{option}: {text} is neither a count of at least 1 nor a fraction between 0 and 1")
+
+
+def parse_seed(option: str, text: str | None) -> list[int] | None:
+    """lm-eval's --seed: one number for all four seeds, or four comma-separated (random, numpy, torch, few-shot)."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"{option}: '{text}' is not one whole number or four comma-separated ones") from None
+    if len(values) == 1:
+        return values * 4
+    if len(values) != 4:
+        raise ConfigError(f"{option}: '{text}' gives {len(values)} seeds; give one, or four (random, numpy, torch, few-shot)")
+    return values
+
+
+def parse_gen_kwargs(option: str, text: str | None) -> str | None:
+    """lm-eval's --gen_kwargs, KEY=VALUE,...: checked for its form here, passed to lm-eval as it is."""
+    if text is None or not text.strip():
+        return None
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ConfigError(f"{option}: '{part}' is not KEY=VALUE (e.g. {option} temperature=0,max_gen_toks=64)")
+    return text.strip()
+
+
+def perf_test_name(kind: str, n: int | tuple[int, int], depth: int = 0) -> str:
+    """llama-bench's test names: pp512, tg128, pp512+tg128, with ' @ d4096' at a context depth."""
+    base = f"pp{n[0]}+tg{n[1]}" if kind == "pg" else f"{kind}{n}"
+    return f"{base} @ d{depth}" if depth else base
+
+
 class PerfTests(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -59,6 +148,10 @@ class PerfTests(BaseModel):
     batch: list[int] = Field(default_factory=list)
     batch_pp: int = 128
     batch_tg: int = 128
+    # llama-bench's -pg: prompt then generation, timed together; -d: each test after that many
+    # tokens already in the cache (untimed), 0 = an empty cache
+    pg: list[tuple[int, int]] = Field(default_factory=list)
+    depth: list[int] = Field(default_factory=lambda: [0])
 
     @field_validator("reps")
     @classmethod
@@ -67,9 +160,16 @@ class PerfTests(BaseModel):
             raise ValueError("reps must be at least 1")
         return v
 
+    def cases(self) -> list[tuple[str, int | tuple[int, int], int]]:
+        """(kind, size, depth) of every llama-bench test, in llama-bench's order."""
+        return [(kind, n, d) for d in self.depth
+                for kind, sizes in (("pp", self.pp), ("tg", self.tg), ("pg", self.pg)) for n in sizes]
+
     def names(self) -> list[str]:
-        return [f"pp{n}" for n in self.pp] + [f"tg{n}" for n in self.tg] + [f"batch{b}" for b in self.batch]
+        return [perf_test_name(k, n, d) for k, n, d in self.cases()] + [f"batch{b}" for b in self.batch]
 
     def max_context(self) -> int:
-        # each test starts from an empty cache: ppN fills N positions, tgN fills N
-        return max(self.pp + self.tg + ([self.batch_pp + self.batch_tg] if self.batch else []) + [1])
+        # each test starts from a cache holding `depth` tokens: ppN fills N more positions,
+        # tgN N, pgP,T P + T
+        sizes = [d + (n[0] + n[1] if k == "pg" else n) for k, n, d in self.cases()]
+        return max(sizes + ([self.batch_pp + self.batch_tg] if self.batch else []) + [1])

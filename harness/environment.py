@@ -133,6 +133,34 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# instruction-set extensions that decide which kernels llama.cpp and torch run, as the
+# kernel names them in /proc/cpuinfo (x86 "flags", Arm "Features": asimd is NEON, asimddp dot product)
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+             "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd", "asimddp", "asimdhp",
+             "i8mm", "bf16", "sve", "sve2", "sme")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str] | None:
+    """The CPU_FLAGS this CPU has, in CPU_FLAGS order (Arm's asimd is also listed as neon);
+    None where the kernel does not say (not Linux)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return ["neon"] if platform.system() == "Darwin" and platform.machine() == "arm64" else None
+    have: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in ("flags", "features"):
+            have.update(value.split())
+            break
+    if not have:
+        return None
+    if "asimd" in have:
+        have.add("neon")
+    return [f for f in CPU_FLAGS if f in have]
+
+
 def _os_release() -> str | None:
     try:
         return platform.freedesktop_os_release().get("PRETTY_NAME")
@@ -160,6 +188,30 @@ def _git_sha() -> str | None:
         return None
 
 
+def _gpu_clocks_and_power(pynvml, handle) -> dict[str, Any]:
+    """Clocks (MHz) and power limits (W) that shape a GPU's numbers; each one NVML cannot
+    read on this device is named under "unavailable" with NVML's reason."""
+    reads = {
+        "sm_clock_mhz": lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
+        "sm_clock_max_mhz": lambda: pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM),
+        "mem_clock_mhz": lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM),
+        "mem_clock_max_mhz": lambda: pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM),
+        "power_limit_w": lambda: pynvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000,
+        "power_limit_enforced_w": lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000,
+        "power_limit_max_w": lambda: pynvml.nvmlDeviceGetPowerManagementLimitConstraints(handle)[1] / 1000,
+    }
+    out: dict[str, Any] = {}
+    unavailable: dict[str, str] = {}
+    for key, read in reads.items():
+        try:
+            out[key] = read()
+        except Exception as exc:  # NVMLError_NotSupported and kin: the figure is absent, with why
+            unavailable[key] = f"NVML: {exc}"
+    if unavailable:
+        out["unavailable"] = unavailable
+    return out
+
+
 def _gpus() -> dict[str, Any]:
     try:
         import pynvml
@@ -178,6 +230,7 @@ def _gpus() -> dict[str, Any]:
                 "index": i,
                 "name": name.decode() if isinstance(name, bytes) else name,
                 "memory_total_mib": pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**20,
+                **_gpu_clocks_and_power(pynvml, h),
             })
         driver = pynvml.nvmlSystemGetDriverVersion()
         cuda = pynvml.nvmlSystemGetCudaDriverVersion()
@@ -203,6 +256,7 @@ def fingerprint() -> dict[str, Any]:
     env = {
         "hostname": platform.node(),
         "cpu_model": _cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpu_cores_physical": psutil.cpu_count(logical=False),
         "cpu_threads_logical": psutil.cpu_count(logical=True),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

@@ -39,8 +39,10 @@ class EvalJob(BaseModel):
     settings: dict[str, Any]
     selection: TaskSelection
     tasks_dirs: list[str]  # bundled first; later folders override earlier ones by name
-    limit: int | None = None
+    limit: int | float | None = None
     num_fewshot: int | None = None
+    seed: list[int] | None = None  # random, numpy, torch, few-shot
+    gen_kwargs: str | None = None
     apply_chat_template: bool = False
     allow_code_execution: bool = False
     log_samples: bool = False
@@ -168,6 +170,10 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
         kwargs["samples"] = {k: v for k, v in samples.items() if k in loaded.leaves}
     if job.num_fewshot is not None:  # otherwise each task's own (TruthfulQA's must stay 0)
         kwargs["num_fewshot"] = job.num_fewshot
+    if job.seed is not None:
+        kwargs.update(zip(("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed"), job.seed))
+    if job.gen_kwargs:
+        kwargs["gen_kwargs"] = job.gen_kwargs
     if job.request_cache:
         kwargs["use_cache"] = job.request_cache
     import lm_eval
@@ -201,7 +207,7 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
     record.evaluation = EvalInfo(
         lm_eval_version=accuracy.lm_eval_version(), tasks=job.selection.tasks, suite=job.selection.suite,
         limit=job.limit, samples={k: len(v) for k, v in samples.items()} if samples and job.limit is None else None,
-        num_fewshot=job.num_fewshot, apply_chat_template=job.apply_chat_template,
+        num_fewshot=job.num_fewshot, seed=job.seed, gen_kwargs=job.gen_kwargs, apply_chat_template=job.apply_chat_template,
         chat_template_sha256=chat.sha256 if chat else None, code_execution=job.allow_code_execution,
         skipped=job.selection.skipped, task_config_hashes=info_hashes,
         request_cache=f"{job.request_cache}_rank0.db" if job.request_cache else None, samples_file=samples_file,

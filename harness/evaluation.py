@@ -47,8 +47,10 @@ class EvalRequest(BaseModel):
     tasks: str | None = None
     suite: str | None = None
     tasks_dirs: list[Path] = []
-    limit: int | None = None
+    limit: int | float | None = None  # documents per task, or a fraction (0 < limit < 1) of each task's documents
     num_fewshot: int | None = None
+    seed: list[int] | None = None  # lm-eval's four seeds: python random, numpy, torch, few-shot sampling
+    gen_kwargs: str | None = None  # lm-eval's generation arguments for every generative task, KEY=VALUE,...
     threads: int | None = None
     out_dir: Path
     log_samples: bool = False
@@ -93,8 +95,9 @@ def prepare(request: EvalRequest):
     """Every check that can run before a process starts; returns the worker's job."""
     from harness.eval_worker import EvalJob
 
-    if request.limit is not None and request.limit < 1:
-        raise ConfigError(f"--limit must be at least 1 (got {request.limit}); leave it out to run every document")
+    if request.limit is not None and not (request.limit >= 1 or 0 < request.limit < 1):
+        raise ConfigError(f"--limit must be a count of at least 1 or a fraction between 0 and 1 (got {request.limit}); "
+                          f"leave it out to run every document")
     if request.num_fewshot is not None and request.num_fewshot < 0:
         raise ConfigError(f"--num-fewshot must be 0 or more (got {request.num_fewshot})")
     if request.threads is not None and request.threads < 1:
@@ -128,7 +131,8 @@ def prepare(request: EvalRequest):
     return EvalJob(
         run_id=run_id, command=request.command, backend=backend_cls.name, model=model,
         settings=settings.model_dump(), selection=selection, tasks_dirs=[str(d) for d in dirs], limit=request.limit,
-        num_fewshot=request.num_fewshot, apply_chat_template=request.apply_chat_template,
+        num_fewshot=request.num_fewshot, seed=request.seed, gen_kwargs=request.gen_kwargs,
+        apply_chat_template=request.apply_chat_template,
         allow_code_execution=request.allow_code_execution, log_samples=request.log_samples,
         samples_path=samples_path, request_cache=cache,
     )

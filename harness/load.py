@@ -70,6 +70,61 @@ def parse_rates(option: str, text: str | None) -> list[float] | None:
     return rates
 
 
+# vllm bench serve's --percentile-metrics names -> the record's metric prefixes
+PERCENTILE_METRICS = {"ttft": "ttft_ms", "tpot": "tpot_ms", "itl": "itl_ms", "e2el": "e2el_ms"}
+
+
+def parse_goodput(items: list[str] | None) -> dict[str, float]:
+    """vllm bench serve's --goodput KEY:MS (ttft, tpot, e2el; space- or comma-separated,
+    repeatable) -> the --slo form {'ttft_ms': 500.0}."""
+    slo: dict[str, float] = {}
+    for part in (p for item in items or [] for p in item.replace(",", " ").split()):
+        key, sep, value = part.partition(":")
+        name = f"{key.strip()}_ms"
+        if not sep or name not in SLO_KEYS:
+            raise ConfigError(f"--goodput: '{part}' is not KEY:MS with KEY one of ttft, tpot, e2el (e.g. --goodput ttft:500 tpot:50)")
+        try:
+            ms = float(value)
+        except ValueError:
+            raise ConfigError(f"--goodput: '{value}' for {key} is not a number of milliseconds") from None
+        if not ms > 0:
+            raise ConfigError(f"--goodput: {key} must be above 0 ms, got {value}")
+        slo[name] = ms
+    return slo
+
+
+def parse_percentile_metrics(text: str | None) -> list[str]:
+    """vllm bench serve's --percentile-metrics: ttft,tpot,itl,e2el -> record prefixes."""
+    if not text:
+        return []
+    out = []
+    for name in (n.strip() for n in text.split(",")):
+        if name not in PERCENTILE_METRICS:
+            raise ConfigError(f"--percentile-metrics: '{name}' is not one of {', '.join(PERCENTILE_METRICS)}")
+        out.append(PERCENTILE_METRICS[name])
+    return out
+
+
+def parse_metric_percentiles(text: str | None) -> list[float]:
+    """vllm bench serve's --metric-percentiles: 25,50,99 -> [25.0, 50.0, 99.0], each in (0, 100]."""
+    if not text:
+        return []
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            value = float(part)
+        except ValueError:
+            raise ConfigError(f"--metric-percentiles: '{part}' is not a number (e.g. --metric-percentiles 25,50,99)") from None
+        if not 0 < value <= 100:
+            raise ConfigError(f"--metric-percentiles: {part} is not a percentile between 0 and 100")
+        out.append(value)
+    return out
+
+
+def percentile_key(q: float) -> str:
+    return f"p{q:g}"
+
+
 def parse_slo(text: str | None) -> dict[str, float]:
     """'ttft_ms=500,tpot_ms=50' -> {'ttft_ms': 500.0, 'tpot_ms': 50.0}."""
     if not text:
@@ -126,6 +181,13 @@ class LoadRequest(BaseModel):
     dataset: Path | None = None
     ignore_eos: bool = True
     slo: dict[str, float] = {}
+    # vllm bench serve's report options: percentiles of these metrics (record prefixes such as
+    # ttft_ms) beside the fixed median, p90 and p99; empty: none extra
+    percentile_metrics: list[str] = []
+    metric_percentiles: list[float] = []
+    # arrival burstiness for --rate (vllm bench serve's): gaps are gamma-distributed with
+    # shape burstiness and mean 1/rate; 1 is a Poisson process, below 1 burstier, above steadier
+    burstiness: float = 1.0
     seed: int = 0
     retries: int = 2
     timeout_s: float = 300.0
@@ -140,8 +202,10 @@ def validate(req: LoadRequest) -> list[Profile]:
     """Every check that needs no server; returns the fixed profiles in order."""
     if bool(req.base_url) == bool(req.serve):
         raise ConfigError("give either --base-url URL (a running server) or --serve llamacpp|vllm --model REF")
-    if req.serve and not req.model:
-        raise ConfigError(f"--serve {req.serve} needs --model REF (the model the server should load)")
+    if not req.burstiness > 0:
+        raise ConfigError(f"--burstiness: {req.burstiness} must be above 0 (1 is Poisson arrivals)")
+    if req.metric_percentiles and not req.percentile_metrics:
+        raise ConfigError("--metric-percentiles needs --percentile-metrics (which metrics: ttft,tpot,itl,e2el)")
     for c in req.concurrency:
         if c < 1:
             raise ConfigError(f"--concurrency: {c} is not a positive number of in-flight requests")
@@ -389,6 +453,12 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
 # ------------------------------------------------------------------ sending load
 
 
+def arrival_gap(rng: np.random.Generator, rate: float, burstiness: float = 1.0) -> float:
+    """Seconds to the next request, as vllm bench serve draws them: gamma-distributed with shape
+    ``burstiness`` and mean 1/rate (burstiness 1: exponential gaps, a Poisson process)."""
+    return float(rng.gamma(burstiness, 1.0 / (rate * burstiness)))
+
+
 async def _run_point(client, api: Api, bodies: list[dict], profile: Profile, req: LoadRequest,
                      rng: np.random.Generator) -> tuple[list[tuple[int, object]], int, int]:
     """Send one load point; returns (index, RequestResult) pairs, its start and its end."""
@@ -439,7 +509,7 @@ async def _run_point(client, api: Api, bodies: list[dict], profile: Profile, req
                 tasks.append(asyncio.create_task(capped(i)))
                 i += 1
                 if not np.isinf(profile.value):
-                    at_s += float(rng.exponential(1.0 / profile.value))  # Poisson process: exponential gaps
+                    at_s += arrival_gap(rng, profile.value, req.burstiness)
             await asyncio.gather(*tasks)
         end = max([r.end_ns for _, r in results], default=now_ns())
     return sorted(results, key=lambda x: x[0]), t0, end
@@ -520,6 +590,10 @@ def summarize(results, t0: int, end: int, profile: Profile, req: LoadRequest, pr
         total_tokens_per_s=(total_in + total_out) / duration,
         **_stats(ttfts, "ttft_ms"), **_stats(tpots, "tpot_ms"), **_stats(itls, "itl_ms"), **_stats(e2els, "e2el_ms"),
         slo=req.slo, goodput_per_s=good / duration if req.slo else None,
+        burstiness=req.burstiness if profile.kind == "rate" and not np.isinf(profile.value) else None,
+        percentiles={m: {percentile_key(q): float(np.percentile(vals, q)) for q in req.metric_percentiles or [99]}
+                     for m, vals in (("ttft_ms", ttfts), ("tpot_ms", tpots), ("itl_ms", itls), ("e2el_ms", e2els))
+                     if m in req.percentile_metrics and vals},
         token_count_disagreements=disagree, short_outputs=short, samples=samples, unavailable=unavailable,
     )
 
@@ -568,6 +642,10 @@ def run_load(req: LoadRequest, log: Log = lambda s: None) -> LoadOutcome:
     from backends.openai_http import OpenAIClient, RetryPolicy, api_key_from_env, normalize_base_url, \
         remote_model_info, request_body, safe_url
 
+    if req.serve and not req.model:  # as bench: the bundled default model
+        from harness.models import DEFAULT_MODEL
+
+        req = req.model_copy(update={"model": DEFAULT_MODEL})
     profiles = validate(req)
     key = api_key_from_env(req.api_key_env)
     if req.serve:

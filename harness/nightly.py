@@ -11,10 +11,12 @@ failing model or backend never stops the others and the artifacts always exist:
   2. `harness eval --suite SUITE --no-cache` for the same pairs, where the eval command exists
      (a night measures; it never recalls answers from an earlier night's request cache);
   3. tonight's result files copied into HISTORY/<UTC stamp>/ (files are only added);
-  4. `harness compare` against the previous night, `harness trend` over the history,
-     `harness report` on tonight's results (HTML and PNGs);
+  4. `harness compare` against the previous night (gated by --fail-on, when given),
+     `harness trend` over the history (a table and trend.png), `harness report` on
+     tonight's results (HTML and PNGs);
   5. summary.md, also appended to $GITHUB_STEP_SUMMARY when that is set.
-Exit status 1 when a bench or eval failed, after everything else has been written.
+Exit status 1 when a bench or eval failed, or the comparison flagged a regression that
+--fail-on names, after everything else has been written.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def _has_command(name: str) -> bool:
 
 
 def run(models: list[str], backends: list[str], bench_args: list[str], suite: str | None, report_args: list[str],
-        out: Path, history: Path, stamp: str) -> int:
+        out: Path, history: Path, stamp: str, fail_on: str | None = None) -> int:
     runs = out / "runs" / stamp  # a folder per night, so a reused --out never mixes nights
     runs.mkdir(parents=True, exist_ok=True)
     lines = [f"# Nightly {stamp}", ""]
@@ -105,14 +107,25 @@ def run(models: list[str], backends: list[str], bench_args: list[str], suite: st
         lines.append("No results tonight: nothing to compare or report.")
     else:
         if previous:
-            res = _harness(["compare", str(previous[-1]), str(night_dir)], log=out / "compare.md")
+            rules = [r for r in (fail_on or "").split(",") if r.strip()]
+            if not eval_ok:  # no accuracy tonight: an accuracy rule would match nothing, which compare refuses
+                rules = [r for r in rules if r.strip().partition(":")[0] != "accuracy"]
+            gate = ["--fail-on", ",".join(rules)] if rules else []
+            res = _harness(["compare", str(previous[-1]), str(night_dir), *gate], log=out / "compare.md")
+            last_line = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else str(res.returncode)
+            regressed = res.returncode == 1 and "--fail-on" in last_line
             lines += [f"## Against the previous night ({previous[-1].name})", "",
-                      (out / "compare.md").read_text() if res.returncode in (0, 1) else
-                      f"not comparable: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}", ""]
+                      (out / "compare.md").read_text() if res.returncode == 0 or regressed else
+                      f"not comparable: {last_line}", ""]
+            if regressed:
+                lines += [f"**Regression:** {last_line.removeprefix('error: ')}", ""]
+                failed.append("regression")
         else:
             lines += ["No previous night in the history to compare with.", ""]
-        res = _harness(["trend", str(history)], log=out / "trend.md")
+        res = _harness(["trend", str(history), "--png", str(out / "trend.png")], log=out / "trend.md")
         lines += ["## Trend", "", (out / "trend.md").read_text() if res.returncode == 0 else "trend failed", ""]
+        if res.returncode == 0:
+            lines += [f"Trend plot: {out / 'trend.png'}", ""]
         res = _harness(["report", str(night_dir), "--html", str(out / "report.html"), "--title", f"Nightly {stamp}", *report_args])
         if res.returncode:
             failed.append("report")
@@ -137,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-args", default="", help="arguments for harness report (e.g. --power-w 300 --kwh-price 0.3)")
     p.add_argument("--out", type=Path, required=True, help="folder for tonight's results and artifacts")
     p.add_argument("--history", type=Path, required=True, help="the history folder results are appended to")
+    p.add_argument("--fail-on", default="", help="harness compare's --fail-on against the previous night, "
+                                                   "e.g. pp_tps:-10%%,tg_tps:-10%%,accuracy:-2pt; empty: report only")
     a = p.parse_args(argv)
     models = a.models.split()
     if not models:
@@ -144,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return run(models, a.backends.split() or ["auto"], shlex.split(a.bench_args), a.suite or None,
-               shlex.split(a.report_args), a.out, a.history, stamp)
+               shlex.split(a.report_args), a.out, a.history, stamp, fail_on=a.fail_on or None)
 
 
 if __name__ == "__main__":

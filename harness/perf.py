@@ -18,6 +18,11 @@ N generated tokens with end-of-sequence ignored: N forward passes of one token e
 llama-bench's N evaluate calls. The engine's own request timestamps, where it reports
 them, are recorded beside the harness clock's figures.
 
+``ppP+tgT`` (llama-bench's -pg): P prompt tokens then T generated tokens, timed together;
+(P + T) tokens/s. ``... @ dD`` (llama-bench's -d): before each repetition the cache is
+cleared and filled with D random tokens outside the clock, so the test runs at that
+context depth; the test's own tokens then start without BOS.
+
 ``batchB`` (offline throughput, as ``vllm bench throughput``): B requests of random prompt
 tokens submitted together, each generating a fixed number of tokens with end-of-sequence
 ignored (temperature 1, top-p 1, as vLLM's benchmark samples); output tokens/s and total
@@ -32,6 +37,7 @@ from typing import Callable
 import numpy as np
 
 from harness.backend import Backend, GenerationRequest, GenerationResult
+from harness.config import perf_test_name
 from harness.errors import BackendError
 from harness.meters import EnergyMeter, GpuMeter, MemorySampler, now_ns
 from harness.record import PerfResult
@@ -47,8 +53,15 @@ def _tokens(backend: Backend, n: int, rng: np.random.Generator, first_bos: bool)
     return toks
 
 
-def _pp_once(backend: Backend, tokens: list[int]) -> tuple[int, int]:
+def _fill_depth(backend: Backend, depth_tokens: list[int]) -> None:
+    """Clear the cache, then evaluate the depth prefix (outside the clock)."""
     backend.reset()
+    if depth_tokens:
+        backend.evaluate(depth_tokens)
+
+
+def _pp_once(backend: Backend, tokens: list[int], depth_tokens: list[int] = ()) -> tuple[int, int]:
+    _fill_depth(backend, depth_tokens)
     t0 = now_ns()
     logits = backend.evaluate(tokens, logits="last")
     t1 = now_ns()
@@ -57,12 +70,30 @@ def _pp_once(backend: Backend, tokens: list[int]) -> tuple[int, int]:
     return t1 - t0, t2 - t0
 
 
-def _tg_once(backend: Backend, tokens: list[int]) -> int:
-    backend.reset()
+def _tg_once(backend: Backend, tokens: list[int], depth_tokens: list[int] = ()) -> int:
+    _fill_depth(backend, depth_tokens)
     t0 = now_ns()
     for tok in tokens:
         backend.evaluate([tok])
     return now_ns() - t0
+
+
+def _pg_once(backend: Backend, prompt: list[int], gen: list[int], depth_tokens: list[int] = ()) -> int:
+    """llama-bench's pp+tg test: the prompt in n_batch chunks, then each generated token."""
+    _fill_depth(backend, depth_tokens)
+    t0 = now_ns()
+    backend.evaluate(prompt)
+    for tok in gen:
+        backend.evaluate([tok])
+    return now_ns() - t0
+
+
+def _pg_request(backend: Backend, prompt: list[int], n_gen: int) -> int:
+    t0 = now_ns()
+    [res] = backend.generate([GenerationRequest(prompt=prompt, max_tokens=n_gen, ignore_eos=True)])
+    t = now_ns() - t0
+    _check_count(f"pp{len(prompt)}+tg{n_gen}", [res], n_gen)
+    return t
 
 
 def _pp_request(backend: Backend, tokens: list[int]) -> tuple[int, int, float | None]:
@@ -99,15 +130,25 @@ def _summary(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def run_test(backend: Backend, kind: str, n: int, reps: int, gpu: GpuMeter | None,
-             seed: int = 0, progress: Progress | None = None) -> PerfResult:
-    if kind not in ("pp", "tg"):
+def run_test(backend: Backend, kind: str, n: int | tuple[int, int], reps: int, gpu: GpuMeter | None,
+             seed: int = 0, progress: Progress | None = None, depth: int = 0) -> PerfResult:
+    """One llama-bench test: kind pp or tg with n tokens, or pg with n = (prompt, generated)
+    tokens; ``depth`` tokens fill the cache before each repetition, outside the clock."""
+    if kind not in ("pp", "tg", "pg"):
         raise ValueError(f"unknown test kind {kind}")
-    name = f"{kind}{n}"
-    rng = np.random.default_rng(seed)
-    runs = [_tokens(backend, n, rng, first_bos=True) for _ in range(reps + 1)]
-    energy = EnergyMeter(gpu)
+    n_prompt, n_gen = n if kind == "pg" else ((n, 0) if kind == "pp" else (0, n))
+    name = perf_test_name(kind, n, depth)
     steps = backend.capabilities.incremental_eval
+    if depth and not steps:
+        raise BackendError(f"{name}: a test at a depth needs a backend that steps a KV cache; "
+                           f"'{backend.name}' runs whole requests")
+    rng = np.random.default_rng(seed)
+    total = n_prompt + n_gen
+    runs, prefixes = [], []
+    for _ in range(reps + 1):
+        prefixes.append(_tokens(backend, depth, rng, first_bos=True) if depth else [])
+        runs.append(_tokens(backend, total, rng, first_bos=not depth))
+    energy = EnergyMeter(gpu)
     samples_ns: list[int] = []
     ttft_ns: list[int] = []
     engine_tps: list[float] = []
@@ -117,24 +158,31 @@ def run_test(backend: Backend, kind: str, n: int, reps: int, gpu: GpuMeter | Non
                 progress(name, rep, reps)
             if rep == 1:
                 energy.start()
+            prefix = prefixes[rep]
             if kind == "pp":
-                t_eval, t_first, eng = (*_pp_once(backend, tokens), None) if steps else _pp_request(backend, tokens)
+                t_eval, t_first, eng = (*_pp_once(backend, tokens, prefix), None) if steps else _pp_request(backend, tokens)
                 if rep:
                     samples_ns.append(t_eval)
                     ttft_ns.append(t_first)
+            elif kind == "tg":
+                t, eng = (_tg_once(backend, tokens, prefix), None) if steps else _tg_request(backend, tokens)
+                if rep:
+                    samples_ns.append(t)
             else:
-                t, eng = (_tg_once(backend, tokens), None) if steps else _tg_request(backend, tokens)
+                prompt, gen = tokens[:n_prompt], tokens[n_prompt:]
+                t, eng = (_pg_once(backend, prompt, gen, prefix) if steps else _pg_request(backend, prompt, n_gen)), None
                 if rep:
                     samples_ns.append(t)
             if rep and eng is not None:
                 engine_tps.append(eng)
         window = energy.stop()
-    tps = [n / (ns / 1e9) for ns in samples_ns]
+    tps = [total / (ns / 1e9) for ns in samples_ns]
     mean, sd = _summary(tps)
     result = PerfResult(
         test=name,
-        n_prompt=n if kind == "pp" else 0,
-        n_gen=n if kind == "tg" else 0,
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        n_depth=depth,
         reps=reps,
         tps_mean=mean,
         tps_stddev=sd,

@@ -133,3 +133,28 @@ def benchmark_scores(title: str, bars: Sequence[tuple[str, float, tuple[float, f
                                edgecolor="#555555", label=name))
     ax.legend(handles=kinds, fontsize=7, loc="lower right")
     return _png(fig)
+
+
+def trend_lines(days: Sequence[str], series: Sequence[tuple[str, str, Sequence[float | None]]]) -> bytes:
+    """`harness trend --png`: one panel per metric, one line per (label, metric) series, nights on x;
+    a night a series did not run is a gap in its line."""
+    metrics = list(dict.fromkeys(metric for _, metric, _ in series))
+    if not metrics:
+        raise HarnessError("nothing to plot: the history holds no speed or accuracy figures")
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise HarnessError("harness trend --png draws with matplotlib: pip install 'openbench-harness[report]'") from None
+    fig = Figure(figsize=(8.0, 2.6 * len(metrics)), dpi=100, layout="constrained")
+    axes = fig.subplots(len(metrics), 1, squeeze=False)[:, 0]
+    x = list(range(len(days)))
+    for ax, metric in zip(axes, metrics):
+        for label, m, values in series:
+            if m != metric:
+                continue
+            ax.plot(x, [float("nan") if v is None else v for v in values], marker="o", label=_wrap(label, 60))
+        ax.set_title(metric)
+        ax.set_xticks(x, list(days), rotation=30, ha="right", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    return _png(fig)

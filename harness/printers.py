@@ -15,6 +15,9 @@ from typing import Any, Callable
 from harness.record import RunRecord
 
 FORMATS = ("md", "csv", "json")
+# what records print as (harness bench -o as in llama-bench, show, eval, load): also JSON Lines
+# (one record a line) and SQL (llama-bench's CREATE TABLE + INSERT statements, for sqlite3)
+RECORD_FORMATS = ("md", "csv", "json", "jsonl", "sql")
 
 # setting -> column title, for settings worth a column when they vary
 SETTING_COLUMNS = {
@@ -114,8 +117,14 @@ def _ms(v: float | None) -> str:
 def load_markdown(records: list[RunRecord]) -> str:
     """One row per load point of `harness load` (vLLM's serving metrics; medians, TTFT p99)."""
     show_goodput = any(p.goodput_per_s is not None for r in records for p in r.load)
+    # --percentile-metrics / --metric-percentiles: one column per metric and percentile asked for
+    extra: list[tuple[str, str]] = []
+    for r in records:
+        for p in r.load:
+            extra.extend((m, q) for m, qs in p.percentiles.items() for q in qs if (m, q) not in extra)
     header = ["model", "server", "api", "load", "in", "out", "ok/sent", "req/s", "out tok/s", "total tok/s",
-              "TTFT med ms", "TTFT p99 ms", "TPOT med ms", "ITL med ms", "e2e med ms"] + (["goodput/s"] if show_goodput else [])
+              "TTFT med ms", "TTFT p99 ms", "TPOT med ms", "ITL med ms", "e2e med ms"] + (["goodput/s"] if show_goodput else []) + \
+        [f"{m.removesuffix('_ms').upper()} {q} ms" for m, q in extra]
     right = set(range(4, len(header)))
     rows = []
     for r in records:
@@ -128,6 +137,7 @@ def load_markdown(records: list[RunRecord]) -> str:
                    _ms(p.e2el_ms_median)]
             if show_goodput:
                 row.append("" if p.goodput_per_s is None else f"{p.goodput_per_s:.2f}")
+            row += [_ms(p.percentiles.get(m, {}).get(q)) for m, q in extra]
             rows.append(row)
     notes = [f"run {r.run_id} is incomplete: the harness was stopped outright after {len(r.load)} load point"
              f"{'s' if len(r.load) != 1 else ''}; these are the points it finished"
@@ -236,7 +246,8 @@ def flat_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
                 d[k] = ";".join(f"{x:.6g}" for x in (d[k] or []))
             rows.append({**base, **d})
         for p in r.load:
-            d = p.model_dump(exclude={"samples", "unavailable", "label", "slo", "error_kinds"})
+            d = p.model_dump(exclude={"samples", "unavailable", "label", "slo", "error_kinds", "percentiles"})
+            d.update({f"{m}_{q}": v for m, qs in p.percentiles.items() for q, v in qs.items()})
             d["error_kinds"] = ";".join(f"{k}:{v}" for k, v in p.error_kinds.items())
             d["slo"] = ";".join(f"{k}={v:g}" for k, v in p.slo.items())
             rows.append({**base, "test": f"load {p.label}", **d})
@@ -274,11 +285,62 @@ def csv_text(records: list[RunRecord]) -> str:
 
 
 def json_text(records: list[RunRecord]) -> str:
-    data = [json.loads(r.model_dump_json()) for r in records]
-    return json.dumps(data[0] if len(data) == 1 else data, indent=2)
+    """Always a list, one record or many, so a reader needs one code path."""
+    return json.dumps([json.loads(r.model_dump_json()) for r in records], indent=2)
 
 
-PRINTERS: dict[str, Callable[[list[RunRecord]], str]] = {"md": markdown, "csv": csv_text, "json": json_text}
+def jsonl_text(records: list[RunRecord]) -> str:
+    return "\n".join(r.model_dump_json() for r in records)
+
+
+def _sql_value(v: Any) -> str:
+    if v is None or v == "":
+        return "NULL"
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def rows_to_sql(rows: list[dict], table: str = "test") -> str:
+    """llama-bench's -o sql: CREATE TABLE IF NOT EXISTS, then one INSERT per row (sqlite3 reads it)."""
+    fields: list[str] = []
+    for row in rows:
+        fields.extend(k for k in row if k not in fields)
+    if not fields:
+        return ""
+    types = {}
+    for f in fields:
+        values = [row.get(f) for row in rows if row.get(f) not in (None, "")]
+        if values and all(isinstance(v, int) for v in values):
+            types[f] = "INTEGER"
+        elif values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            types[f] = "REAL"
+        else:
+            types[f] = "TEXT"
+    lines = [f"CREATE TABLE IF NOT EXISTS {table} ("] + \
+        [f"  {f} {types[f]}{',' if i < len(fields) - 1 else ''}" for i, f in enumerate(fields)] + [");"]
+    for row in rows:
+        lines.append(f"INSERT INTO {table} ({', '.join(fields)}) VALUES ({', '.join(_sql_value(row.get(f)) for f in fields)});")
+    return "\n".join(lines)
+
+
+def sql_text(records: list[RunRecord]) -> str:
+    return rows_to_sql(flat_rows(records))
+
+
+PRINTERS: dict[str, Callable[[list[RunRecord]], str]] = {"md": markdown, "csv": csv_text, "json": json_text,
+                                                          "jsonl": jsonl_text, "sql": sql_text}
+
+
+def table_text(fmt: str, header: list[str], rows: list[list[Any]], right: set[int] = frozenset()) -> str:
+    """A plain table (models, backends, trend, env) in any of FORMATS: JSON is a list of objects."""
+    if fmt == "json":
+        return json.dumps([dict(zip(header, r)) for r in rows], indent=2)
+    if fmt == "csv":
+        return rows_to_csv([dict(zip(header, r)) for r in rows]).rstrip("\n")
+    return _md_table(header, [["" if c is None else str(c) for c in r] for r in rows], set(right))
 
 
 # ------------------------------------------------------------- sweeps (harness sweep)
@@ -318,6 +380,25 @@ def sweep_json(summary) -> str:
 
 
 SWEEP_PRINTERS: dict[str, Callable[[Any], str]] = {"md": sweep_markdown, "csv": sweep_csv, "json": sweep_json}
+
+
+def sweep_plan_rows(plan) -> list[dict[str, Any]]:
+    """`harness sweep --dry-run --format csv|json`: one row per cell, with what --resume does with it."""
+    rows = []
+    for c in plan.cells:
+        action = "keep" if c.key in plan.resume.kept else "rerun" if c.key in plan.resume.rerun else "run"
+        rows.append({"index": c.index, "kind": c.kind, "label": c.label, "model": c.model.ref, "backend": c.backend,
+                     "timeout_s": c.timeout_s, "estimate_s": None if action == "keep" else c.estimate_s,
+                     "estimate_source": c.estimate_source, "action": action, "key": c.key})
+    return rows
+
+
+def sweep_plan_text(plan, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(sweep_plan_rows(plan), indent=2)
+    if fmt == "csv":
+        return rows_to_csv(sweep_plan_rows(plan)).rstrip("\n")
+    return sweep_plan_markdown(plan)
 
 
 def sweep_plan_markdown(plan) -> str:

@@ -64,9 +64,10 @@ class BackendInfo(BaseModel):
 class PerfResult(BaseModel):
     """One llama-bench style test: ppN (prompt processing) or tgN (generation)."""
 
-    test: str
+    test: str  # pp512, tg128, pp512+tg128, batch8; " @ d4096" when run at a context depth
     n_prompt: int
     n_gen: int
+    n_depth: int = 0  # tokens already in the cache when each repetition started (llama-bench's -d)
     reps: int
     tps_mean: float
     tps_stddev: float
@@ -206,6 +207,10 @@ class LoadPoint(BaseModel):
     e2el_ms_p99: float | None = None
     slo: dict[str, float] = Field(default_factory=dict)  # e.g. {"ttft_ms": 500, "tpot_ms": 50}
     goodput_per_s: float | None = None  # completed requests meeting every SLO, per second
+    # arrivals of a finite --rate: gamma-distributed gaps of this shape (1: Poisson); None otherwise
+    burstiness: float | None = None
+    # --percentile-metrics / --metric-percentiles (vllm bench serve's): metric -> {"p25": ms, ...}
+    percentiles: dict[str, dict[str, float]] = Field(default_factory=dict)
     # requests whose token count (usage report, or a stop at max_tokens) is below the text chunks received
     token_count_disagreements: int = 0
     # requests that stopped short of output_len although ignore_eos asked for all of it
@@ -272,9 +277,11 @@ class EvalInfo(BaseModel):
     lm_eval_version: str
     tasks: list[str]  # as requested (names, groups)
     suite: str | None = None
-    limit: int | None = None
+    limit: int | float | None = None  # documents per task, or a fraction (< 1) of each task's
     samples: dict[str, int] | None = None  # suite sample: leaf task -> documents
     num_fewshot: int | None = None  # an override given by the user; None: each task's own
+    seed: list[int] | None = None  # lm-eval's seeds (random, numpy, torch, few-shot) given by the user; None: lm-eval's 0,1234,1234,1234
+    gen_kwargs: str | None = None  # generation arguments given for every generative task (lm-eval's --gen_kwargs)
     apply_chat_template: bool = False
     chat_template_sha256: str | None = None
     code_execution: bool = False

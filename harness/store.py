@@ -21,8 +21,8 @@ from harness.errors import OutputFileError, ResultFileError
 from harness.record import SCHEMA_VERSION, SWEEP_SCHEMA_VERSION, RunRecord, SweepRecord
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, flush to disk, then rename.
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write text or bytes to a temporary file in the same folder, flush to disk, then rename.
 
     A file that cannot be written (a full disk, a read-only folder) is an OutputFileError
     naming ``path``; whatever was at ``path`` before is left as it was.
@@ -33,7 +33,7 @@ def write_atomic(path: Path, text: str) -> None:
     except OSError as exc:
         raise OutputFileError(path, exc) from None
     try:
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
@@ -93,7 +93,12 @@ def check_writable_dir(out_dir: Path, option: str = "--out") -> None:
 
 def write_record(record: RunRecord, out_dir: Path) -> Path:
     path = out_dir / record_filename(record)
-    write_atomic(path, redact(record.model_dump_json(indent=2)) + "\n")
+    text = redact(record.model_dump_json(indent=2)) + "\n"
+    if os.environ.get("HARNESS_CHECK_SCHEMA"):  # the published schema must describe what is written
+        from harness.schema import check_record
+
+        check_record(json.loads(text))
+    write_atomic(path, text)
     return path
 
 

@@ -245,7 +245,7 @@ def load_matrix(path: Path) -> tuple[Matrix, str, dict]:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a matrix file is a mapping with models, backends, perf and suites (see README)")
+        raise ConfigError(f"{path}: a matrix file is a mapping with models, backends, perf and suites (see docs/sweeps.md)")
     try:
         matrix = Matrix.model_validate(data)
     except ValidationError as exc:

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from harness import __version__, registry
-from harness.config import PerfTests
+from harness.config import PerfTests, perf_test_name
 from harness.environment import fingerprint, redact
 from harness.errors import HarnessError
 from harness.meters import GpuMeter, MemorySampler, now_ns, rss_mib
@@ -86,15 +86,14 @@ def run_job(job: Job, channel: Channel) -> None:
                 backend=BackendInfo(name=cls.name, version=cls.installed_version(), engine_version=cls.engine_version(),
                                     settings=backend.effective_settings(), device=info.device),
             )
-            for kind, sizes in (("pp", job.tests.pp), ("tg", job.tests.tg)):
-                for n in sizes:
-                    def progress(test: str, rep: int, reps: int, index=case.index) -> None:
-                        channel.send("progress", index=index, test=test, rep=rep, reps=reps)
-                    try:
-                        record.perf.append(run_test(backend, kind, n, job.tests.reps, gpu if gpu.ok else None,
-                                                    seed=case.settings.get("seed", 0), progress=progress))
-                    except HarnessError as exc:
-                        record.failures.append(Failure(cause=f"{kind}{n} failed", detail=redact(str(exc))))
+            for kind, n, depth in job.tests.cases():
+                def progress(test: str, rep: int, reps: int, index=case.index) -> None:
+                    channel.send("progress", index=index, test=test, rep=rep, reps=reps)
+                try:
+                    record.perf.append(run_test(backend, kind, n, job.tests.reps, gpu if gpu.ok else None,
+                                                seed=case.settings.get("seed", 0), progress=progress, depth=depth))
+                except HarnessError as exc:
+                    record.failures.append(Failure(cause=f"{perf_test_name(kind, n, depth)} failed", detail=redact(str(exc))))
             for size in job.tests.batch:
                 def progress(test: str, rep: int, reps: int, index=case.index) -> None:
                     channel.send("progress", index=index, test=test, rep=rep, reps=reps)

@@ -37,7 +37,7 @@ class Runs:
 def _bench(out: Path, threads: str) -> list[Path]:
     from conftest import run_cli
 
-    res = run_cli("bench", *BENCH, "--threads", threads, "--format", "json", "-o", str(out))
+    res = run_cli("bench", *BENCH, "--threads", threads, "--format", "json", "--out", str(out))
     assert res.code == 0, res.stderr
     return sorted(out.glob("*.json"))
 

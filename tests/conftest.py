@@ -20,6 +20,13 @@ def _isolated_cache(tmp_path_factory):
     os.environ["HARNESS_CACHE_DIR"] = str(tmp_path_factory.mktemp("harness-cache"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _records_match_the_published_schema():
+    """Every record any test makes the harness write (in this process or a CLI it starts) is
+    validated against results/schema/run.schema.json first; a mismatch fails that write."""
+    os.environ["HARNESS_CHECK_SCHEMA"] = "1"
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     from harness.models import BUNDLED

@@ -57,13 +57,13 @@ def files(tmp_path, smollm2_path):
 def test_refused(cli, tmp_path, files, case, args, needles):
     out = tmp_path / "out"
     args = [a.format(**files) for a in args]
-    res = cli("bench", *args, "-o", str(out))
+    res = cli("bench", *args, "--out", str(out))
     _assert_refused(res, out, *needles)
 
 
 def test_backend_not_installed_says_how(cli, tmp_path):
     out = tmp_path / "out"
-    res = cli("bench", "-b", "uninstalled", "-o", str(out), env={"PYTHONPATH": str(PLUGINS)})
+    res = cli("bench", "-b", "uninstalled", "--out", str(out), env={"PYTHONPATH": str(PLUGINS)})
     _assert_refused(res, out, "not installed", "pip install imaginary-engine")
 
 

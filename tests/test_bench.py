@@ -22,7 +22,7 @@ def threads_run(tmp_path_factory):
     from conftest import run_cli
 
     out = tmp_path_factory.mktemp("runs")
-    res = run_cli("bench", "--pp", "16", "--tg", "8", "--reps", "2", "--threads", "1,2", "--format", "json", "-o", str(out))
+    res = run_cli("bench", "--pp", "16", "--tg", "8", "--reps", "2", "--threads", "1,2", "--format", "json", "--out", str(out))
     assert res.code == 0, res.stderr
     return res, out
 
@@ -74,7 +74,7 @@ def test_result_files_are_written_and_valid(threads_run):
 
 
 def test_markdown_table_like_llama_bench(cli, tmp_path):
-    res = cli("bench", "--pp", "8", "--tg", "4", "--reps", "1", "-o", str(tmp_path))
+    res = cli("bench", "--pp", "8", "--tg", "4", "--reps", "1", "--out", str(tmp_path))
     assert res.code == 0, res.stderr
     header, sep, *rows = res.stdout.strip().splitlines()
     cols = [c.strip() for c in header.strip("|").split("|")]
@@ -86,7 +86,7 @@ def test_markdown_table_like_llama_bench(cli, tmp_path):
 
 
 def test_varying_setting_gets_a_column(cli, tmp_path):
-    res = cli("bench", "--pp", "8", "--tg", "none", "--reps", "1", "--n-batch", "4,8", "-o", str(tmp_path))
+    res = cli("bench", "--pp", "8", "--tg", "none", "--reps", "1", "--n-batch", "4,8", "--out", str(tmp_path))
     assert res.code == 0, res.stderr
     header = res.stdout.splitlines()[0]
     assert "n_batch" in header
@@ -95,7 +95,7 @@ def test_varying_setting_gets_a_column(cli, tmp_path):
 
 
 def test_csv_output(cli, tmp_path):
-    res = cli("bench", "--pp", "8", "--tg", "4", "--reps", "1", "--format", "csv", "-o", str(tmp_path))
+    res = cli("bench", "--pp", "8", "--tg", "4", "--reps", "1", "--format", "csv", "--out", str(tmp_path))
     assert res.code == 0, res.stderr
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert [r["test"] for r in rows] == ["pp8", "tg4"]

@@ -115,7 +115,7 @@ def test_unknown_task_lists_close_matches(cli, tmp_path):
     ("unknown suite", ["--suite", "quik"], ["unknown suite 'quik'", "quick"]),
     ("no tasks", [], ["--tasks", "--suite"]),
     ("both", ["--tasks", "gsm8k", "--suite", "quick"], ["either"]),
-    ("limit 0", ["--tasks", "gsm8k", "--limit", "0"], ["--limit must be at least 1"]),
+    ("limit 0", ["--tasks", "gsm8k", "--limit", "0"], ["--limit: 0 is neither a count of at least 1 nor a fraction"]),
     ("negative shots", ["--tasks", "gsm8k", "--num-fewshot", "-1"], ["--num-fewshot"]),
     ("empty name", ["--tasks", "gsm8k,,truthfulqa_mc2"], ["empty name"]),
     ("code execution", ["--tasks", "humaneval", "--limit", "1"], ["humaneval", "--allow-code-execution"]),
@@ -170,7 +170,7 @@ def test_small_real_eval_run_and_cached_rerun(cli, tmp_path):
     out = tmp_path / "out"
     res = cli("eval", *RUN, "--format", "json", "--out", str(out), env=OFFLINE)
     assert res.code == 0, res.stderr[-3000:]
-    rec = res.json()
+    (rec,) = res.json()
     assert rec["status"] == "ok" and rec["model"]["ref"] == "smollm2-135m"
     acc = {(a["task"], a["metric"], a["filter"]): a for a in rec["accuracy"]}
     tqa = acc[("truthfulqa_mc2", "acc", "none")]
@@ -201,7 +201,7 @@ def test_small_real_eval_run_and_cached_rerun(cli, tmp_path):
     # same model file, backend and settings: every answer comes from lm-eval's request cache
     again = cli("eval", *RUN, "--format", "json", "--out", str(out), env=OFFLINE)
     assert again.code == 0, again.stderr[-3000:]
-    rec2 = again.json()
+    (rec2,) = again.json()
     assert rec2["evaluation"]["cost"]["tokens_evaluated"] == 0
     assert [a["value"] for a in rec2["accuracy"]] == [a["value"] for a in rec["accuracy"]]
     assert rec2["evaluation"]["request_cache"] == ev["request_cache"] and Path(ev["request_cache"]).exists()
@@ -213,7 +213,7 @@ def test_chat_template_and_logged_samples(cli, tmp_path):
     res = cli("eval", "--tasks", "mmlu_snapshot_generative_anatomy", "--limit", "1", "--threads", "1",
               "--apply-chat-template", "--log-samples", "--no-cache", "--format", "json", "--out", str(out), env=OFFLINE)
     assert res.code == 0, res.stderr[-3000:]
-    rec = res.json()
+    (rec,) = res.json()
     ev = rec["evaluation"]
     assert ev["apply_chat_template"] and len(ev["chat_template_sha256"]) == 64 and ev["request_cache"] is None
     samples = [json.loads(line) for line in Path(ev["samples_file"]).read_text().splitlines()]
@@ -230,7 +230,7 @@ def test_a_crash_while_scoring_becomes_a_failed_record(cli, tmp_path):
               env={**OFFLINE, "PYTHONPATH": f"{PLUGINS}{os.pathsep}{REPO}"})
     assert res.code == 1
     assert "Traceback" not in res.stderr
-    rec = res.json()
+    (rec,) = res.json()
     assert rec["status"] == "failed" and rec["accuracy"] == []
     assert "SIGSEGV" in rec["failures"][0]["cause"]
     assert len(list(out.glob("*.json"))) == 1

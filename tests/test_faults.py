@@ -259,7 +259,7 @@ def test_pickle_model_files_are_refused(cli, tmp_path):
 
     evil = tmp_path / "pytorch_model.bin"
     evil.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
-    res = cli("bench", "-m", str(evil), "-o", str(tmp_path / "out"))
+    res = cli("bench", "-m", str(evil), "--out", str(tmp_path / "out"))
     assert res.code == 2 and "not a GGUF file" in res.stderr and not (tmp_path / "out").exists()
 
 

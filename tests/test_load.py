@@ -80,7 +80,7 @@ def test_chat_rate_point_and_tight_slo(cli, server_url, tmp_path):
             "--requests", "3", "--input-len", "12", "--output-len", "5", "--warmup", "0",
             "--slo", "ttft_ms=0.001", "--format", "json", "--out", str(tmp_path))
     assert r.code == 0, r.stderr
-    printed = r.json()
+    (printed,) = r.json()
     record, _ = _only_record(tmp_path)
     assert printed["run_id"] == record.run_id
     (p,) = record.load

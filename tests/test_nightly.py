@@ -37,7 +37,7 @@ def test_make_nightly_on_cpu(real_runs, tmp_path):
     proc = subprocess.run(
         ["make", "--no-print-directory", "-o", str(VENV / "bin" / "harness"), "nightly", f"VENV={VENV}",
          "NIGHTLY_MODELS=smollm2-135m", "NIGHTLY_BACKENDS=llamacpp", f"NIGHTLY_BENCH_ARGS={' '.join(BENCH)} --threads 1",
-         "NIGHTLY_SUITE=", "NIGHTLY_REPORT_ARGS=--power-w 20 --kwh-price 0.3",
+         "NIGHTLY_SUITE=", "NIGHTLY_REPORT_ARGS=--power-w 20 --kwh-price 0.3", "NIGHTLY_FAIL_ON=",
          f"NIGHTLY_OUT={out}", f"HISTORY_DIR={history}"],
         cwd=REPO, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "GITHUB_STEP_SUMMARY": str(summary)},
     )
@@ -54,11 +54,37 @@ def test_make_nightly_on_cpu(real_runs, tmp_path):
     assert compare.startswith("**harness compare** base → head: same configurations") and "tg_tps" in compare
     trend = (out / "trend.md").read_text()
     assert "2026-01-01" in trend and record["created_at"][:10] in trend and "last vs previous" in trend
+    assert (out / "trend.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the trend as a plot too
     assert (out / "report.html").exists() and list(out.glob("report-*.png"))
     text = (out / "summary.md").read_text()
     assert "bench smollm2-135m on llamacpp: ok" in text
     assert "accuracy suite" not in text  # no suite asked for
     assert summary.read_text() == text
+
+
+def test_nightly_fails_on_a_regression_against_the_previous_night(real_runs, tmp_path):
+    history = tmp_path / "history"
+
+    def faster_last_night(d):  # last night ran ten times faster: tonight is a regression
+        d["created_at"] = "2026-01-01T03:00:00Z"
+        for p in d["perf"]:
+            p["samples_tps"] = [x * 10 for x in p["samples_tps"]]
+            p["samples_ms"] = [x / 10 for x in p["samples_ms"]]
+            p["tps_mean"] *= 10
+            p["tps_stddev"] *= 10
+    write_variant(real_runs.file(real_runs.t1), history / "20260101T030000Z", faster_last_night)
+    out = tmp_path / "nightly"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.nightly", "--models", "smollm2-135m", "--backends", "llamacpp",
+         "--bench-args", f"{' '.join(BENCH)} --threads 1", "--out", str(out), "--history", str(history),
+         "--fail-on", "tg_tps:-10%,accuracy:-2pt"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    text = (out / "summary.md").read_text()
+    assert "**Regression:** --fail-on: 1 flagged regression(s)" in text and "tg16" in text
+    assert "**Failed:** regression" in text
+    # everything else was still written: the comparison, the trend table and plot, the report
+    assert "tg_tps" in (out / "compare.md").read_text() and (out / "trend.png").exists() and (out / "report.html").exists()
 
 
 def _workflow(name: str) -> dict:
@@ -81,6 +107,10 @@ def test_workflows_keep_fork_code_off_the_gpu_runner():
     assert "harness-pr-bench" in json.dumps(steps)  # one marked comment, updated
     # the self-hosted runner is reached only by the schedule and manual runs
     assert set(nightly["on"]) == {"schedule", "workflow_dispatch"}
+    # the pull-request table compares accuracy on the quick suite as well as speed
+    pr_steps = " ".join(s.get("run", "") for job in pr["jobs"].values() for s in job["steps"])
+    assert "harness eval $EVAL_ARGS" in pr_steps and "--suite quick" in pr["jobs"]["bench"]["env"]["EVAL_ARGS"]
+    assert "accuracy:" in pr["jobs"]["bench"]["env"]["GATE"]
     (job,) = nightly["jobs"].values()
     assert "self-hosted" in job["runs-on"] and "fork" in job["if"]
     assert any("make nightly" in s.get("run", "") for s in job["steps"])

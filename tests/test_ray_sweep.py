@@ -4,7 +4,7 @@ The test starts a Ray cluster in its own process (2 CPUs, no dashboard, a 200 MB
 store) and points `harness sweep --ray ADDRESS` at it, as a user points a sweep at a
 cluster of machines. The cells are real: the SmolLM2 GGUF through llama-cpp-python
 (pp16, tg8, one repetition), and one cell of the fault plugin that aborts. On CPU only,
-so multi-GPU placement and vLLM parallelism are not exercised here (see the README).
+so multi-GPU placement and vLLM parallelism are not exercised here (see docs/ray.md).
 """
 
 from __future__ import annotations

@@ -53,6 +53,12 @@ def test_dry_run_prints_the_plan_with_an_estimate_and_writes_nothing(cli, tmp_pa
     assert "n_threads=1 n_batch=256" in rows[0] and "n_threads=2 n_batch=512" in rows[3]
     assert all("| run " in r and "3600" in r for r in rows)
     assert "4 cells, 4 to run, about " in res.stdout and " s" in res.stdout.split("about ")[1]
+    # the same plan as data
+    js = cli("sweep", str(m), "--out", str(out), "--dry-run", "--format", "json").json()
+    assert [c["index"] for c in js] == [1, 2, 3, 4] and {c["action"] for c in js} == {"run"}
+    assert all(c["timeout_s"] == 3600 and c["estimate_s"] > 0 for c in js)
+    lines = cli("sweep", str(m), "--out", str(out), "--dry-run", "-f", "csv").stdout.splitlines()
+    assert lines[0].startswith("index,kind,label") and len(lines) == 5
     assert not out.exists()
 
 
@@ -178,9 +184,10 @@ def test_printers_accept_the_sweep_summary(cli, interrupted):
     csv_out = cli("show", str(out / "sweep.json"), "--format", "csv")
     lines = csv_out.stdout.strip().splitlines()
     assert lines[0].startswith("sweep_id,index,label") and len(lines) == 3
-    js = cli("show", str(out), "--format", "json").json()
-    assert len(js["sweeps"]) == 1 and len(js["runs"]) == 2
-    assert {r["run_id"] for r in js["runs"]} == {c.run_id for c in second["summary"].cells}
+    js = cli("show", str(out), "--format", "json").json()  # one list: the run records, then the summary
+    runs, sweeps = [x for x in js if x["kind"] == "run"], [x for x in js if x["kind"] == "sweep"]
+    assert len(sweeps) == 1 and len(runs) == 2 and js[-1]["kind"] == "sweep"
+    assert {r["run_id"] for r in runs} == {c.run_id for c in second["summary"].cells}
     records, sweeps = load_records([out / "sweep.json"])
     assert len(records) == 2 and sweeps[0].sweep_id == second["summary"].sweep_id
     # every reader of run records takes a summary as its cells' files: compare does

