@@ -204,7 +204,7 @@ class Backend(ABC):
     @classmethod
     def describe(cls, model: ModelInfo, settings: BackendSettings | None = None) -> str:
         """What the model is to this backend, for a refusal line ('X is a chat API without ...')."""
-        return f"{model.name or model.ref} on backend '{cls.name}'"
+        return model.name or model.ref
 
     # -- tokens (the core's tokenizer, where the backend has one)
     def _no_tokenizer(self):

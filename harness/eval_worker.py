@@ -73,7 +73,7 @@ def check_capabilities(cls, settings, model: ModelInfo, loaded, allow_code: bool
         can = (f"of the tasks asked for it can run {', '.join(sorted(runnable)[:6])}; " if runnable else "")
         raise Refused(f"{shown} score{'s' if len(needing) == 1 else ''} log-likelihoods, which needs "
                       f"{missing_for(cls, settings, 'loglikelihood')}; {cls.describe(model, settings)} "
-                      f"(backend '{cls.name}': {capability_words(cls, settings)}); {can}"
+                      f"(backend '{cls.name}' has {capability_words(cls, settings)} only); {can}"
                       "the suite open-vs-closed runs on it")
     generative = [n for n in loaded.leaves if n not in needing]
     if generative and not serves(cls, settings, "generate"):
