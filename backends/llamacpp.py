@@ -20,7 +20,8 @@ from typing import ClassVar, Iterator
 import numpy as np
 import psutil
 
-from harness.backend import Backend, BackendSettings, Capabilities, LoadInfo, LogitsWanted
+from harness.backend import (Backend, BackendSettings, GenerationRequest, GenerationResult, LoadInfo, LogitsWanted,
+                             ResultHook, StepDecoder, TextGenerator, generate_by_steps)
 from harness.errors import BackendError
 from harness.models import ModelInfo
 
@@ -43,7 +44,7 @@ def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(StepDecoder, TextGenerator, Backend):
     name = "llamacpp"
     Settings = LlamaCppSettings
     install_hint = "pip install 'llama-cpp-python==0.3.36' (or: make setup)"
@@ -184,9 +185,10 @@ class LlamaCppBackend(Backend):
             self._llm = None
             self._ctx = None
 
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(logprobs=True, streaming=True, batching=False, chat_template=self.model.chat_template)
+    def generate(self, requests: list[GenerationRequest], *, concurrency: int | None = None,
+                 on_result: ResultHook | None = None) -> list[GenerationResult]:
+        """One request after another (one sequence in the cache), through stream()."""
+        return generate_by_steps(self, requests, on_result)
 
     # ------------------------------------------------------------------ tokens
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:

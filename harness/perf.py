@@ -10,8 +10,8 @@ one full-size warm-up run precedes the timed repetitions. A pp repetition also r
 time to first token: the prompt evaluation plus reading the last logits and picking
 the greedy token.
 
-Engines without a KV cache to step through (``capabilities.incremental_eval`` False:
-vLLM) are timed on whole requests through ``generate()`` instead (``method="requests"``):
+Engines without a KV cache to step through (not a ``StepDecoder``: vLLM, a text
+generator of token-id prompts) are timed on whole requests through ``generate()`` instead (``method="requests"``):
 ppN is one request of the N prompt tokens with ``max_tokens=1`` (prefill plus one sampled
 token, which is also its time to first token); tgN is one request of the first token and
 N generated tokens with end-of-sequence ignored: N forward passes of one token each, as
@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from harness.backend import Backend, GenerationRequest, GenerationResult
+from harness.backend import Backend, GenerationRequest, GenerationResult, StepDecoder, serves
 from harness.errors import BackendError
 from harness.meters import EnergyMeter, GpuMeter, MemorySampler, now_ns
 from harness.record import PerfResult
@@ -107,7 +107,7 @@ def run_test(backend: Backend, kind: str, n: int, reps: int, gpu: GpuMeter | Non
     rng = np.random.default_rng(seed)
     runs = [_tokens(backend, n, rng, first_bos=True) for _ in range(reps + 1)]
     energy = EnergyMeter(gpu)
-    steps = backend.capabilities.incremental_eval
+    steps = isinstance(backend, StepDecoder)
     samples_ns: list[int] = []
     ttft_ns: list[int] = []
     engine_tps: list[float] = []
@@ -163,7 +163,7 @@ def run_test(backend: Backend, kind: str, n: int, reps: int, gpu: GpuMeter | Non
 def run_batch_test(backend: Backend, batch: int, n_prompt: int, n_gen: int, reps: int, gpu: GpuMeter | None,
                    seed: int = 0, progress: Progress | None = None) -> PerfResult:
     """``batchB``: B requests submitted at once; output and total tokens/s over the batch's wall time."""
-    if not backend.capabilities.batching:
+    if not serves(type(backend), backend.settings, "batch"):
         raise BackendError(f"backend '{backend.name}' runs one request at a time; the batch test needs a batching backend (vllm)")
     name = f"batch{batch}"
     rng = np.random.default_rng(seed)
