@@ -20,8 +20,8 @@ from typing import ClassVar, Iterator
 import numpy as np
 import psutil
 
-from harness.backend import (Backend, BackendSettings, GenerationRequest, GenerationResult, LoadInfo, LogitsWanted,
-                             ResultHook, StepDecoder, TextGenerator, generate_by_steps)
+from harness.backend import (Backend, BackendSettings, BatchScorer, GenerationRequest, GenerationResult, LoadInfo,
+                             LogitsWanted, ResultHook, StepDecoder, TextGenerator, generate_by_steps)
 from harness.errors import BackendError
 from harness.models import ModelInfo
 
@@ -44,7 +44,7 @@ def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
-class LlamaCppBackend(StepDecoder, TextGenerator, Backend):
+class LlamaCppBackend(StepDecoder, BatchScorer, TextGenerator, Backend):
     name = "llamacpp"
     Settings = LlamaCppSettings
     install_hint = "pip install 'llama-cpp-python==0.3.36' (or: make setup)"
