@@ -100,7 +100,9 @@ def _summary(values: list[float]) -> tuple[float, float]:
 
 
 def run_test(backend: Backend, kind: str, n: int, reps: int, gpu: GpuMeter | None,
-             seed: int = 0, progress: Progress | None = None) -> PerfResult:
+             seed: int = 0, progress: Progress | None = None, roofline_device: str | None = None) -> PerfResult:
+    """One ppN or tgN test. With ``roofline_device`` ("cpu" or "gpu": where the weights are
+    read from), a tgN result also gets its memory-bandwidth roofline (harness/roofline.py)."""
     if kind not in ("pp", "tg"):
         raise ValueError(f"unknown test kind {kind}")
     name = f"{kind}{n}"
@@ -157,6 +159,10 @@ def run_test(backend: Backend, kind: str, n: int, reps: int, gpu: GpuMeter | Non
         ms = [ns / 1e6 for ns in ttft_ns]
         result.ttft_ms_mean, result.ttft_ms_stddev = _summary(ms)
         result.samples_ttft_ms = ms
+    if kind == "tg" and roofline_device:
+        from harness.roofline import annotate
+
+        annotate(result, backend.model.path, roofline_device)
     return result
 
 

@@ -101,6 +101,11 @@ class PerfResult(BaseModel):
     # energy over the timed repetitions only
     gpu_energy_j: float | None = None
     cpu_energy_j: float | None = None
+    # tgN only: the memory-bandwidth bound on decoding (bandwidth / bytes read per token) and
+    # tps_mean's share of it; roofline_method says how both figures were obtained (harness/roofline.py)
+    roofline_tps: float | None = None
+    roofline_fraction: float | None = None
+    roofline_method: str | None = None
     unavailable: dict[str, str] = Field(default_factory=dict)
 
 
