@@ -5,12 +5,15 @@
 #   llama_cpp_python-0.3.36-trimmed.tar.gz  the sdist without what a CUDA build of the Python
 #       package never compiles: llama.cpp's models (tokenizer test vocabularies), docs, media,
 #       tests, examples, tools (mtmd: built only with LLAVA_BUILD, which gpu_check.sh turns
-#       off), benches, scripts, gguf-py, and every ggml backend but CPU and CUDA;
+#       off), benches, scripts, gguf-py, every ggml backend but CPU and CUDA, and the git
+#       history the sdist carries;
+#   model.gguf  SmolLM2-135M's first 4 of 30 blocks (41 MB; benchmarks/gguf_first_layers.py):
+#       the bundled models' files are over the carry limit;
 #   wheels/  the harness's runtime and test dependencies that a PyTorch image may lack
 #       (binary ones for CPython 3.10, 3.11 and 3.12; numpy is not carried: every PyTorch
 #       image has it), and scikit-build-core for the build
 #       (the build runs without isolation: pip could not fetch its build requirements there).
-# Usage: benchmarks/gpu_prepare.sh   (from the repository root; prints the carry's size)
+# Usage: PIP=.venv/bin/pip benchmarks/gpu_prepare.sh   (prints the carry's size)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARRY=.gpu-carry
@@ -24,6 +27,7 @@ trap 'rm -rf "$work"' EXIT
 tar -xzf "$work/llama_cpp_python-$VERSION.tar.gz" -C "$work"
 src="$work/llama_cpp_python-$VERSION"
 v="$src/vendor/llama.cpp"
+find "$src" -name .git -prune -exec rm -rf {} +  # the sdist carries its git history
 rm -rf "$src/examples" "$src/docs" "$src/tests" "$src/docker" \
        "$v/models" "$v/docs" "$v/media" "$v/tests" "$v/examples" "$v/tools" "$v/benches" "$v/scripts" \
        "$v/gguf-py" "$v/conversion" "$v/.github" "$v/.devops" "$v/vendor/miniaudio" "$v/vendor/stb"
@@ -43,4 +47,7 @@ for py in 3.10 3.11 3.12; do
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
         -d "$CARRY/wheels" $BINARY
 done
+PY="${PYTHON:-$(dirname "$PIP")/python}"
+smollm2=$(PYTHONPATH="$PWD" "$PY" -c "from harness.models import resolve; print(resolve('smollm2-135m').path)")
+PYTHONPATH="$PWD" "$PY" benchmarks/gguf_first_layers.py "$smollm2" "$CARRY/model.gguf" --layers 4
 du -sh "$CARRY" "$CARRY"/*
