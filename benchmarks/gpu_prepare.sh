@@ -30,7 +30,7 @@ v="$src/vendor/llama.cpp"
 find "$src" -name .git -prune -exec rm -rf {} +  # the sdist carries its git history
 rm -rf "$src/examples" "$src/docs" "$src/tests" "$src/docker" \
        "$v/models" "$v/docs" "$v/media" "$v/tests" "$v/examples" "$v/tools" "$v/benches" "$v/scripts" \
-       "$v/gguf-py" "$v/conversion" "$v/.github" "$v/.devops" "$v/vendor/miniaudio" "$v/vendor/stb"
+       "$v/gguf-py" "$v/conversion" "$v/.github" "$v/.devops"
 for backend in "$v"/ggml/src/ggml-*/; do
     case "$(basename "$backend")" in ggml-cpu|ggml-cuda) ;; *) rm -rf "$backend" ;; esac
 done

@@ -97,6 +97,9 @@ def test_roofline_uses_the_device_bandwidth(offloaded):
 
 
 def test_make_nightly_on_the_gpu(tmp_path):
+    # the night compares with scipy and plots with matplotlib: too big to carry to a bare GPU machine
+    pytest.importorskip("scipy")
+    pytest.importorskip("matplotlib")
     out, history = tmp_path / "nightly", tmp_path / "history"
     proc = subprocess.run(
         ["make", "--no-print-directory", "-o", str(VENV / "bin" / "harness"), "nightly", f"VENV={VENV}",
