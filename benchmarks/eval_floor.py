@@ -58,7 +58,8 @@ def pp64(common: list[str], llama_bench: str | None, model_path: str | None, thr
         return float(json.loads(out)[0]["avg_ts"])
     with tempfile.TemporaryDirectory() as out:
         rec, _ = run(REPO, "bench", *common, "--pp", "64", "--tg", "none", "--reps", "5", "-o", out)
-    return rec[0]["perf"][0]["tps_mean"]
+    rec = rec[0] if isinstance(rec, list) else rec
+    return rec["perf"][0]["tps_mean"]
 
 
 def choices(samples: Path) -> dict[tuple[str, int], list[float]]:
