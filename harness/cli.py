@@ -577,7 +577,11 @@ def eval_(
     fmt: str = typer.Option("md", "--format", "-f", metavar="FORMAT", help=RECORD_FORMAT_HELP),
     log_samples: bool = typer.Option(False, "--log-samples", help="also write every document's prompt, answers and scores (JSON Lines) beside the result"),
     allow_code_execution: bool = typer.Option(False, "--allow-code-execution", help="run tasks that execute model-written code (humaneval), sandboxed"),
-    apply_chat_template: bool = typer.Option(False, "--apply-chat-template", help="format prompts with the model's own chat template"),
+    apply_chat_template: Optional[bool] = typer.Option(None, "--apply-chat-template/--no-apply-chat-template", help="lm-eval's chat path: prompts as chat messages, rendered with the model's own chat template in process, sent as messages to a chat API (default: on for --api chat, off otherwise)"),
+    fewshot_as_multiturn: Optional[bool] = typer.Option(None, "--fewshot-as-multiturn/--no-fewshot-as-multiturn", help="with the chat path: each few-shot example its own user/assistant turn (default: lm-eval's)"),
+    system_instruction: Optional[str] = typer.Option(None, "--system-instruction", help="with the chat path: a system message before every prompt"),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="generation requests in flight at once on a text generator (an API; default 1)"),
+    api_price: Optional[str] = typer.Option(None, "--api-price", help="NAME=IN/OUT, the API's price per million input/output tokens: the record gets the run's cost"),
     no_cache: bool = typer.Option(False, "--no-cache", help="do not reuse or store answers in lm-eval's request cache"),
 ) -> None:
     """Measure accuracy with lm-eval on the bundled offline tasks (or any lm-eval task)."""
@@ -607,7 +611,8 @@ def eval_(
         limit=parse_limit("--limit", limit), num_fewshot=num_fewshot, seed=parse_seed("--seed", seed),
         gen_kwargs=parse_gen_kwargs("--gen-kwargs", gen_kwargs), threads=threads, out_dir=out, log_samples=log_samples,
         allow_code_execution=allow_code_execution, apply_chat_template=apply_chat_template, use_cache=not no_cache,
-        command=["harness", *sys.argv[1:]],
+        fewshot_as_multiturn=fewshot_as_multiturn, system_instruction=system_instruction, concurrency=concurrency,
+        api_price=api_price, command=["harness", *sys.argv[1:]],
     )
     on_event, stop = _eval_progress()
     try:

@@ -49,6 +49,10 @@ class EvalJob(BaseModel):
     samples_path: str | None = None
     request_cache: str | None = None  # lm-eval use_cache prefix (lm-eval appends _rank0.db)
     bootstrap_iters: int = 100000
+    system_instruction: str | None = None
+    fewshot_as_multiturn: bool | None = None  # None: lm-eval's default
+    concurrency: int | None = None
+    api_price: str | None = None  # NAME=IN/OUT per million tokens
 
 
 def _now() -> str:
@@ -59,14 +63,24 @@ class Refused(HarnessError):
     """Bad input found in the worker before any measurement: no record is written."""
 
 
-def check_capabilities(backend_name: str, can_score: bool, loaded, selection: TaskSelection, allow_code: bool) -> None:
+def check_capabilities(cls, settings, model: ModelInfo, loaded, allow_code: bool) -> None:
+    """Refuse, before the model loads, tasks the backend cannot serve: one line that names
+    the missing capability and what would work."""
+    from harness.backend import capability_words, missing_for, serves
+
     needing = loaded.needing_logprobs()
-    if needing and not can_score:
+    if needing and not serves(cls, settings, "loglikelihood"):
         runnable = [n for n in loaded.leaves if n not in needing]
         shown = ", ".join(sorted(needing)[:6]) + (f" and {len(needing) - 6} more" if len(needing) > 6 else "")
-        can = (f"of these it can run: {', '.join(sorted(runnable)[:6])}" if runnable else "it can run generative tasks only")
-        raise Refused(f"backend '{backend_name}' cannot score log-likelihoods, which {shown} need; {can} "
-                      "(try --suite open-vs-closed, the generative forms)")
+        can = (f"of the tasks asked for it can run {', '.join(sorted(runnable)[:6])}; " if runnable else "")
+        raise Refused(f"{shown} score{'s' if len(needing) == 1 else ''} log-likelihoods, which needs "
+                      f"{missing_for(cls, settings, 'loglikelihood')}; {cls.describe(model, settings)} "
+                      f"(backend '{cls.name}' has {capability_words(cls, settings)} only); {can}"
+                      "the suite open-vs-closed runs on it")
+    generative = [n for n in loaded.leaves if n not in needing]
+    if generative and not serves(cls, settings, "generate"):
+        raise Refused(f"{', '.join(sorted(generative)[:6])} generate text, which needs "
+                      f"{missing_for(cls, settings, 'generate')}; backend '{cls.name}' has {capability_words(cls, settings)}")
     code = loaded.executing_code()
     if code and not allow_code:
         raise Refused(f"{', '.join(code)} execute model-written code; add --allow-code-execution to run them "
@@ -78,6 +92,21 @@ def check_capabilities(backend_name: str, can_score: bool, loaded, selection: Ta
             sandbox.check()
         except sandbox.SandboxUnavailable as exc:
             raise Refused(f"{', '.join(code)} cannot run: {exc}") from None
+
+
+def api_cost(price: str | None, usage: dict):
+    from harness.cost import parse_api_price
+    from harness.record import ApiCost
+
+    if not price:
+        return None
+    p = parse_api_price(price)
+    prompt = sum(u.prompt_tokens or 0 for u in usage.values())
+    completion = sum(u.completion_tokens or 0 for u in usage.values())
+    complete = all(u.unreported == 0 and (u.requests == 0 or u.prompt_tokens is not None) for u in usage.values())
+    cost = (prompt * p.input_per_mtok + completion * p.output_per_mtok) / 1e6 if complete else None
+    return ApiCost(price_name=p.name, input_per_mtok=p.input_per_mtok, output_per_mtok=p.output_per_mtok,
+                   prompt_tokens=prompt, completion_tokens=completion, cost=cost)
 
 
 def run_eval_job(job: EvalJob, channel: Channel) -> None:
@@ -99,9 +128,8 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
 
     cls = registry.get(job.backend)
     settings = cls.Settings(**job.settings)
-    probe = cls(job.model, settings)
     try:
-        check_capabilities(cls.name, probe.capabilities.logprobs, loaded, job.selection, job.allow_code_execution)
+        check_capabilities(cls, settings, job.model, loaded, job.allow_code_execution)
     except Refused as exc:
         channel.send("refused", message=str(exc))
         return
@@ -113,7 +141,8 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
                                            engine_version=cls.engine_version(), settings=settings.model_dump()))
     train_ctx = job.model.context_length_train
     fields = cls.Settings.model_fields
-    sized = "n_ctx" in fields and not settings.model_dump().get("n_ctx")
+    # a model run here is loaded for the context its requests need; a server's is its own
+    sized = "n_ctx" in fields and not settings.model_dump().get("n_ctx") and cls.has_tokenizer(settings)
     load_s = 0.0
 
     def load(n_ctx: int | None):
@@ -125,8 +154,12 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
         load_s += (now_ns() - t0) / 1e9
         return engine, info
 
+    from harness.backend import TextGenerator
+
+    # a chat API is sent the messages; an in-process model renders them with its own template
+    takes_messages = issubclass(cls, TextGenerator) and "messages" in cls.prompt_forms(settings)
     try:
-        chat = _chat_template(job.model) if job.apply_chat_template else None
+        chat = _chat_template(job.model) if job.apply_chat_template and not takes_messages else None
     except HarnessError as exc:
         channel.send("refused", message=str(exc))
         return
@@ -157,6 +190,7 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
         engine, max_length=train_ctx or info.n_ctx, identity=identity, resize=resize if sized else None,
         chat_template=chat, prefix_token_id=special.get("bos"),
         progress=lambda kind, done, total: channel.send("progress", kind=kind, done=done, total=total),
+        concurrency=job.concurrency, seed=getattr(settings, "seed", None),
     )
     samples = job.selection.samples
     kwargs: dict[str, Any] = dict(
@@ -176,6 +210,10 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
         kwargs["gen_kwargs"] = job.gen_kwargs
     if job.request_cache:
         kwargs["use_cache"] = job.request_cache
+    if job.system_instruction:
+        kwargs["system_instruction"] = job.system_instruction
+    if job.fewshot_as_multiturn is not None:
+        kwargs["fewshot_as_multiturn"] = job.fewshot_as_multiturn
     import lm_eval
 
     channel.send("phase", what="scoring")
@@ -195,6 +233,9 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
     c = lm.counters
     requests_total = accuracy.requests_built(loaded.leaves) if results is not None else None
     received = c.requests_loglikelihood + c.requests_rolling + c.requests_generate
+    from harness.record import TaskUsage
+
+    usage = {task: TaskUsage(**vars(u)) for task, u in sorted(lm.usage.items())}
     info_hashes: dict[str, str] = {}
     samples_file = None
     if results is not None:
@@ -221,6 +262,8 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
             floor_tokens=c.floor_tokens, tokens_generated=c.tokens_generated, context_resizes=c.context_resizes,
             rollback_unsupported=c.rollback_unsupported, peak_rss_mib=mem.peaks.peak_rss_mib,
         ),
+        system_instruction=job.system_instruction, fewshot_as_multiturn=job.fewshot_as_multiturn,
+        concurrency=job.concurrency, usage=usage, api_cost=api_cost(job.api_price, usage),
     )
     if record.failures:
         record.status = "partial" if record.accuracy else "failed"

@@ -30,7 +30,7 @@ from harness.store import write_record
 from harness.suites import TaskConfigError, bundled_tasks_dir, check_tasks_dir, select_tasks
 
 # Bump when the adapter would answer the same request differently (it keys the request cache).
-ADAPTER_VERSION = 1
+ADAPTER_VERSION = 2
 # Settings that cannot change an answer (llama.cpp's results do not depend on the thread
 # count; tests/test_accuracy.py checks it), left out of the request-cache key.
 NOT_IN_CACHE_KEY = {"n_threads", "n_threads_batch"}
@@ -55,7 +55,11 @@ class EvalRequest(BaseModel):
     out_dir: Path
     log_samples: bool = False
     allow_code_execution: bool = False
-    apply_chat_template: bool = False
+    apply_chat_template: bool | None = None  # None: on for a backend that takes chat messages, else off
+    fewshot_as_multiturn: bool | None = None  # None: lm-eval's default
+    system_instruction: str | None = None
+    concurrency: int | None = None  # generation requests in flight (a text generator's)
+    api_price: str | None = None  # NAME=IN/OUT per million tokens: record the run's cost
     use_cache: bool = True
     command: list[str] = []
     timeout_s: float | None = None
@@ -102,6 +106,12 @@ def prepare(request: EvalRequest):
         raise ConfigError(f"--num-fewshot must be 0 or more (got {request.num_fewshot})")
     if request.threads is not None and request.threads < 1:
         raise ConfigError(f"--threads must be at least 1 (got {request.threads})")
+    if request.concurrency is not None and request.concurrency < 1:
+        raise ConfigError(f"--concurrency must be at least 1 (got {request.concurrency})")
+    if request.api_price is not None:
+        from harness.cost import parse_api_price
+
+        parse_api_price(request.api_price)
     lm_eval_version = check_lm_eval()
     backend_cls = registry.get(request.backend)
     check_installed(backend_cls)
@@ -124,17 +134,26 @@ def prepare(request: EvalRequest):
         settings = backend_cls.default_settings(model, **values)
     except ValidationError as exc:
         raise setting_error(backend_cls.name, exc) from None
+    from harness.backend import TextGenerator
+
+    chat = request.apply_chat_template
+    if chat is None:  # a chat API is asked in messages, as lm-eval's chat path builds them
+        chat = issubclass(backend_cls, TextGenerator) and "messages" in backend_cls.prompt_forms(settings)
+    if request.fewshot_as_multiturn and not chat:
+        raise ConfigError("--fewshot-as-multiturn needs the chat path: add --apply-chat-template")
     run_id = new_run_id()
     cache = (str(request_cache_prefix(model, backend_cls, settings.model_dump(), lm_eval_version,
-                                      request.apply_chat_template)) if request.use_cache else None)
+                                      chat)) if request.use_cache else None)
     samples_path = str(request.out_dir.resolve() / f"eval-{run_id}.samples.jsonl") if request.log_samples else None
     return EvalJob(
         run_id=run_id, command=request.command, backend=backend_cls.name, model=model,
         settings=settings.model_dump(), selection=selection, tasks_dirs=[str(d) for d in dirs], limit=request.limit,
         num_fewshot=request.num_fewshot, seed=request.seed, gen_kwargs=request.gen_kwargs,
-        apply_chat_template=request.apply_chat_template,
+        apply_chat_template=chat,
         allow_code_execution=request.allow_code_execution, log_samples=request.log_samples,
-        samples_path=samples_path, request_cache=cache,
+        samples_path=samples_path, request_cache=cache, system_instruction=request.system_instruction,
+        fewshot_as_multiturn=request.fewshot_as_multiturn, concurrency=request.concurrency,
+        api_price=request.api_price,
     )
 
 

@@ -10,8 +10,8 @@ one full-size warm-up run precedes the timed repetitions. A pp repetition also r
 time to first token: the prompt evaluation plus reading the last logits and picking
 the greedy token.
 
-Engines without a KV cache to step through (``capabilities.incremental_eval`` False:
-vLLM) are timed on whole requests through ``generate()`` instead (``method="requests"``):
+Engines without a KV cache to step through (not a ``StepDecoder``: vLLM, a text
+generator of token-id prompts) are timed on whole requests through ``generate()`` instead (``method="requests"``):
 ppN is one request of the N prompt tokens with ``max_tokens=1`` (prefill plus one sampled
 token, which is also its time to first token); tgN is one request of the first token and
 N generated tokens with end-of-sequence ignored: N forward passes of one token each, as
@@ -36,7 +36,7 @@ from typing import Callable
 
 import numpy as np
 
-from harness.backend import Backend, GenerationRequest, GenerationResult
+from harness.backend import Backend, GenerationRequest, GenerationResult, StepDecoder, serves
 from harness.config import perf_test_name
 from harness.errors import BackendError
 from harness.meters import EnergyMeter, GpuMeter, MemorySampler, now_ns
@@ -131,14 +131,17 @@ def _summary(values: list[float]) -> tuple[float, float]:
 
 
 def run_test(backend: Backend, kind: str, n: int | tuple[int, int], reps: int, gpu: GpuMeter | None,
-             seed: int = 0, progress: Progress | None = None, depth: int = 0) -> PerfResult:
+             seed: int = 0, progress: Progress | None = None, depth: int = 0,
+             roofline_device: str | None = None) -> PerfResult:
     """One llama-bench test: kind pp or tg with n tokens, or pg with n = (prompt, generated)
-    tokens; ``depth`` tokens fill the cache before each repetition, outside the clock."""
+    tokens; ``depth`` tokens fill the cache before each repetition, outside the clock. With
+    ``roofline_device`` ("cpu" or "gpu": where the weights are read from), a result that
+    generates also gets its memory-bandwidth roofline (harness/roofline.py)."""
     if kind not in ("pp", "tg", "pg"):
         raise ValueError(f"unknown test kind {kind}")
     n_prompt, n_gen = n if kind == "pg" else ((n, 0) if kind == "pp" else (0, n))
     name = perf_test_name(kind, n, depth)
-    steps = backend.capabilities.incremental_eval
+    steps = isinstance(backend, StepDecoder)
     if depth and not steps:
         raise BackendError(f"{name}: a test at a depth needs a backend that steps a KV cache; "
                            f"'{backend.name}' runs whole requests")
@@ -205,13 +208,17 @@ def run_test(backend: Backend, kind: str, n: int | tuple[int, int], reps: int, g
         ms = [ns / 1e6 for ns in ttft_ns]
         result.ttft_ms_mean, result.ttft_ms_stddev = _summary(ms)
         result.samples_ttft_ms = ms
+    if kind == "tg" and roofline_device:
+        from harness.roofline import annotate
+
+        annotate(result, backend.model.path, roofline_device)
     return result
 
 
 def run_batch_test(backend: Backend, batch: int, n_prompt: int, n_gen: int, reps: int, gpu: GpuMeter | None,
                    seed: int = 0, progress: Progress | None = None) -> PerfResult:
     """``batchB``: B requests submitted at once; output and total tokens/s over the batch's wall time."""
-    if not backend.capabilities.batching:
+    if not serves(type(backend), backend.settings, "batch"):
         raise BackendError(f"backend '{backend.name}' runs one request at a time; the batch test needs a batching backend (vllm)")
     name = f"batch{batch}"
     rng = np.random.default_rng(seed)

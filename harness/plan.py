@@ -42,7 +42,7 @@ def expand_settings(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 
 def _settings(backend_cls: type[Backend], model: ModelInfo, values: dict[str, Any], tests: PerfTests) -> BackendSettings:
-    needed = tests.max_context()
+    needed = backend_cls.context_for(tests.max_context())
     values = dict(values)
     n_ctx = values.get("n_ctx") or 0
     if n_ctx and n_ctx < needed:

@@ -93,9 +93,11 @@ def _md_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
 def perf_markdown(records: list[RunRecord]) -> str:
     settings = _shown_settings(records)
     show_dev = any((r.backend.device or "cpu") != "cpu" for r in records)
+    show_roof = any(p.roofline_fraction is not None for r in records for p in r.perf)
     header = ["model", "size", "params", "backend"] + (["dev"] if show_dev else []) + \
-        [SETTING_COLUMNS[k] for k in settings] + ["test", "t/s", "ttft ms", "peak RSS MiB"]
-    right = {1, 2} | set(range(len(header) - 3, len(header)))
+        [SETTING_COLUMNS[k] for k in settings] + ["test", "t/s", "ttft ms", "peak RSS MiB"] + \
+        (["% of roofline"] if show_roof else [])
+    right = {1, 2} | set(range(len(header) - (4 if show_roof else 3), len(header)))
     rows = []
     for r in records:
         base = [model_label(r), f"{r.model.size_bytes / 2**20:.2f} MiB", _params_label(r.model.parameters), r.backend.name]
@@ -104,9 +106,10 @@ def perf_markdown(records: list[RunRecord]) -> str:
         for p in r.perf:
             ttft = f"{p.ttft_ms_mean:.2f} ± {p.ttft_ms_stddev:.2f}" if p.ttft_ms_mean is not None else ""
             rss = f"{p.peak_rss_mib:.1f}" if p.peak_rss_mib is not None else ""
-            rows.append(base + [p.test, f"{p.tps_mean:.2f} ± {p.tps_stddev:.2f}", ttft, rss])
+            roof = [f"{100 * p.roofline_fraction:.1f}" if p.roofline_fraction is not None else ""] if show_roof else []
+            rows.append(base + [p.test, f"{p.tps_mean:.2f} ± {p.tps_stddev:.2f}", ttft, rss] + roof)
         for f in r.failures:
-            rows.append(base + ["FAILED", f.cause, "", ""])
+            rows.append(base + ["FAILED", f.cause, "", ""] + ([""] if show_roof else []))
     return _md_table(header, rows, right)
 
 

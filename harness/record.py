@@ -102,6 +102,11 @@ class PerfResult(BaseModel):
     # energy over the timed repetitions only
     gpu_energy_j: float | None = None
     cpu_energy_j: float | None = None
+    # tgN only: the memory-bandwidth bound on decoding (bandwidth / bytes read per token) and
+    # tps_mean's share of it; roofline_method says how both figures were obtained (harness/roofline.py)
+    roofline_tps: float | None = None
+    roofline_fraction: float | None = None
+    roofline_method: str | None = None
     unavailable: dict[str, str] = Field(default_factory=dict)
 
 
@@ -271,6 +276,31 @@ class EvalCost(BaseModel):
     peak_rss_mib: float | None = None  # of the measuring process while it scored
 
 
+class TaskUsage(BaseModel):
+    """One task's generation requests sent in this run, with the token counts the engine (an
+    API's usage) reported; None where it reported none."""
+
+    requests: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None  # reasoning tokens included, as the APIs count them
+    reasoning_tokens: int | None = None
+    prompt_tokens_cached: int | None = None  # of prompt_tokens, what the provider's cache held
+    retries: int = 0  # 429/5xx answers, failed connections and cut streams that were sent again
+    unreported: int = 0  # answers that came without a token count
+
+
+class ApiCost(BaseModel):
+    """What this run's requests cost at the price given with --api-price (requests answered
+    from the request cache cost nothing and are not counted)."""
+
+    price_name: str
+    input_per_mtok: float
+    output_per_mtok: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None  # None when some answer came without usage: a partial sum is not shown as the cost
+
+
 class EvalInfo(BaseModel):
     """How an accuracy run was set up, so runs with different prompts are never compared silently."""
 
@@ -294,6 +324,11 @@ class EvalInfo(BaseModel):
     requests_recalled: int | None = None
     samples_file: str | None = None  # --log-samples: the per-document JSONL file
     cost: EvalCost | None = None
+    system_instruction: str | None = None
+    fewshot_as_multiturn: bool | None = None  # None: lm-eval's default
+    concurrency: int | None = None  # generation requests in flight at once (a text generator's)
+    usage: dict[str, TaskUsage] = Field(default_factory=dict)  # task -> generation usage
+    api_cost: ApiCost | None = None
 
 
 class Failure(BaseModel):

@@ -138,10 +138,13 @@ def percentiles(xs: list[float]) -> dict[str, float]:
 
 
 def speed_section(records: list[RunRecord], varying: list[str]) -> dict[str, Any]:
-    rows, ttft_groups, tpot_groups = [], [], []
+    rows, ttft_groups, tpot_groups, roofline = [], [], [], []
     for r in records:
         label = config_label(r, varying)
         for p in r.perf:
+            if p.roofline_fraction is not None:
+                roofline.append(f"{label} {p.test}: {p.tps_mean:.1f} t/s is {100 * p.roofline_fraction:.1f}% of the "
+                                f"memory-bandwidth roofline of {p.roofline_tps:.0f} t/s ({p.roofline_method})")
             if p.n_gen:
                 per_token = [ms / p.n_gen for ms in p.samples_ms]
                 lat = percentiles(per_token)
@@ -166,7 +169,7 @@ def speed_section(records: list[RunRecord], varying: list[str]) -> dict[str, Any
                 ttft_groups.append((f"{label} load {pt.label}", ttft))
             if tpot:
                 tpot_groups.append((f"{label} load {pt.label}", tpot))
-    return {"rows": rows, "ttft_groups": ttft_groups, "tpot_groups": tpot_groups}
+    return {"rows": rows, "ttft_groups": ttft_groups, "tpot_groups": tpot_groups, "roofline": roofline}
 
 
 def load_section(records: list[RunRecord], varying: list[str]) -> dict[str, Any]:

@@ -47,7 +47,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness import __version__, registry
-from harness.backend import BackendSettings
+from harness.backend import BackendSettings, serves
 from harness.bench import check_installed
 from harness.config import PerfTests
 from harness.environment import fingerprint
@@ -408,11 +408,7 @@ def expand(matrix: Matrix, source: Path) -> list[Cell]:
             raise ConfigError(f"{what}: {exc}") from None
         suite_def = known_suites.get(spec.suite.name) if spec.suite else None
         if suite_def and (suite_def["suite"] or {}).get("requires_loglikelihood"):
-            try:
-                scores = backend_cls(model, settings).capabilities.logprobs  # construction is cheap, loads nothing
-            except Exception:
-                scores = True  # the cell finds out
-            if not scores:
+            if not serves(backend_cls, settings, "loglikelihood"):
                 raise ConfigError(f"{what}: backend '{backend_cls.name}' cannot score log-likelihoods, which "
                                   f"{spec.suite.name} needs (try suite open-vs-closed, the generative forms)")
         cell = Cell(index=i, kind="perf" if spec.tests else "suite", model=model, backend=backend_cls.name,

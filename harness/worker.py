@@ -91,7 +91,8 @@ def run_job(job: Job, channel: Channel) -> None:
                     channel.send("progress", index=index, test=test, rep=rep, reps=reps)
                 try:
                     record.perf.append(run_test(backend, kind, n, job.tests.reps, gpu if gpu.ok else None,
-                                                seed=case.settings.get("seed", 0), progress=progress, depth=depth))
+                                                seed=case.settings.get("seed", 0), progress=progress, depth=depth,
+                                                roofline_device=info.device))
                 except HarnessError as exc:
                     record.failures.append(Failure(cause=f"{perf_test_name(kind, n, depth)} failed", detail=redact(str(exc))))
             for size in job.tests.batch:

@@ -38,11 +38,11 @@ def port_open(port: int) -> bool:
 
 
 @contextmanager
-def llamacpp_server(model_path: str, alias: str = "smollm2") -> Iterator[str]:
+def llamacpp_server(model_path: str, alias: str = "smollm2", n_ctx: int = 512) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--model_alias", alias,
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--n_threads", "1", "--n_threads_batch", "1",
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", "1", "--n_threads_batch", "1",
          "--interrupt_requests", "False"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"

@@ -9,6 +9,7 @@ not (one pass over context and continuation together).
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -279,11 +280,19 @@ def test_chat_format_requests_through_lm_eval(smollm2_path, engine):
     texts = gguf_token_texts(smollm2_path, [1, 2])
     lm = BackendLM(engine, max_length=1024, identity="test",
                    chat_template=ChatTemplate(read_chat_template(smollm2_path), texts[1], texts[2]))
-    rendered = lm.apply_chat_template([{"role": "user", "content": "Hi"}])
-    assert rendered.startswith("<|im_start|>system") and lm.tokenizer_name == "test"
+    context = lm.apply_chat_template([{"role": "user", "content": "Hi"}])
+    # the request holds the conversation itself (what a chat API is sent, what --log-samples shows) ...
+    assert json.loads(context) == [{"role": "user", "content": "Hi"}] and lm.tokenizer_name == "test"
+    # ... and the model's own template renders it just before tokenizing
+    rendered = lm._render(context)
+    assert rendered.startswith("<|im_start|>system") and rendered.endswith("<|im_start|>assistant\n")
     # the rendered markers are the model's special tokens, not text
     toks = lm.tok_encode(rendered)
     assert toks[0] == 1 and toks.count(2) == 2
+    # a log-likelihood request on a conversation scores the rendered prompt
+    (chat_answer,) = lm.loglikelihood([ll_request(context, "Hello", 0)])
+    (text_answer,) = BackendLM(engine, max_length=1024, identity="test").loglikelihood([ll_request(rendered, "Hello", 0)])
+    assert chat_answer[0] == pytest.approx(text_answer[0], abs=1e-6)
     plain = BackendLM(engine, max_length=1024, identity="test")
     with pytest.raises(EvalError, match="no chat template"):
         plain.apply_chat_template([{"role": "user", "content": "Hi"}])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gpu_env import llama_cpp_offloads, nvidia_gpu
 from harness.store import read_record
 
 PLUGINS = Path(__file__).parent / "plugins"
@@ -38,7 +39,9 @@ def test_json_records_follow_the_contract(threads_run):
         assert r["backend"]["name"] == "llamacpp" and r["backend"]["version"] == "0.3.36"
         settings = r["backend"]["settings"]
         assert settings["n_ctx"] >= 17 and settings["n_batch"] == 2048 and settings["use_mmap"] is True
-        assert settings["n_gpu_layers"] == 0  # CPU-only build here
+        # every layer where the build offloads (the default), none on a CPU-only build
+        assert (settings["n_gpu_layers"] > 0) == llama_cpp_offloads()
+        assert r["backend"]["device"] == ("gpu" if llama_cpp_offloads() else "cpu")
         assert r["environment"]["cpu_cores_physical"] >= 1
         tests = {p["test"]: p for p in r["perf"]}
         assert set(tests) == {"pp16", "tg8"}
@@ -53,7 +56,10 @@ def test_json_records_follow_the_contract(threads_run):
                 assert tps == pytest.approx(n / (ms / 1000))
             assert p["peak_rss_mib"] > 50 and p["peak_uss_mib"] > 10
             # absent figures carry their reason, never a zero
-            assert p["peak_vram_mib"] is None and "peak_vram_mib" in p["unavailable"]
+            if nvidia_gpu() is None:
+                assert p["peak_vram_mib"] is None and "peak_vram_mib" in p["unavailable"]
+            elif llama_cpp_offloads():
+                assert p["peak_vram_mib"] > 0
         assert len(pp["samples_ttft_ms"]) == 2 and pp["ttft_ms_mean"] >= min(pp["samples_ms"])
         assert tg["ttft_ms_mean"] is None
 
@@ -78,7 +84,8 @@ def test_markdown_table_like_llama_bench(cli, tmp_path):
     assert res.code == 0, res.stderr
     header, sep, *rows = res.stdout.strip().splitlines()
     cols = [c.strip() for c in header.strip("|").split("|")]
-    assert cols[:5] == ["model", "size", "params", "backend", "threads"]
+    dev = ["dev"] if llama_cpp_offloads() else []  # a device column once a run is not on the CPU
+    assert cols[:5 + len(dev)] == ["model", "size", "params", "backend", *dev, "threads"]
     assert "test" in cols and "t/s" in cols
     assert "ngl" not in cols and "n_batch" not in cols  # constant at their defaults: hidden
     assert [r.split("|")[cols.index("test") + 1].strip() for r in rows] == ["pp8", "tg4"]

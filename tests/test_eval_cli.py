@@ -153,7 +153,9 @@ def test_backend_without_logprobs_is_told_what_it_can_run(cli, tmp_path):
     out = tmp_path / "out"
     res = cli("eval", "--backend", "llamacpp-nologprobs", "--tasks", "mmlu_snapshot_anatomy,gsm8k", "--limit", "1",
               "--out", str(out), env={**OFFLINE, "PYTHONPATH": f"{PLUGINS}{os.pathsep}{REPO}"})
-    _assert_refused(res, out, "cannot score log-likelihoods", "mmlu_snapshot_anatomy", "it can run: gsm8k")
+    _assert_refused(res, out, "mmlu_snapshot_anatomy scores log-likelihoods, which needs a batch scorer or a step decoder",
+                    "(backend 'llamacpp-nologprobs' has a text generator only)", "of the tasks asked for it can run gsm8k",
+                    "the suite open-vs-closed runs on it")
 
 
 # ----------------------------------------------------------------------------- real runs

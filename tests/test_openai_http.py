@@ -58,30 +58,22 @@ def test_streamed_completion_times_every_chunk(server_url):
 def test_chat_generation_and_server_tokenizer(server_url, smollm2_path):
     from harness.load import LocalTokenizer
 
+    from harness.backend import serves
+
     b = _backend(server_url, api="chat")
     try:
-        assert b.capabilities.logprobs is False and b.capabilities.chat_template
-        g = b.generate([{"role": "user", "content": "Say hello."}], 6)
+        # a text generator only: no prompt log-probabilities, no token-level evaluation
+        assert type(b).capability_names(b.settings) == {"text_generator"}
+        assert serves(type(b), b.settings, "generate") and not serves(type(b), b.settings, "loglikelihood")
+        assert not serves(type(b), b.settings, "bench")
+        g = b.complete([{"role": "user", "content": "Say hello."}], 6)
         assert g.text.strip() and g.finish_reason in ("stop", "length")
         # the server's tokenizer is the model's own: same ids as reading the GGUF locally
         local = LocalTokenizer(str(smollm2_path))
         text = "Benchmarks measure what they measure."
         assert b.tokenize(text, add_special=False) == local.tokenize(text)
         assert b.detokenize(local.tokenize(text)) == text
-        with pytest.raises(BackendError, match="cannot evaluate"):
-            b.evaluate([1, 2, 3], logits="last")
-    finally:
-        b.close()
-
-
-@pytest.mark.slow
-def test_contract_stream_yields_ids_that_decode_to_the_text(server_url):
-    b = _backend(server_url, api="completions")
-    try:
-        prompt = b.tokenize("Once upon a time", add_special=False)
-        ids = list(b.stream(prompt, 5, ignore_eos=True))
-        assert ids and all(isinstance(i, int) for i in ids)
-        assert b.detokenize(ids).strip()
+        assert not hasattr(b, "evaluate")
     finally:
         b.close()
 
@@ -141,7 +133,7 @@ def test_accepted_key_and_generation(monkeypatch):
     monkeypatch.setenv("HARNESS_TEST_KEY", "plainkey42")
     with ScriptedServer(require_key="plainkey42") as srv:
         b = _backend(srv.url, "scripted", api="completions", api_key_env="HARNESS_TEST_KEY")
-        assert b.generate("hi", 2).text == " w0 w1"
+        assert b.complete("hi", 2).text == " w0 w1"
         b.close()
 
 
@@ -176,7 +168,7 @@ def test_retry_after_forms_and_safe_urls():
 def test_generate_applies_stops_beyond_the_servers_four():
     with ScriptedServer() as srv:
         b = _backend(srv.url, "scripted", api="completions")
-        g = b.generate("hi", 4, stop=["a", "b", "c", "d", " w2"])  # the stream is " w0 w1 w2 w3"
+        g = b.complete("hi", 4, stop=["a", "b", "c", "d", " w2"])  # the stream is " w0 w1 w2 w3"
         b.close()
     assert g.text == " w0 w1"
     (post,) = srv.posts()
@@ -185,7 +177,7 @@ def test_generate_applies_stops_beyond_the_servers_four():
 
 @pytest.mark.slow
 def test_lm_eval_adapter_generate_until_runs_on_the_http_backend(server_url):
-    """harness.accuracy's BackendLM drives generation through the contract (tokenize, stream)."""
+    """harness.accuracy's BackendLM drives generation through the text generator, no tokenizer asked."""
     pytest.importorskip("lm_eval")
     from lm_eval.api.instance import Instance
 
@@ -197,7 +189,7 @@ def test_lm_eval_adapter_generate_until_runs_on_the_http_backend(server_url):
         context = "Question: What is 2 + 3?\nAnswer:"
         req = Instance("generate_until", {}, (context, {"until": ["\n"], "max_gen_toks": 12}), 0)
         (answer,) = lm.generate_until([req])
-        direct = b.generate(context, 12, stop=["\n"]).text  # the same greedy request, stop applied by the server
+        direct = b.complete(context, 12, stop=["\n"]).text  # the same greedy request, stop applied by the server
         assert answer.strip() and "\n" not in answer
         assert answer.strip() == direct.strip()
     finally:

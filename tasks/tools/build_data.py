@@ -83,9 +83,10 @@ ATTRIBUTION = {
         "Origin: https://github.com/hendrycks/test, commit 785eba5 (2020-09-08), data/ "
         "(an early snapshot: 14,079 test rows; the final public release has 14,042). "
         "License: MIT (LICENSE, beside this file). "
-        "Converted: data/dev/*.csv and data/test/*.csv -> dev.jsonl.gz, test.jsonl.gz with fields "
-        "subject, question, choices [A, B, C, D], answer (0-3), rows in file order per subject, "
-        "subjects in alphabetical order; text unchanged. The val split is not shipped (unused)."
+        "Converted: data/dev/*.csv, data/val/*.csv and data/test/*.csv -> dev.jsonl.gz, val.jsonl.gz, "
+        "test.jsonl.gz with fields subject, question, choices [A, B, C, D], answer (0-3), rows in file "
+        "order per subject, subjects in alphabetical order; text unchanged. The val split feeds the "
+        "held-out two-choice task mmlu_val_binary (tasks/mmlu_val_binary)."
     ),
     "gsm8k": (
         "GSM8K (Cobbe et al. 2021, 'Training Verifiers to Solve Math Word Problems'). "
@@ -147,7 +148,7 @@ def build_mmlu(src: Path) -> dict[str, int]:
     subjects = sorted(p.name[: -len("_test.csv")] for p in (src / "mmlu/test").glob("*_test.csv"))
     assert sorted(subjects) == sorted(SUBJECT_CATEGORY), "subject list differs from stock mmlu"
     counts = {}
-    for split in ("dev", "test"):
+    for split in ("dev", "val", "test"):
         rows = []
         for subject in subjects:
             recs = read_csv_rows(src / f"mmlu/{split}/{subject}_{split}.csv")

@@ -4,8 +4,9 @@ Found only through the ``harness.backends`` entry-point group (the dist-info fol
 beside this package), so plugin discovery is exercised for real. Both wrap the real
 llama.cpp backend:
 
-* ``llamacpp-nologprobs`` says it cannot return log-probabilities (as a chat API
-  cannot), so log-likelihood tasks must be refused before anything runs;
+* ``llamacpp-nologprobs`` declares only the text-generator capability (as a chat API
+  has), generating through a real llama.cpp backend it holds, so log-likelihood tasks
+  must be refused before anything runs, and generative ones run;
 * ``llamacpp-crash-in-eval`` dies from a real SIGSEGV in the middle of scoring, so
   the crash must end up in a failed record while the harness carries on.
 """
@@ -15,16 +16,34 @@ from __future__ import annotations
 import os
 import signal
 
-from backends.llamacpp import LlamaCppBackend
-from harness.backend import Capabilities
+from backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+from harness.backend import Backend, TextGenerator
 
 
-class NoLogprobsBackend(LlamaCppBackend):
+class NoLogprobsBackend(TextGenerator, Backend):
     name = "llamacpp-nologprobs"
+    Settings = LlamaCppSettings
 
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(logprobs=False, streaming=True, batching=False, chat_template=self.model.chat_template)
+    def __init__(self, model, settings):
+        super().__init__(model, settings)
+        self._engine = LlamaCppBackend(model, settings)
+
+    @classmethod
+    def installed_version(cls):
+        return LlamaCppBackend.installed_version()
+
+    @classmethod
+    def has_tokenizer(cls, settings=None) -> bool:
+        return False
+
+    def load(self):
+        return self._engine.load()
+
+    def close(self) -> None:
+        self._engine.close()
+
+    def generate(self, requests, *, concurrency=None, on_result=None):
+        return self._engine.generate(requests, concurrency=concurrency, on_result=on_result)
 
 
 class CrashInEvalBackend(LlamaCppBackend):
