@@ -165,7 +165,9 @@ def test_engine_memory_and_settings_are_recorded_for_what_they_are(engine, vllm_
     s = engine.effective_settings()
     assert s["dtype"] == "float32" and s["compilation_mode"] == 0 and s["compilation_mode_name"] == "NONE"
     assert s["enable_prefix_caching"] is True and s["n_ctx"] == 512 and s["device"] == "cpu"
-    assert engine.capabilities.batching and not engine.capabilities.incremental_eval
+    from harness.backend import BatchScorer, StepDecoder, TextGenerator
+
+    assert isinstance(engine, BatchScorer) and isinstance(engine, TextGenerator) and not isinstance(engine, StepDecoder)
 
 
 # ----------------------------------------------------------------------------- harness bench
