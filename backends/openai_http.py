@@ -27,7 +27,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping
+from typing import Any, Callable, ClassVar, Literal, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError, field_validator

@@ -98,6 +98,7 @@ class EvalCounters:
     context_resizes: int = 0
     rollback_unsupported: bool = False
     resize_s: float = 0.0
+    generate_s: float = 0.0  # wall time inside generate_until (requests in flight overlap in it)
 
     @property
     def tokens_saved_by_reuse(self) -> int:
@@ -310,6 +311,13 @@ class BackendLM(TemplateLM):
             raise EvalError(f"backend '{self.engine.name}' needs a text prompt here, and the model has no chat template")
         return self._chat_template.render(json.loads(context), add_generation_prompt=self._chats[context])
 
+    def rendered_prompt(self, context: str) -> str | None:
+        """The text an in-process model was given for a conversation; None for a plain prompt
+        or where the messages themselves were sent (a chat API)."""
+        if context not in self._chats or self._chat_template is None:
+            return None
+        return self._render(context)
+
     def _encode_pair(self, context: str, continuation: str):
         return super()._encode_pair(self._render(context), continuation)
 
@@ -486,12 +494,18 @@ class BackendLM(TemplateLM):
     def generate_until(self, requests, disable_tqdm: bool = True) -> list[str]:
         """A step decoder generates here, reusing each prompt's shared prefix in its cache;
         any other backend through its text generator, every request at once."""
+        from harness.meters import now_ns
+
         self.counters.requests_generate += len(requests)
-        if isinstance(self.engine, StepDecoder):
-            return self._generate_stepped(requests)
-        if isinstance(self.engine, TextGenerator):
-            return self._generate_text(requests)
-        raise EvalError(f"backend '{self.engine.name}' cannot generate text")
+        t0 = now_ns()
+        try:
+            if isinstance(self.engine, StepDecoder):
+                return self._generate_stepped(requests)
+            if isinstance(self.engine, TextGenerator):
+                return self._generate_text(requests)
+            raise EvalError(f"backend '{self.engine.name}' cannot generate text")
+        finally:
+            self.counters.generate_s += (now_ns() - t0) / 1e9
 
     def _gen_kwargs(self, gen_kwargs: dict, eos_text: str | None) -> tuple[list[str], int, float]:
         kwargs = normalize_gen_kwargs(gen_kwargs, DEFAULT_MAX_GEN_TOKS)
@@ -846,8 +860,23 @@ def accuracy_results(results: dict) -> list:
     return out
 
 
-def write_samples(results: dict, path: Path) -> int:
-    """lm-eval's per-document samples (--log-samples) as JSON Lines, written atomically."""
+def _first_text(value: Any) -> str | None:
+    """A logged request's context: the first string among its arguments."""
+    if isinstance(value, str):
+        return value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for v in items:
+        found = _first_text(v)
+        if found is not None:
+            return found
+    return None
+
+
+def write_samples(results: dict, path: Path, render: Callable[[str], str | None] | None = None) -> int:
+    """lm-eval's per-document samples (--log-samples) as JSON Lines, written atomically.
+
+    ``render`` gives the text a conversation was rendered to in process (the model's chat
+    template applied), logged as ``rendered_prompt`` beside the messages."""
     from lm_eval.utils import handle_non_serializable
 
     from harness.store import write_atomic
@@ -855,6 +884,12 @@ def write_samples(results: dict, path: Path) -> int:
     lines = []
     for task, samples in (results.get("samples") or {}).items():
         for s in samples:
-            lines.append(json.dumps({"task": task, **s}, default=handle_non_serializable, ensure_ascii=False))
+            extra = {}
+            if render is not None:
+                context = _first_text(s.get("arguments"))
+                text = render(context) if context is not None else None
+                if text is not None:
+                    extra["rendered_prompt"] = text
+            lines.append(json.dumps({"task": task, **s, **extra}, default=handle_non_serializable, ensure_ascii=False))
     write_atomic(path, "\n".join(lines) + ("\n" if lines else ""))
     return len(lines)

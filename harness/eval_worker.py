@@ -242,7 +242,7 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
         record.accuracy = accuracy.accuracy_results(results)
         info_hashes = accuracy.task_config_hashes(results)
         if job.log_samples and job.samples_path:
-            accuracy.write_samples(results, Path(job.samples_path))
+            accuracy.write_samples(results, Path(job.samples_path), render=lm.rendered_prompt)
             samples_file = job.samples_path
     wall_s = (now_ns() - t_start) / 1e9
     record.evaluation = EvalInfo(
@@ -261,6 +261,7 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
             tokens_without_reuse=c.tokens_without_reuse, tokens_saved_by_reuse=c.tokens_saved_by_reuse,
             floor_tokens=c.floor_tokens, tokens_generated=c.tokens_generated, context_resizes=c.context_resizes,
             rollback_unsupported=c.rollback_unsupported, peak_rss_mib=mem.peaks.peak_rss_mib,
+            generate_s=c.generate_s if c.requests_generate else None,
         ),
         system_instruction=job.system_instruction, fewshot_as_multiturn=job.fewshot_as_multiturn,
         concurrency=job.concurrency, usage=usage, api_cost=api_cost(job.api_price, usage),

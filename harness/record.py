@@ -273,6 +273,7 @@ class EvalCost(BaseModel):
     tokens_generated: int = 0
     context_resizes: int = 0  # reloads for a larger n_ctx when a request did not fit
     rollback_unsupported: bool = False  # the cache could not roll back: contexts were re-evaluated
+    generate_s: float | None = None  # wall time spent generating (requests_generate / generate_s: requests per second)
     peak_rss_mib: float | None = None  # of the measuring process while it scored
 
 

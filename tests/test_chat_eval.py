@@ -167,6 +167,7 @@ def test_concurrent_requests_overlap_on_a_slow_api(cli, tmp_path):
     assert r.code == 0, r.stderr[-3000:]
     assert srv.most_in_flight == 4
     ev = _record(tmp_path)["evaluation"]
+    assert ev["cost"]["generate_s"] >= 2 * 0.5  # 8 answers of 0.5 s, 4 at a time: at least two rounds
     assert ev["usage"][TASK]["prompt_tokens"] == 8 * 50 and ev["usage"][TASK]["completion_tokens"] == 8
     cost = ev["api_cost"]
     assert cost["price_name"] == "paced" and cost["cost"] == pytest.approx((400 * 1.5 + 8 * 6) / 1e6)

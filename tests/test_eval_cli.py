@@ -220,8 +220,14 @@ def test_chat_template_and_logged_samples(cli, tmp_path):
     assert ev["apply_chat_template"] and len(ev["chat_template_sha256"]) == 64 and ev["request_cache"] is None
     samples = [json.loads(line) for line in Path(ev["samples_file"]).read_text().splitlines()]
     assert {s["task"] for s in samples} == {"mmlu_snapshot_generative_anatomy"}
-    prompt = samples[0]["arguments"][0][0] if isinstance(samples[0]["arguments"][0], list) else samples[0]["arguments"]["gen_args_0"]["arg_0"]
+    context = samples[0]["arguments"][0][0] if isinstance(samples[0]["arguments"][0], list) else samples[0]["arguments"]["gen_args_0"]["arg_0"]
+    # the request is the conversation (what a chat API would be sent) ...
+    messages = json.loads(context)
+    assert messages[0]["role"] == "system" and "anatomy" in messages[0]["content"] and messages[-1]["role"] == "user"
+    # ... and beside it the text the model's chat template rendered it to
+    prompt = samples[0]["rendered_prompt"]
     assert prompt.startswith("<|im_start|>system") and prompt.endswith("<|im_start|>assistant\n")
+    assert messages[-1]["content"].strip() in prompt
 
 
 @pytest.mark.slow

@@ -121,9 +121,10 @@ def test_continuation_scores_use_prompt_logprobs_and_agree_with_llamacpp(engine,
     fast = engine.score_continuations(pairs)  # vLLM: one batch, prompt_logprobs
     ref = score_by_steps(llama, pairs)  # llama.cpp's logits, log-softmaxed, one pair at a time
     # same weights (Q4_1 dequantized), different arithmetic (llama.cpp multiplies quantized):
-    # close, not equal (measured: about 0.04 nats per token on average)
+    # close, not equal (measured: 0.21 nats on the one-token " Paris", about 0.04 per token on
+    # longer text); a misplaced offset or a wrong row would be off by nats
     for (lp_f, g_f), (lp_r, g_r), (_, cont) in zip(fast, ref, pairs):
-        assert lp_f == pytest.approx(lp_r, abs=0.15 * len(cont)), (lp_f, lp_r)
+        assert lp_f == pytest.approx(lp_r, abs=0.3 + 0.1 * len(cont)), (lp_f, lp_r)
         assert g_f == g_r
     assert fast[0][0] > fast[1][0]  # a one-word answer is likelier than a sentence
     assert all(lp < 0 for lp, _ in fast)
@@ -164,7 +165,9 @@ def test_engine_memory_and_settings_are_recorded_for_what_they_are(engine, vllm_
     s = engine.effective_settings()
     assert s["dtype"] == "float32" and s["compilation_mode"] == 0 and s["compilation_mode_name"] == "NONE"
     assert s["enable_prefix_caching"] is True and s["n_ctx"] == 512 and s["device"] == "cpu"
-    assert engine.capabilities.batching and not engine.capabilities.incremental_eval
+    from harness.backend import BatchScorer, StepDecoder, TextGenerator
+
+    assert isinstance(engine, BatchScorer) and isinstance(engine, TextGenerator) and not isinstance(engine, StepDecoder)
 
 
 # ----------------------------------------------------------------------------- harness bench
