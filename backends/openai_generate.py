@@ -17,8 +17,6 @@ tokenizer.
 from __future__ import annotations
 
 import asyncio
-import json
-from dataclasses import dataclass, field
 from typing import Any
 
 from harness.backend import GenerationRequest, GenerationResult, ResultHook, prompt_form
@@ -29,79 +27,14 @@ from harness.meters import now_ns
 MAX_SERVER_STOPS = 4
 
 
-class _Cut(Exception):
-    """The stream ended before the server said it was done."""
-
-
-@dataclass
-class _Answer:
-    api: str
-    start_ns: int
-    text: str = ""
-    reasoning_chunks: int = 0
-    first_ns: int | None = None  # first token of either kind
-    last_ns: int | None = None
-    finish_reason: str | None = None
-    usage: dict = field(default_factory=dict)
-    done: bool = False
-
-    def feed(self, line: str, at_ns: int) -> None:
-        if not line.startswith("data:"):
-            return
-        payload = line[5:].strip()
-        if payload == "[DONE]":
-            self.done = True
-            return
-        try:
-            data = json.loads(payload)
-        except json.JSONDecodeError:
-            raise BackendError(f"the server sent a chunk that is not JSON: {payload[:80]!r}") from None
-        if not isinstance(data, dict):
-            return
-        if data.get("error"):
-            err = data["error"]
-            raise BackendError(f"the server reported an error mid-stream: {str(err.get('message') if isinstance(err, dict) else err)[:300]}")
-        for choice in data.get("choices") or []:
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            if self.api == "chat":
-                delta = choice.get("delta") or {}
-                piece = delta.get("content")
-                thought = delta.get("reasoning_content") or delta.get("reasoning")
-            else:
-                piece, thought = choice.get("text"), None
-            if thought:
-                self.reasoning_chunks += 1
-            if piece or thought:
-                self.first_ns = self.first_ns or at_ns
-                self.last_ns = at_ns
-            if piece:
-                self.text += piece
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-        if isinstance(data.get("usage"), dict):
-            self.usage = data["usage"]
-
-    def result(self, retries: int) -> GenerationResult:
-        u = self.usage
-
-        def detail(group: str, key: str) -> int | None:
-            d = u.get(group)
-            v = d.get(key) if isinstance(d, dict) else None
-            return int(v) if isinstance(v, (int, float)) else None
-
-        def count(key: str) -> int | None:
-            v = u.get(key)
-            return int(v) if isinstance(v, (int, float)) else None
-
-        return GenerationResult(
-            text=self.text, finish_reason=self.finish_reason, prompt_tokens=count("prompt_tokens"),
-            completion_tokens=count("completion_tokens"),
-            reasoning_tokens=detail("completion_tokens_details", "reasoning_tokens"),
-            prompt_tokens_cached=detail("prompt_tokens_details", "cached_tokens"), retries=retries,
-            client_ttft_s=(self.first_ns - self.start_ns) / 1e9 if self.first_ns else None,
-            client_e2e_s=((self.last_ns or self.start_ns) - self.start_ns) / 1e9,
-        )
+def _generation_result(r, retries: int) -> GenerationResult:
+    return GenerationResult(
+        text=r.text, finish_reason=r.finish_reason, prompt_tokens=r.usage_prompt_tokens,
+        completion_tokens=r.usage_completion_tokens, reasoning_tokens=r.usage_reasoning_tokens,
+        prompt_tokens_cached=r.usage_cached_prompt_tokens, retries=retries,
+        client_ttft_s=r.ttft_ns / 1e9 if r.ttft_ns is not None else None,
+        client_e2e_s=((r.chunk_ns[-1] if r.chunk_ns else r.start_ns) - r.start_ns) / 1e9,
+    )
 
 
 def cut_at_stops(text: str, stops: tuple[str, ...] | list[str]) -> str:
@@ -136,13 +69,16 @@ def request_json(api: str, model: str, req: GenerationRequest, *, seed: int | No
 
 
 async def _one(client, http, path: str, api: str, body: dict, stops: tuple[str, ...]) -> GenerationResult:
-    from backends.openai_http import RETRY_STATUSES, _error_text, _transport_error, retry_after_s
+    from backends.openai_http import (RETRY_STATUSES, RequestResult, StreamError, StreamParser, _error_text,
+                                      _transport_error, retry_after_s)
 
     httpx = client._httpx
     attempt = 0
     while True:
         retry_after = None
-        answer = _Answer(api=api, start_ns=now_ns())
+        # a fresh result each attempt: a retried request keeps nothing of the attempt before
+        answer = RequestResult(start_ns=now_ns())
+        parser = StreamParser(api, answer)
         try:
             async with http.stream("POST", client._url(path), json=body) as resp:
                 if resp.status_code >= 400:
@@ -153,16 +89,17 @@ async def _one(client, http, path: str, api: str, body: dict, stops: tuple[str, 
                     retry_after = retry_after_s(resp.headers.get("retry-after"))
                 else:
                     async for line in resp.aiter_lines():
-                        answer.feed(line, now_ns())
-                    if not answer.done and answer.finish_reason is None:
-                        raise _Cut()
-                    result = answer.result(attempt)
+                        parser.feed(line, now_ns())
+                    parser.check_end()
+                    result = _generation_result(answer, attempt)
                     result.text = cut_at_stops(result.text, stops)
                     return result
         except httpx.TransportError as exc:
             problem = _transport_error(exc)
-        except _Cut:
-            problem = "the stream ended before the answer did"
+        except StreamError as exc:
+            if exc.kind != "cut short":  # a malformed answer is not sent again: it would cost as much
+                raise BackendError(client.scrub(f"{client.shown_url} sent a malformed stream ({exc.kind}): {exc}")) from None
+            problem = f"the stream was cut short ({exc})"
         wait = client.retry.delay(attempt + 1, retry_after)
         if wait is None:
             raise BackendError(client.scrub(f"generation failed at {client.shown_url} after {attempt + 1} "

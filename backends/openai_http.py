@@ -214,12 +214,17 @@ class RequestResult:
     error: str | None = None
     error_kind: str | None = None  # "http 500", "connect", "timeout", "stream", ...
     start_ns: int = 0  # the first attempt's send: retries count as latency, as a user sees it
-    chunk_ns: list[int] = field(default_factory=list)  # arrival of every chunk that carried text
+    # arrival of every chunk that carried output: answer text, or a reasoning model's
+    # reasoning (output it is billed and waited for, though not part of the answer)
+    chunk_ns: list[int] = field(default_factory=list)
     end_ns: int = 0  # the stream's end
-    text: str = ""
+    text: str = ""  # the answer: content only
+    reasoning_chunks: int = 0
     finish_reason: str | None = None
     usage_prompt_tokens: int | None = None
     usage_completion_tokens: int | None = None
+    usage_reasoning_tokens: int | None = None  # usage.completion_tokens_details.reasoning_tokens
+    usage_cached_prompt_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens
     retries: int = 0
 
     def restart(self) -> None:
@@ -228,7 +233,9 @@ class RequestResult:
         self.chunk_ns = []
         self.text = ""
         self.finish_reason = None
+        self.reasoning_chunks = 0
         self.usage_prompt_tokens = self.usage_completion_tokens = None
+        self.usage_reasoning_tokens = self.usage_cached_prompt_tokens = None
 
     @property
     def n_chunks(self) -> int:
@@ -286,23 +293,34 @@ class StreamParser:
             choice = choices[0]
             if not isinstance(choice, dict):
                 raise StreamError("bad chunk", f"a chunk's choices[0] is {_kind(choice)}, not an object: {payload[:80]!r}")
+            thought = None
             if self.api == "completions":
                 piece = _typed(choice, "text", (str, type(None)), payload)
             else:
                 delta = _typed(choice, "delta", (dict, type(None)), payload) or {}
                 piece = _typed(delta, "content", (str, type(None)), payload)
+                # reasoning deltas: DeepSeek's and vLLM's reasoning_content, OpenRouter's reasoning
+                thought = (_typed(delta, "reasoning_content", (str, type(None)), payload)
+                           or _typed(delta, "reasoning", (str, type(None)), payload))
             finish = _typed(choice, "finish_reason", (str, type(None)), payload)
-            if piece:
+            if piece or thought:
                 if self.result.finish_reason is not None:
                     raise StreamError("bad chunk", "the server sent text after the stream's finish_reason")
                 self.result.chunk_ns.append(at_ns)
+            if piece:
                 self.result.text += piece
+            if thought:
+                self.result.reasoning_chunks += 1
             if finish:
                 self.result.finish_reason = finish
         usage = _typed(data, "usage", (dict, type(None)), payload)
         if usage is not None:  # with continuous usage stats every chunk has one: the last wins
             self.result.usage_prompt_tokens = _count(usage, "prompt_tokens", payload)
             self.result.usage_completion_tokens = _count(usage, "completion_tokens", payload)
+            completion = _typed(usage, "completion_tokens_details", (dict, type(None)), payload) or {}
+            prompt = _typed(usage, "prompt_tokens_details", (dict, type(None)), payload) or {}
+            self.result.usage_reasoning_tokens = _count(completion, "reasoning_tokens", payload)
+            self.result.usage_cached_prompt_tokens = _count(prompt, "cached_tokens", payload)
 
     def check_end(self) -> None:
         """A stream is whole only with a finish_reason and [DONE]: anything less was cut short."""

@@ -57,7 +57,7 @@ def pp64(common: list[str], llama_bench: str | None, model_path: str | None, thr
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         return float(json.loads(out)[0]["avg_ts"])
     with tempfile.TemporaryDirectory() as out:
-        rec, _ = run(REPO, "bench", *common, "--pp", "64", "--tg", "none", "--reps", "5", "-o", out)
+        rec, _ = run(REPO, "bench", *common, "--pp", "64", "--tg", "none", "--reps", "5", "--out", out)
     rec = rec[0] if isinstance(rec, list) else rec
     return rec["perf"][0]["tps_mean"]
 

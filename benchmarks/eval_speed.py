@@ -46,7 +46,8 @@ def harness(*args: str) -> dict:
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"harness {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    return {"record": json.loads(proc.stdout), "command_wall_s": wall}
+    records = json.loads(proc.stdout)  # JSON output is a list of records; one command, one record
+    return {"record": records[0] if isinstance(records, list) else records, "command_wall_s": wall}
 
 
 def run_gguf(model_path: str, tasks: list[str], limit: int, threads: int | None, n_ctx: int) -> dict:

@@ -111,7 +111,7 @@ def test_a_loglikelihood_task_is_refused_at_preflight(upstream, cli, tmp_path, k
 
 def test_bench_on_a_chat_api_is_refused_at_preflight(cli, tmp_path):
     with ChatProxy("http://127.0.0.1:9", KEY) as proxy:
-        r = cli("bench", "-b", "openai", "--set", f"base_url={proxy.url}", "--pp", "16", "--tg", "8", "-o", str(tmp_path))
+        r = cli("bench", "-b", "openai", "--set", f"base_url={proxy.url}", "--pp", "16", "--tg", "8", "--out", str(tmp_path))
     assert_one_line_error(r, tmp_path, r"pp/tg tests run on token ids, which needs a step decoder or .*"
                                        r"backend 'openai' has a text generator only.*harness load")
     assert proxy.chat_posts == []

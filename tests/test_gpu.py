@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow,
 def offloaded(tmp_path_factory):
     """One bench of the bundled model with every layer on the GPU, shared by the checks below."""
     out = tmp_path_factory.mktemp("gpu-runs")
-    res = run_cli("bench", "--model", MODEL, "-ngl", "99", "--pp", "256", "--tg", "64", "--reps", "3", "--format", "json", "-o", str(out))
+    res = run_cli("bench", "--model", MODEL, "-ngl", "99", "--pp", "256", "--tg", "64", "--reps", "3", "--format", "json", "--out", str(out))
     assert res.code == 0, res.stderr
     (record,) = res.json()
     return record
@@ -41,7 +41,7 @@ def offloaded(tmp_path_factory):
 @pytest.fixture(scope="module")
 def on_cpu(tmp_path_factory):
     out = tmp_path_factory.mktemp("cpu-runs")
-    res = run_cli("bench", "--model", MODEL, "-ngl", "0", "--pp", "256", "--tg", "none", "--reps", "3", "--format", "json", "-o", str(out))
+    res = run_cli("bench", "--model", MODEL, "-ngl", "0", "--pp", "256", "--tg", "none", "--reps", "3", "--format", "json", "--out", str(out))
     assert res.code == 0, res.stderr
     (record,) = res.json()
     return record
