@@ -47,6 +47,10 @@ class LlamaCppSettings(BackendSettings):
     split_mode: Literal["none", "layer", "row"] = "layer"  # how several GPUs share the model (-sm)
     main_gpu: int = Field(0, ge=0)  # -mg: the GPU for the whole model (split_mode none) or its small tensors (row)
     tensor_split: tuple[float, ...] | None = None  # -ts: each GPU's share, e.g. (3, 1); None: by free memory
+    # log-likelihoods through the batched multi-sequence scorer (score_continuations): near the
+    # compute floor, but llama.cpp's kernels round differently in large batches, so a near-tie
+    # document can change its answer against the step decoder; off until that is accepted
+    batch_scoring: bool = False
 
     load_keys: ClassVar[tuple[str, ...]] = ("n_gpu_layers", "n_ctx", "n_batch", "n_ubatch", "flash_attn", "use_mmap",
                                             "type_k", "type_v", "split_mode", "main_gpu", "tensor_split")
@@ -99,6 +103,13 @@ class LlamaCppBackend(StepDecoder, BatchScorer, TextGenerator, Backend):
         self._scorer: ContinuationScorer | None = None
 
     # ------------------------------------------------------------------ discovery
+    @classmethod
+    def capability_names(cls, settings: BackendSettings | None = None) -> set[str]:
+        names = super().capability_names(settings)
+        if not getattr(settings, "batch_scoring", False):
+            names.discard("batch_scorer")  # the step decoder scores log-likelihoods (see batch_scoring)
+        return names
+
     @classmethod
     def installed_version(cls) -> str | None:
         try:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Whole `harness eval` commands against the log-likelihood compute floor, before and after.
 
-    python benchmarks/eval_floor.py --before DIR [--tasks mmlu_val_binary:200,truthfulqa_mc2:40]
+    python benchmarks/eval_floor.py [--tasks mmlu_val_binary:200,truthfulqa_mc2:40]
                                     [--model smollm2-135m] [--threads N] [--rounds 1] [--json FILE]
 
 The floor of a log-likelihood task is the tokens that must go through the model (each
@@ -15,10 +15,10 @@ about 2% (benchmarks/against_llama_bench.py), and --llama-bench PATH uses llama-
 itself instead. The wall time is the whole command's, process start, imports, task
 building and model load included.
 
-``--before DIR`` is a copy of the code to compare with (for this branch: `git archive` of
-the commit before llama.cpp declared its batch scorer, so the adapter scores step by step);
-both runs use the same venv. Every document's answers are compared between the two runs
-(--log-samples): the chosen answer per document and the largest log-likelihood difference.
+"before" is the llama.cpp backend's default, the step decoder; "after" the batched
+multi-sequence scorer (`--set batch_scoring=1`). Every document's answers are compared
+between the two runs (--log-samples): the chosen answer per document and the largest
+log-likelihood difference.
 
 Run it on a quiet machine; on a shared one the figures carry its noise.
 """
@@ -72,7 +72,7 @@ def choices(samples: Path) -> dict[tuple[str, int], list[float]]:
 
 def eval_once(code: Path, common: list[str], task: str, limit: str, out: Path) -> dict:
     rec, wall = run(code, "eval", *common, "--tasks", task, "--limit", limit, "--no-cache", "--log-samples",
-                    "-o", str(out))
+                    "--out", str(out))
     rec = rec[0] if isinstance(rec, list) else rec
     if rec["status"] != "ok":
         sys.exit(f"the eval run failed: {rec['failures']}")
@@ -82,7 +82,6 @@ def eval_once(code: Path, common: list[str], task: str, limit: str, out: Path) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--before", type=Path, required=True, help="a copy of the code to compare with")
     ap.add_argument("--tasks", default="mmlu_val_binary:200,truthfulqa_mc2:40", help="TASK:LIMIT, comma-separated")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--threads", type=int)
@@ -105,9 +104,9 @@ def main() -> None:
                 tmp = Path(tmp)
                 pps = [pp64(common, args.llama_bench, model_path, args.threads)]
                 runs = {}
-                for name, code in (("before", args.before.resolve()), ("after", REPO)):
+                for name, extra in (("before", []), ("after", ["--set", "batch_scoring=1"])):
                     (tmp / name).mkdir()
-                    runs[name] = eval_once(code, common, task, limit or "100", tmp / name)
+                    runs[name] = eval_once(REPO, common + extra, task, limit or "100", tmp / name)
                     pps.append(pp64(common, args.llama_bench, model_path, args.threads))
             row = {"task": task, "limit": limit, "round": rnd + 1, "pp64_tps": pps}
             for i, name in enumerate(("before", "after")):

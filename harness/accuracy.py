@@ -35,7 +35,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from harness.backend import Backend, BatchScorer, StepDecoder, TextGenerator
+from harness.backend import Backend, StepDecoder, TextGenerator
 from harness.errors import BackendError, HarnessError
 
 log = logging.getLogger(__name__)
@@ -420,7 +420,7 @@ class BackendLM(TemplateLM):
         if groups:
             self._ensure_context(max(len(c) + len(k) - 1 for c, conts in groups.items() for k in conts))
         done = sum(r is not None for r in results)
-        if isinstance(self.engine, BatchScorer):
+        if "batch_scorer" in type(self.engine).capability_names(self.engine.settings):
             return self._score_batched(requests, groups, results, done, kind, report)
         if not isinstance(self.engine, StepDecoder):
             raise EvalError(f"backend '{self.engine.name}' cannot score log-likelihoods (it has neither a batch scorer "
