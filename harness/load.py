@@ -653,6 +653,14 @@ def run_load(req: LoadRequest, log: Log = lambda s: None) -> LoadOutcome:
     if req.base_url:
         normalize_base_url(req.base_url)  # a malformed URL is refused before anything else
     model = _resolve_model(req.model)
+    if model is not None and model.format == "gguf":
+        from harness.template_sandbox import TemplateFailed, check_model_templates
+
+        try:  # llama-cpp-python compiles the file's chat templates in process, for its tokenizer and its server
+            check_model_templates(model.path)
+        except TemplateFailed as exc:
+            raise ConfigError(f"{model.path} is refused: compiling its chat template was stopped ({exc.message}); "
+                              "llama-cpp-python compiles it when it loads the model, so the file is faulty or hostile") from None
     tok = None
     if model is not None and model.format == "gguf" and (req.dataset is None or req.input_len is not None):
         tok = LocalTokenizer(model.path)

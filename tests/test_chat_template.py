@@ -157,3 +157,16 @@ def test_a_template_hostile_only_on_real_prompts_fails_the_run_in_one_line(cli, 
     assert [f["cause"] for f in failures] == ["evaluation failed"]
     assert failures[0]["detail"].startswith("the model's chat template was stopped: it needed more than"), failures
     assert time.monotonic() - t0 < 300
+
+
+def test_harness_load_refuses_a_template_that_folds_into_10_gb(cli, tmp_path, smollm2_path):
+    # harness load builds a vocabulary-only llama.cpp model for its prompts (and --serve starts a server on
+    # the file): both compile the templates in process, so the file is refused before either
+    model = _gguf_with_template(smollm2_path, tmp_path / "folds.gguf",
+                                "{% if false %}{{ 'x'|center(10**10) }}{% endif %}{{ messages[0].content }}")
+    out = tmp_path / "out"
+    res = cli("load", "--base-url", "http://127.0.0.1:9/v1", "--model", str(model), "--requests", "1",
+              "--out", str(out), env=OFFLINE)
+    assert res.code == 2 and "Traceback" not in res.stderr + res.stdout, res.stderr[-2000:]
+    assert "is refused: compiling its chat template was stopped" in res.stderr
+    assert not out.exists() or not list(out.glob("*.json"))
