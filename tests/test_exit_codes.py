@@ -225,5 +225,5 @@ def test_a_full_disk_mid_bench_prints_what_was_measured(tmp_path):
                         line), line
     import json
 
-    printed = json.loads(proc.stdout)
+    (printed,) = json.loads(proc.stdout)  # JSON output is a list of records
     assert printed["status"] == "ok" and [p["test"] for p in printed["perf"]] == ["pp8", "tg4"]
