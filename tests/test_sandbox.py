@@ -517,7 +517,7 @@ def test_harness_eval_scores_humaneval_through_the_sandbox(cli, tmp_path):
               "--threads", "1", "--format", "json", "--out", str(out),
               env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
     assert res.code == 0, res.stderr[-3000:]
-    record = res.json()
+    (record,) = res.json()  # JSON output is a list of records
     assert record["failures"] == [] and record["evaluation"]["code_execution"] is True
     (row,) = [a for a in record["accuracy"] if a["metric"] == "pass@1"]
     assert row["n"] == 1 and row["value"] in (0.0, 1.0)
