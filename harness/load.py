@@ -74,6 +74,18 @@ def parse_rates(option: str, text: str | None) -> list[float] | None:
 PERCENTILE_METRICS = {"ttft": "ttft_ms", "tpot": "tpot_ms", "itl": "itl_ms", "e2el": "e2el_ms"}
 
 
+def _milliseconds(option: str, key: str, value: str) -> float:
+    """One latency target's value, for --slo and --goodput alike."""
+    value = value.strip()
+    try:
+        ms = float(value)
+    except ValueError:
+        raise ConfigError(f"{option}: '{value}' for {key} is not a number of milliseconds") from None
+    if not ms > 0:
+        raise ConfigError(f"{option}: {key} must be above 0 ms, got {value}")
+    return ms
+
+
 def parse_goodput(items: list[str] | None) -> dict[str, float]:
     """vllm bench serve's --goodput KEY:MS (ttft, tpot, e2el; space- or comma-separated,
     repeatable) -> the --slo form {'ttft_ms': 500.0}."""
@@ -83,13 +95,7 @@ def parse_goodput(items: list[str] | None) -> dict[str, float]:
         name = f"{key.strip()}_ms"
         if not sep or name not in SLO_KEYS:
             raise ConfigError(f"--goodput: '{part}' is not KEY:MS with KEY one of ttft, tpot, e2el (e.g. --goodput ttft:500 tpot:50)")
-        try:
-            ms = float(value)
-        except ValueError:
-            raise ConfigError(f"--goodput: '{value}' for {key} is not a number of milliseconds") from None
-        if not ms > 0:
-            raise ConfigError(f"--goodput: {key} must be above 0 ms, got {value}")
-        slo[name] = ms
+        slo[name] = _milliseconds("--goodput", key, value)
     return slo
 
 
@@ -135,13 +141,7 @@ def parse_slo(text: str | None) -> dict[str, float]:
         key = key.strip()
         if not sep or key not in SLO_KEYS:
             raise ConfigError(f"--slo: '{part.strip()}' is not KEY=MS with KEY one of {', '.join(SLO_KEYS)} (e.g. --slo ttft_ms=500,tpot_ms=50)")
-        try:
-            ms = float(value)
-        except ValueError:
-            raise ConfigError(f"--slo: '{value.strip()}' for {key} is not a number of milliseconds") from None
-        if not ms > 0:
-            raise ConfigError(f"--slo: {key} must be above 0 ms, got {value.strip()}")
-        slo[key] = ms
+        slo[key] = _milliseconds("--slo", key, value)
     return slo
 
 

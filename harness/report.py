@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -732,25 +731,10 @@ def render_html(rep: Report) -> str:
     return env.from_string(TEMPLATE.read_text()).render(rep=rep, s=rep.sections, plots=rep.plots)
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a report is for sharing
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(rep: Report, html: Path, png_dir: Path | None = None) -> list[Path]:
-    """PNGs first, then the HTML: every file appears whole or not at all."""
+    """PNGs first, then the HTML: every file appears whole or not at all (store.write_atomic)."""
+    from harness.store import write_atomic
+
     if html.exists() and html.is_dir():
         raise ConfigError(f"--html {html} is a folder; give a file name such as report.html")
     if png_dir is not None and png_dir.exists() and not png_dir.is_dir():
@@ -760,9 +744,9 @@ def write_report(rep: Report, html: Path, png_dir: Path | None = None) -> list[P
     for plot in rep.plots.values():
         path = png_dir / f"{html.stem}-{plot.name}.png"
         plot.file = os.path.relpath(path, html.parent)
-        _write_bytes_atomic(path, plot.png)
+        write_atomic(path, plot.png)
         written.append(path)
-    _write_bytes_atomic(html, render_html(rep).encode())
+    write_atomic(html, render_html(rep))
     return [html, *written]
 
 

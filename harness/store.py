@@ -33,7 +33,10 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     except OSError as exc:
         raise OutputFileError(path, exc) from None
     try:
-        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as fh:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results and reports are for sharing
+        with (os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", encoding="utf-8")) as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
