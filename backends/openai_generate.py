@@ -34,6 +34,7 @@ def _generation_result(r, retries: int) -> GenerationResult:
         prompt_tokens_cached=r.usage_cached_prompt_tokens, retries=retries,
         client_ttft_s=r.ttft_ns / 1e9 if r.ttft_ns is not None else None,
         client_e2e_s=((r.chunk_ns[-1] if r.chunk_ns else r.start_ns) - r.start_ns) / 1e9,
+        top_logprobs=r.first_top_logprobs,
     )
 
 
@@ -62,6 +63,11 @@ def request_json(api: str, model: str, req: GenerationRequest, *, seed: int | No
         body["stop"] = stops
     if req.seed is not None or seed is not None:
         body["seed"] = req.seed if req.seed is not None else seed
+    if req.top_logprobs:
+        if api != "chat":
+            raise BackendError("first-token log-probabilities are read from the chat API here (--api chat)")
+        body["logprobs"] = True
+        body["top_logprobs"] = req.top_logprobs
     if req.ignore_eos:
         body["ignore_eos"] = True
         body["min_tokens"] = req.max_tokens

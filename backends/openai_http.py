@@ -226,6 +226,8 @@ class RequestResult:
     usage_reasoning_tokens: int | None = None  # usage.completion_tokens_details.reasoning_tokens
     usage_cached_prompt_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens
     retries: int = 0
+    # the first answer token's top_logprobs as (token, logprob), where the request asked for them
+    first_top_logprobs: list[tuple[str, float]] | None = None
 
     def restart(self) -> None:
         """Forget a failed attempt's answer before the next one; start_ns and retries stay."""
@@ -236,6 +238,7 @@ class RequestResult:
         self.reasoning_chunks = 0
         self.usage_prompt_tokens = self.usage_completion_tokens = None
         self.usage_reasoning_tokens = self.usage_cached_prompt_tokens = None
+        self.first_top_logprobs = None
 
     @property
     def n_chunks(self) -> int:
@@ -313,6 +316,8 @@ class StreamParser:
                 self.result.reasoning_chunks += 1
             if finish:
                 self.result.finish_reason = finish
+            if self.result.first_top_logprobs is None and self.api == "chat":
+                self.result.first_top_logprobs = _first_top_logprobs(choice, payload)
         usage = _typed(data, "usage", (dict, type(None)), payload)
         if usage is not None:  # with continuous usage stats every chunk has one: the last wins
             self.result.usage_prompt_tokens = _count(usage, "prompt_tokens", payload)
@@ -331,6 +336,32 @@ class StreamParser:
                               f"{'' if self.done else ' or [DONE]'}: the answer may be incomplete")
         if not self.done:
             raise StreamError("cut short", f"the stream ended after finish_reason '{r.finish_reason}' without [DONE]")
+
+
+def _first_top_logprobs(choice: dict, payload: str) -> list[tuple[str, float]] | None:
+    """A chat chunk's first answer token's alternatives (``logprobs.content[0].top_logprobs``,
+    and the token itself where they leave it out), each entry type-checked; None where the
+    chunk has none."""
+    logprobs = _typed(choice, "logprobs", (dict, type(None)), payload)
+    content = _typed(logprobs, "content", (list, type(None)), payload) if logprobs else None
+    if not content:
+        return None
+    first = content[0]
+    if not isinstance(first, dict):
+        raise StreamError("bad chunk", f"a chunk's logprobs.content[0] is {_kind(first)}, not an object: {payload[:80]!r}")
+    out: list[tuple[str, float]] = []
+    # the chosen token itself is listed among its alternatives by OpenAI; added where it is not
+    for entry in [*(_typed(first, "top_logprobs", (list, type(None)), payload) or []), first]:
+        if not isinstance(entry, dict):
+            raise StreamError("bad chunk", f"a top_logprobs entry is {_kind(entry)}, not an object: {payload[:80]!r}")
+        token = _typed(entry, "token", (str,), payload)
+        lp = entry.get("logprob")
+        if isinstance(lp, bool) or not isinstance(lp, (int, float)) or lp != lp or lp > 1e-6:
+            raise StreamError("bad chunk", f"a logprob is {repr(lp)[:40]}, not a log-probability: {payload[:80]!r}")
+        if entry is first and any(t == token for t, _ in out):
+            continue
+        out.append((token, float(lp)))
+    return out
 
 
 def _kind(value: Any) -> str:

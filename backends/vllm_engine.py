@@ -632,10 +632,14 @@ class VllmBackend(BatchScorer, TextGenerator, Backend):
             prompts.append({"prompt_token_ids": ids})
         if not prompts:
             return []
-        outs = llm.generate(prompts, [self._params(r) for r in requests], use_tqdm=False)
+        params = [self._params(r, logprobs=r.top_logprobs) if r.top_logprobs else self._params(r) for r in requests]
+        outs = llm.generate(prompts, params, use_tqdm=False)
         results = []
         for i, out in enumerate(outs):
             c = out.outputs[0]
+            top = None
+            if requests[i].top_logprobs and c.logprobs:
+                top = [(self.detokenize([tok]), float(lp.logprob)) for tok, lp in c.logprobs[0].items()]
             m = out.metrics
             text = c.text
             stop = requests[i].stop
@@ -647,7 +651,7 @@ class VllmBackend(BatchScorer, TextGenerator, Backend):
                 prompt_tokens=len(out.prompt_token_ids or []), completion_tokens=len(c.token_ids),
                 prompt_tokens_cached=getattr(out, "num_cached_tokens", None),
                 engine_scheduled_s=getattr(m, "scheduled_ts", None), engine_first_token_s=getattr(m, "first_token_ts", None),
-                engine_last_token_s=getattr(m, "last_token_ts", None),
+                engine_last_token_s=getattr(m, "last_token_ts", None), top_logprobs=top,
             )
             results.append(result)
             if on_result:

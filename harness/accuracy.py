@@ -225,7 +225,8 @@ class BackendLM(TemplateLM):
     def __init__(self, engine: Backend, *, max_length: int, identity: str,
                  resize: Callable[[int], Backend] | None = None, chat_template: ChatTemplate | None = None,
                  prefix_token_id: int | None = None, progress: Progress | None = None,
-                 progress_every: int = 64, concurrency: int | None = None, seed: int | None = None):
+                 progress_every: int = 64, concurrency: int | None = None, seed: int | None = None,
+                 letter_tasks: frozenset[str] = frozenset(), allow_generated_letters: bool = False):
         super().__init__()
         self.engine = engine
         self.max_length = max_length
@@ -240,6 +241,9 @@ class BackendLM(TemplateLM):
         self._takes_messages = isinstance(engine, TextGenerator) and "messages" in engine.prompt_forms(engine.settings)
         self.concurrency = concurrency
         self.seed = seed
+        self.letter_tasks = letter_tasks
+        self.allow_generated_letters = allow_generated_letters
+        self.letter_protocols: dict[str, str] = {}  # letter-scored task -> how it was scored
         self.counters = EvalCounters()
         self.usage: dict[str, TaskUsage] = {}  # by task, from the engine's reported token counts
         self._encode = lru_cache(maxsize=8192)(self._encode_uncached)
@@ -473,7 +477,128 @@ class BackendLM(TemplateLM):
 
     def loglikelihood(self, requests, disable_tqdm: bool = True) -> list[tuple[float, bool]]:
         self.counters.requests_loglikelihood += len(requests)
-        return super().loglikelihood(requests, disable_tqdm=True)
+        letters = [i for i, r in enumerate(requests) if getattr(r, "task_name", None) in self.letter_tasks]
+        if not letters:
+            return super().loglikelihood(requests, disable_tqdm=True)
+        others = [i for i in range(len(requests)) if i not in set(letters)]
+        out: list[Any] = [None] * len(requests)
+        if others:
+            for i, answer in zip(others, super().loglikelihood([requests[i] for i in others], disable_tqdm=True)):
+                out[i] = answer
+        for i, answer in zip(letters, self._letter_scores([requests[i] for i in letters])):
+            out[i] = answer
+        return out
+
+    # -- letter scoring (harness.letters) ------------------------------------------------
+    def _letter_scores(self, requests) -> list[tuple[float, bool]]:
+        """Each choice letter's log-probability at the first generated position after its
+        chat-rendered question: one evaluation (or one generated token) per question, every
+        choice of it read from the same distribution."""
+        from harness import letters as L
+
+        contexts: dict[str, list[int]] = {}
+        for i, req in enumerate(requests):
+            contexts.setdefault(req.args[0], []).append(i)
+        results: list[Any] = [None] * len(requests)
+        done = [0]
+
+        def keep(context: str, top: list[tuple[str, float]], generated: bool) -> None:
+            top = sorted(top, key=lambda t: -t[1])[:L.TOP_LOGPROBS]
+            scores = L.letter_logprobs(top, len(L.LETTERS))
+            for i in contexts[context]:
+                req = requests[i]
+                letter = str(req.args[1]).strip()
+                if letter not in L.LETTERS:
+                    raise EvalError(f"task '{req.task_name}' offered the choice {letter!r} where letter scoring "
+                                    "expects a letter")
+                results[i] = scores[L.LETTERS.index(letter)]
+                self.cache_hook.add_partial("loglikelihood", req.args, results[i])
+                protocol = L.GENERATED if generated else L.FIRST_TOKEN
+                task = req.task_name
+                if self.letter_protocols.get(task) not in (None, protocol):
+                    protocol = "letters, mixed"  # some questions had log-probabilities, some not
+                self.letter_protocols[task] = protocol
+            done[0] += len(contexts[context])
+            self._report("loglikelihood", done[0], len(requests))
+
+        if isinstance(self.engine, StepDecoder):
+            self._letters_in_process(contexts, keep)
+        elif isinstance(self.engine, TextGenerator):
+            self._letters_generated(contexts, keep, {c: requests[idx[0]].task_name for c, idx in contexts.items()})
+        else:
+            raise EvalError(f"backend '{self.engine.name}' can neither evaluate a prompt nor generate a token")
+        return results
+
+    def _letters_in_process(self, contexts: dict[str, list[int]], keep) -> None:
+        from harness import letters as L
+
+        prompts = {c: self.tok_encode(self._render(c)) for c in contexts}
+        if prompts:
+            self._ensure_context(max(len(p) for p in prompts.values()) + 1)
+        # sorted prompts share prefixes with their neighbours (few-shot turns)
+        for context in sorted(prompts, key=lambda c: prompts[c]):
+            prompt = prompts[context]
+            kept = self._rollback(min(_common_prefix(self._seq, prompt), len(prompt) - 1))
+            logits = self._evaluate(prompt[kept:], "last")
+            self.counters.contexts += 1
+            self.counters.floor_tokens += len(prompt)
+            self.counters.tokens_without_reuse += len(prompt)
+            lps = log_softmax(np.asarray(logits, dtype=np.float64).reshape(-1))
+            ids = np.argpartition(-lps, L.TOP_LOGPROBS)[:L.TOP_LOGPROBS]
+            keep(context, [(self.tok_decode([int(t)]), float(lps[t])) for t in ids], False)
+
+    def _letters_generated(self, contexts: dict[str, list[int]], keep, task_of: dict[str, str]) -> None:
+        from harness import letters as L
+        from harness.backend import GenerationRequest
+
+        engine = self.engine
+        forms = engine.prompt_forms(engine.settings)
+        tokens_in = "tokens" in forms and engine.has_tokenizer(engine.settings)
+        prompts: dict[str, Any] = {}
+        for context in contexts:
+            messages = self._chat_messages(context)
+            if messages is not None and "messages" in forms:
+                prompts[context] = messages
+            elif tokens_in:
+                prompts[context] = self.tok_encode(self._render(context))
+            else:
+                prompts[context] = self._render(context)
+        if tokens_in and prompts:
+            self._ensure_context(max(len(p) for p in prompts.values()) + 1)
+        answered: set[str] = set()
+
+        def run(top: int) -> None:
+            todo = [c for c in prompts if c not in answered]
+
+            def hook(i: int, answer) -> None:
+                context = todo[i]
+                self._count_usage(task_of[context], answer)
+                if answer.top_logprobs:
+                    keep(context, answer.top_logprobs, False)
+                elif top == 0 or self.allow_generated_letters:
+                    keep(context, [(answer.text or "", 0.0)], True)
+                else:
+                    raise L.LetterScoringError(
+                        f"backend '{engine.name}' ({engine.model.name or engine.model.ref}) answered without "
+                        "log-probabilities for the generated token; letter scoring reads them (logprobs with "
+                        "top_logprobs); add --allow-generated-letters to score the generated letter instead, a "
+                        "protocol of its own")
+                answered.add(context)
+
+            engine.generate([GenerationRequest(prompt=prompts[c], max_tokens=1, temperature=0.0, seed=self.seed,
+                                               top_logprobs=top) for c in todo],
+                            concurrency=self.concurrency, on_result=hook)
+
+        try:
+            run(L.TOP_LOGPROBS)
+        except BackendError as exc:
+            if "logprob" not in str(exc).lower():
+                raise
+            if not self.allow_generated_letters:
+                raise L.LetterScoringError(f"{exc}; letter scoring needs logprobs with top_logprobs "
+                                           f"{L.TOP_LOGPROBS} (--allow-generated-letters scores the generated "
+                                           "letter where an API refuses them)") from None
+            run(0)  # the API refuses log-probabilities: the generated letter, as allowed
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = True) -> list[float]:
         self.counters.requests_rolling += len(requests)
@@ -702,6 +827,7 @@ class LoadedTasks:
     manager: Any
     objects: list[Any]  # Task / Group objects, one per requested name (a tag gives several)
     leaves: dict[str, Any]  # leaf task name -> Task
+    owner: dict[str, str] = field(default_factory=dict)  # leaf task name -> the requested name it came from
 
     def output_types(self) -> dict[str, str]:
         return {name: task.OUTPUT_TYPE for name, task in self.leaves.items()}
@@ -748,7 +874,7 @@ def load_tasks(names: list[str], dirs: list[str]) -> LoadedTasks:
                 raise TaskConfigError(f"task '{leaf}' is asked for twice (in '{owner[leaf]}' and in '{name}'); give it once")
             owner[leaf] = name
             leaves[leaf] = task
-    return LoadedTasks(manager=tm, objects=objects, leaves=leaves)
+    return LoadedTasks(manager=tm, objects=objects, leaves=leaves, owner=owner)
 
 
 # ----------------------------------------------------------------------------- results
@@ -791,10 +917,12 @@ SCORING = {"multiple_choice": "loglikelihood", "loglikelihood": "loglikelihood",
            "generate_until": "generative", "loglikelihood_rolling": "perplexity"}
 
 
-def task_scorings(results: dict) -> dict[str, str]:
-    """Task or group -> how its answers were scored, from each task's output_type."""
+def task_scorings(results: dict, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """Task or group -> how its answers were scored, from each task's output_type (or, for a
+    task scored another way, such as by letters, from ``overrides``)."""
     out = {name: SCORING.get(str((cfg or {}).get("output_type")), str((cfg or {}).get("output_type")))
            for name, cfg in (results.get("configs") or {}).items() if (cfg or {}).get("output_type")}
+    out.update(overrides or {})
     subtasks = results.get("group_subtasks") or {}
 
     def group(name: str, seen: frozenset = frozenset()) -> str | None:
@@ -821,12 +949,13 @@ def _number(v: Any) -> float | None:
 SKIP_KEYS = {"alias", "name", "sample_len", "sample_count", "samples"}
 
 
-def accuracy_results(results: dict) -> list:
-    """lm-eval's results dict -> AccuracyResult records (tasks, then groups)."""
+def accuracy_results(results: dict, scorings: dict[str, str] | None = None) -> list:
+    """lm-eval's results dict -> AccuracyResult records (tasks, then groups); ``scorings``
+    names the tasks scored otherwise than their output_type says."""
     from harness.record import AccuracyResult
 
     hashes = task_config_hashes(results)
-    scorings = task_scorings(results)
+    scorings = task_scorings(results, scorings)
     groups = set(results.get("groups") or {}) | set(results.get("group_subtasks") or {})
     entries = dict(results.get("results") or {})
     for name, entry in (results.get("groups") or {}).items():

@@ -63,6 +63,8 @@ class GenerationRequest:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()  # stop strings; the text is cut before the first one
     seed: int | None = None
+    # > 0: return the first generated position's top_logprobs most likely tokens (letter scoring)
+    top_logprobs: int = 0
 
 
 def prompt_form(prompt) -> str:
@@ -85,6 +87,9 @@ class GenerationResult:
     reasoning_tokens: int | None = None
     prompt_tokens_cached: int | None = None  # of prompt_tokens, how many a cache already held
     retries: int = 0
+    # the first generated position's most likely tokens as (text, log-probability), where
+    # the request asked for them and the engine returned them; None otherwise
+    top_logprobs: list[tuple[str, float]] | None = None
     # as the client saw it (an HTTP API): first token of either kind (reasoning or answer), last token
     client_ttft_s: float | None = None
     client_e2e_s: float | None = None

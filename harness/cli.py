@@ -583,6 +583,8 @@ def eval_(
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="generation requests in flight at once on a text generator (an API; default 1)"),
     api_price: Optional[str] = typer.Option(None, "--api-price", help="NAME=IN/OUT, the API's price per million input/output tokens: the record gets the run's cost"),
     no_cache: bool = typer.Option(False, "--no-cache", help="do not reuse or store answers in lm-eval's request cache"),
+    mc_scoring: str = typer.Option("loglikelihood", "--mc-scoring", metavar="MODE", help="multiple-choice tasks: loglikelihood (lm-eval's, each choice's text) or letters (lettered choices through the chat template, one generated token, the letters' probabilities: runs on chat APIs too)"),
+    allow_generated_letters: bool = typer.Option(False, "--allow-generated-letters", help="with --mc-scoring letters: where an API returns no log-probabilities, score the generated letter (labelled as its own protocol)"),
 ) -> None:
     """Measure accuracy with lm-eval on the bundled offline tasks (or any lm-eval task)."""
     from harness.bench import parse_set_options
@@ -612,7 +614,8 @@ def eval_(
         gen_kwargs=parse_gen_kwargs("--gen-kwargs", gen_kwargs), threads=threads, out_dir=out, log_samples=log_samples,
         allow_code_execution=allow_code_execution, apply_chat_template=apply_chat_template, use_cache=not no_cache,
         fewshot_as_multiturn=fewshot_as_multiturn, system_instruction=system_instruction, concurrency=concurrency,
-        api_price=api_price, command=["harness", *sys.argv[1:]],
+        api_price=api_price, mc_scoring=mc_scoring, allow_generated_letters=allow_generated_letters,
+        command=["harness", *sys.argv[1:]],
     )
     on_event, stop = _eval_progress()
     try:

@@ -53,6 +53,7 @@ class EvalJob(BaseModel):
     fewshot_as_multiturn: bool | None = None  # None: lm-eval's default
     concurrency: int | None = None
     api_price: str | None = None  # NAME=IN/OUT per million tokens
+    allow_generated_letters: bool = False
 
 
 def _now() -> str:
@@ -63,12 +64,13 @@ class Refused(HarnessError):
     """Bad input found in the worker before any measurement: no record is written."""
 
 
-def check_capabilities(cls, settings, model: ModelInfo, loaded, allow_code: bool) -> None:
+def check_capabilities(cls, settings, model: ModelInfo, loaded, allow_code: bool, letter_leaves: set[str] = frozenset()) -> None:
     """Refuse, before the model loads, tasks the backend cannot serve: one line that names
-    the missing capability and what would work."""
+    the missing capability and what would work. A letter-scored task needs what generation
+    needs (one token, and its log-probabilities where the engine gives them)."""
     from harness.backend import capability_words, missing_for, serves
 
-    needing = loaded.needing_logprobs()
+    needing = [n for n in loaded.needing_logprobs() if n not in letter_leaves]
     if needing and not serves(cls, settings, "loglikelihood"):
         runnable = [n for n in loaded.leaves if n not in needing]
         shown = ", ".join(sorted(needing)[:6]) + (f" and {len(needing) - 6} more" if len(needing) > 6 else "")
@@ -76,7 +78,8 @@ def check_capabilities(cls, settings, model: ModelInfo, loaded, allow_code: bool
         raise Refused(f"{shown} score{'s' if len(needing) == 1 else ''} log-likelihoods, which needs "
                       f"{missing_for(cls, settings, 'loglikelihood')}; {cls.describe(model, settings)} "
                       f"(backend '{cls.name}' has {capability_words(cls, settings)} only); {can}"
-                      "the suite open-vs-closed runs on it")
+                      "--mc-scoring letters scores multiple-choice tasks from generated tokens, and the suite "
+                      "open-vs-closed runs on it")
     generative = [n for n in loaded.leaves if n not in needing]
     if generative and not serves(cls, settings, "generate"):
         raise Refused(f"{', '.join(sorted(generative)[:6])} generate text, which needs "
@@ -126,10 +129,20 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
         channel.send("refused", message=redact(str(exc)))
         return
 
+    letter_leaves: set[str] = set()
+    if job.selection.letter_tasks:
+        from harness import letters
+
+        try:
+            letter_leaves = letters.apply(loaded, job.selection.letter_tasks)
+        except HarnessError as exc:
+            channel.send("refused", message=redact(str(exc)))
+            return
+
     cls = registry.get(job.backend)
     settings = cls.Settings(**job.settings)
     try:
-        check_capabilities(cls, settings, job.model, loaded, job.allow_code_execution)
+        check_capabilities(cls, settings, job.model, loaded, job.allow_code_execution, letter_leaves)
     except Refused as exc:
         channel.send("refused", message=str(exc))
         return
@@ -191,6 +204,7 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
         chat_template=chat, prefix_token_id=special.get("bos"),
         progress=lambda kind, done, total: channel.send("progress", kind=kind, done=done, total=total),
         concurrency=job.concurrency, seed=getattr(settings, "seed", None),
+        letter_tasks=frozenset(letter_leaves), allow_generated_letters=job.allow_generated_letters,
     )
     samples = job.selection.samples
     kwargs: dict[str, Any] = dict(
@@ -221,6 +235,9 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
     with MemorySampler() as mem:
         try:
             results = lm_eval.simple_evaluate(**kwargs)
+        except letters_refusal() as exc:  # the API refuses what letter scoring needs: nothing to record
+            channel.send("refused", message=redact(str(exc)))
+            return
         except HarnessError as exc:
             record.failures.append(Failure(cause="evaluation failed", detail=redact(str(exc))))
         except Exception as exc:
@@ -239,7 +256,10 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
     info_hashes: dict[str, str] = {}
     samples_file = None
     if results is not None:
-        record.accuracy = accuracy.accuracy_results(results)
+        from harness.letters import protocol_for
+
+        record.accuracy = accuracy.accuracy_results(results, {
+            leaf: protocol_for(leaf, lm.letter_protocols, job.allow_generated_letters) for leaf in letter_leaves})
         info_hashes = accuracy.task_config_hashes(results)
         if job.log_samples and job.samples_path:
             accuracy.write_samples(results, Path(job.samples_path), render=lm.rendered_prompt)
@@ -270,6 +290,12 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
         record.status = "partial" if record.accuracy else "failed"
     record.wall_s = wall_s
     channel.send("record", record=json.loads(record.model_dump_json()))
+
+
+def letters_refusal() -> type[Exception]:
+    from harness.letters import LetterScoringError
+
+    return LetterScoringError
 
 
 def _chat_template(model: ModelInfo):

@@ -61,6 +61,8 @@ class EvalRequest(BaseModel):
     concurrency: int | None = None  # generation requests in flight (a text generator's)
     api_price: str | None = None  # NAME=IN/OUT per million tokens: record the run's cost
     use_cache: bool = True
+    mc_scoring: str = "loglikelihood"  # or "letters" (harness.letters)
+    allow_generated_letters: bool = False
     command: list[str] = []
     timeout_s: float | None = None
 
@@ -73,7 +75,7 @@ def check_lm_eval() -> str:
 
 
 def request_cache_prefix(model: ModelInfo, backend_cls, settings: dict, lm_eval_version: str,
-                         apply_chat_template: bool) -> Path:
+                         apply_chat_template: bool, letters: str | None = None) -> Path:
     """Where lm-eval keeps answers for this model file, backend and settings (use_cache).
 
     lm-eval keys its cache by the request alone, so everything else that can change an
@@ -89,6 +91,8 @@ def request_cache_prefix(model: ModelInfo, backend_cls, settings: dict, lm_eval_
         "settings": {k: v for k, v in sorted(settings.items()) if k not in NOT_IN_CACHE_KEY},
         "chat_template": apply_chat_template,
     }
+    if letters:  # letter-scored answers (and generated-letter ones) never stand in for others
+        key["letters"] = letters
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     folder = cache_dir() / "lm-eval-requests"
     folder.mkdir(parents=True, exist_ok=True)
@@ -116,7 +120,13 @@ def prepare(request: EvalRequest):
     backend_cls = registry.get(request.backend)
     check_installed(backend_cls)
     check_out_dir(request.out_dir)
+    if request.mc_scoring not in ("loglikelihood", "letters"):
+        raise ConfigError(f"--mc-scoring must be loglikelihood or letters (got '{request.mc_scoring}')")
     selection = select_tasks(request.tasks, request.suite, request.limit, request.allow_code_execution)
+    if request.mc_scoring == "letters":
+        selection.letter_tasks = list(selection.tasks)
+    if request.allow_generated_letters and not selection.letter_tasks:
+        raise ConfigError("--allow-generated-letters is for letter scoring: add --mc-scoring letters")
     dirs = [check_tasks_dir(bundled_tasks_dir())] + [check_tasks_dir(Path(d)) for d in request.tasks_dirs]
     for name in selection.tasks:
         if name.endswith(".yaml") and not Path(name).is_file():
@@ -139,11 +149,21 @@ def prepare(request: EvalRequest):
     chat = request.apply_chat_template
     if chat is None:  # a chat API is asked in messages, as lm-eval's chat path builds them
         chat = issubclass(backend_cls, TextGenerator) and "messages" in backend_cls.prompt_forms(settings)
-    if request.fewshot_as_multiturn and not chat:
+    multiturn = request.fewshot_as_multiturn
+    if selection.letter_tasks:  # the letters protocol is a chat protocol: questions and few-shot turns as messages
+        if request.apply_chat_template is False:
+            raise ConfigError("letter scoring asks through the chat template; leave out --no-apply-chat-template")
+        chat = True
+        if multiturn is None:
+            multiturn = True
+    if multiturn and not chat:
         raise ConfigError("--fewshot-as-multiturn needs the chat path: add --apply-chat-template")
     run_id = new_run_id()
+    letters = None
+    if selection.letter_tasks:
+        letters = "first-token, or generated where none" if request.allow_generated_letters else "first-token"
     cache = (str(request_cache_prefix(model, backend_cls, settings.model_dump(), lm_eval_version,
-                                      chat)) if request.use_cache else None)
+                                      chat, letters)) if request.use_cache else None)
     samples_path = str(request.out_dir.resolve() / f"eval-{run_id}.samples.jsonl") if request.log_samples else None
     return EvalJob(
         run_id=run_id, command=request.command, backend=backend_cls.name, model=model,
@@ -152,8 +172,8 @@ def prepare(request: EvalRequest):
         apply_chat_template=chat,
         allow_code_execution=request.allow_code_execution, log_samples=request.log_samples,
         samples_path=samples_path, request_cache=cache, system_instruction=request.system_instruction,
-        fewshot_as_multiturn=request.fewshot_as_multiturn, concurrency=request.concurrency,
-        api_price=request.api_price,
+        fewshot_as_multiturn=multiturn, concurrency=request.concurrency,
+        api_price=request.api_price, allow_generated_letters=request.allow_generated_letters,
     )
 
 

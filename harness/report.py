@@ -460,11 +460,12 @@ def headline_section(bench_scores: list[BenchmarkScore], scores: PublishedScores
     A score from fewer documents is shown greyed and never chosen as best; when no open
     score is large enough, the gaps are taken against the best smoke-test score and are
     greyed with it."""
-    by_bench: dict[str, list[BenchmarkScore]] = {}
+    # a protocol that only compares with itself (letter scoring) is a block of its own
+    by_bench: dict[tuple[str, str], list[BenchmarkScore]] = {}
     for s in bench_scores:
-        by_bench.setdefault(s.benchmark, []).append(s)
+        by_bench.setdefault((s.benchmark, letters_family(s.protocol.scoring)), []).append(s)
     out = []
-    for bench, mine in by_bench.items():
+    for (bench, family), mine in by_bench.items():
         opens = sorted((s for s in mine if s.access == "open"), key=lambda s: -s.value)
         claims = [s for s in opens if s.claim]
         ref = claims[0] if claims else (opens[0] if opens else None)
@@ -477,7 +478,7 @@ def headline_section(bench_scores: list[BenchmarkScore], scores: PublishedScores
         for s in sorted(closed, key=lambda s: (bool(ref and s.protocol.differences(ref.protocol)), -s.value)):
             measured.append(_measured_row(s, "closed measured here", ref))
         published = []
-        if ref is not None and bench in scores.benchmarks:
+        if ref is not None and bench in scores.benchmarks and not family:
             reference_protocol = ref.protocol.as_reference()
             for p in sorted(scores.for_benchmark(bench), key=lambda p: (p.access != "closed", -p.value)):
                 differs, unstated = protocol_differences(reference_protocol, p.protocol)
@@ -499,14 +500,22 @@ def headline_section(bench_scores: list[BenchmarkScore], scores: PublishedScores
                     **_gap_row(p.value, None, ref),
                 })
         title = scores.benchmarks[bench].title if bench in scores.benchmarks else bench
+        if family:
+            title += " · scored by letters (chat, first generated token)"
         out.append({"benchmark": bench, "title": title, "measured": measured, "published": published,
                     "ref": ref, "ref_is_smoke": ref_is_smoke, "has_closed": bool(closed), "plot": None,
-                    "min_docs": min_docs})
+                    "min_docs": min_docs, "letters": bool(family)})
     # comparisons that are claims first: a closed model measured here against an open score
-    # from enough documents, then smoke tests, then benchmarks with no closed model measured;
-    # among equals, the score from more documents first
-    return sorted(out, key=lambda b: (not b["has_closed"], b["ref_is_smoke"],
+    # from enough documents (the letter protocol, the same on both sides, before the others),
+    # then smoke tests, then benchmarks with no closed model measured; among equals, the
+    # score from more documents first
+    return sorted(out, key=lambda b: (not b["has_closed"], b["ref_is_smoke"], not b["letters"],
                                       -((b["ref"].n or 0) if b["ref"] is not None else 0), b["title"]))
+
+
+def letters_family(scoring: str | None) -> str:
+    """'letters' for any letter-scored protocol (first-token or generated), else ''."""
+    return "letters" if (scoring or "").startswith("letters") else ""
 
 
 def _measured_row(s: BenchmarkScore, kind: str, ref: BenchmarkScore | None) -> dict[str, Any]:

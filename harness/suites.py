@@ -43,6 +43,7 @@ class Suite(BaseModel):
     tasks: list[str]
     code_execution_tasks: list[str] = Field(default_factory=list)
     requires_loglikelihood: bool = False
+    letter_tasks: list[str] = Field(default_factory=list)  # multiple-choice tasks scored by letters
     samples: dict[str, list[int]] | None = None
 
 
@@ -112,6 +113,8 @@ class TaskSelection(BaseModel):
     samples: dict[str, list[int]] | None = None  # leaf task -> doc indices (lm-eval's samples=)
     code_execution_tasks: list[str] = Field(default_factory=list)
     skipped: dict[str, str] = Field(default_factory=dict)  # task -> why it was left out
+    # requested names whose multiple-choice tasks are letter-scored (harness.letters)
+    letter_tasks: list[str] = Field(default_factory=list)
 
 
 def select_tasks(tasks: str | None, suite: str | None, limit: int | None, allow_code_execution: bool) -> TaskSelection:
@@ -127,7 +130,8 @@ def select_tasks(tasks: str | None, suite: str | None, limit: int | None, allow_
         if samples is not None:
             samples = {k: v for k, v in samples.items() if k not in skipped}
         return TaskSelection(tasks=names, suite=suite, samples=samples, skipped=skipped,
-                             code_execution_tasks=[t for t in s.code_execution_tasks if t in names])
+                             code_execution_tasks=[t for t in s.code_execution_tasks if t in names],
+                             letter_tasks=[t for t in s.letter_tasks if t in names])
     names: list[str] = []
     for part in tasks.split(","):
         part = part.strip()

@@ -8,7 +8,10 @@ an API really offers and refuses:
   ``/tokenize``, ``/extras/tokenize``, ``/detokenize``, ...) is a 404;
 * it refuses prompt echo and prompt log-probabilities (``echo``, ``prompt_logprobs``) with
   a 400, as OpenAI's chat API does; log-probabilities of generated tokens
-  (``logprobs``/``top_logprobs``) pass, as OpenAI allows them;
+  (``logprobs``/``top_logprobs``) pass, as OpenAI allows them, relayed in the stream as
+  OpenAI sends them (``choices[0].logprobs.content`` beside the token's text). With
+  ``logprobs="refuse"`` it answers them with a 400 as an API without them does, with
+  ``logprobs="drop"`` it leaves them out of the answer as some APIs silently do;
 * it answers 429 with ``Retry-After`` to the chat requests whose numbers are in
   ``rate_limit`` (1-based, counting every chat POST);
 * it cuts the streams whose numbers are in ``cut``: half the events are relayed, then the
@@ -44,7 +47,7 @@ def messages_key(body: dict) -> str:
 class ChatProxy:
     def __init__(self, upstream: str, key: str, served_name: str = "closed-model-1", upstream_model: str = "smollm2",
                  rate_limit: tuple[int, ...] = (), retry_after_s: float = 1.0, cut: tuple[int, ...] = (),
-                 hold_after: int | None = None, max_stop: int = 4):
+                 hold_after: int | None = None, max_stop: int = 4, logprobs: str = "pass"):
         self.upstream = upstream.rstrip("/")
         self.key = key
         self.served_name = served_name
@@ -54,6 +57,7 @@ class ChatProxy:
         self.cut = set(cut)
         self.hold_after = hold_after
         self.max_stop = max_stop
+        self.logprobs = logprobs
         self.chat_posts: list[dict] = []  # {"t", "body", "fate"}: answered / 429 / cut / refused / held
         self.answered: list[dict] = []
         self.other_paths: list[str] = []
@@ -122,6 +126,10 @@ class ChatProxy:
                     entry["fate"] = "refused"
                     self._error(400, f"Unsupported parameter: '{(refused or ['prompt'])[0]}' is not supported with this model.")
                     return
+                if proxy.logprobs == "refuse" and (body.get("logprobs") or body.get("top_logprobs")):
+                    entry["fate"] = "refused"
+                    self._error(400, "Unsupported parameter: 'logprobs' is not supported with this model.")
+                    return
                 if body.get("model") != proxy.served_name:
                     entry["fate"] = "refused"
                     self._error(404, f"The model '{body.get('model')}' does not exist")
@@ -174,8 +182,12 @@ class ChatProxy:
                 base = {"id": data.get("id"), "object": "chat.completion.chunk", "created": data.get("created"),
                         "model": proxy.served_name}
                 pieces = [text[i:i + 4] for i in range(0, len(text), 4)]
+                # the generated tokens' log-probabilities ride with the first piece of text
+                logprobs = choice.get("logprobs") if proxy.logprobs == "pass" else None
                 events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}]
-                events += [{**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces]
+                events += [{**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None,
+                                                 **({"logprobs": logprobs} if logprobs and i == 0 else {})}]}
+                           for i, p in enumerate(pieces)]
                 events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason")}]})
                 if include_usage:
                     events.append({**base, "choices": [], "usage": data.get("usage")})

@@ -38,12 +38,16 @@ def port_open(port: int) -> bool:
 
 
 @contextmanager
-def llamacpp_server(model_path: str, alias: str = "smollm2", n_ctx: int = 512) -> Iterator[str]:
+def llamacpp_server(model_path: str, alias: str = "smollm2", n_ctx: int = 512,
+                    flash_attn: bool = False) -> Iterator[str]:
+    """llama-cpp-python's server on loopback. ``flash_attn`` as the in-process backend's
+    default (on) where a test compares the two engines' numbers: flash attention alone moves
+    SmolLM2's letter probabilities by up to 0.04."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--model_alias", alias,
          "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", "1", "--n_threads_batch", "1",
-         "--interrupt_requests", "False"],
+         "--interrupt_requests", "False", "--flash_attn", str(flash_attn)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:

@@ -303,6 +303,9 @@ SUITES_HEADER = """\
 #                                       confirm_run_unsafe_code=True), else skip and record why
 #   suites.<name>.requires_loglikelihood  true when some task scores log-likelihoods (a chat
 #                                       API without logprobs cannot run the suite)
+#   suites.<name>.letter_tasks          (optional) multiple-choice tasks or groups of the suite
+#                                       scored by letters (harness/letters.py), as with
+#                                       `harness eval --mc-scoring letters`
 #   suites.<name>.sample                (optional) how `samples` was drawn: seed, sizes
 #   suites.<name>.samples               (optional) leaf task name -> sorted, distinct doc
 #                                       indices into that task's evaluation split; pass as
@@ -387,13 +390,15 @@ def write_suites(mmlu_counts: dict[str, int], n_tqa: int, n_gsm: int) -> None:
     code_execution_tasks: [humaneval]
     requires_loglikelihood: true
 
-  # open-vs-closed: generative forms only, so an open model and a chat API without
-  # log-probabilities run exactly the same prompts and the same answer extraction.
-  # HumanEval joins only with --allow-code-execution.
+  # open-vs-closed: what a chat API can run, the same way on both sides: the generative
+  # forms (the same prompts and answer extraction), and the multiple-choice sets scored by
+  # letters (lettered choices through the chat template, the letters' probabilities at the
+  # first generated token: harness/letters.py). HumanEval joins only with --allow-code-execution.
   open-vs-closed:
-    description: "Generative only (runs on chat APIs without logprobs): mmlu_snapshot_generative, gsm8k, humaneval (if code execution is allowed)"
-    tasks: [mmlu_snapshot_generative, gsm8k, humaneval]
+    description: "What chat APIs can run: mmlu_snapshot_generative, gsm8k, mmlu_snapshot and truthfulqa_mc1 scored by letters, humaneval (if code execution is allowed)"
+    tasks: [mmlu_snapshot_generative, gsm8k, mmlu_snapshot, truthfulqa_mc1, humaneval]
     code_execution_tasks: [humaneval]
+    letter_tasks: [mmlu_snapshot, truthfulqa_mc1]
     requires_loglikelihood: false
 """)
     (TASKS / "suites.yaml").write_text("".join(lines), encoding="utf-8")
