@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--limit", default="9")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--concurrency", default="1")
+    ap.add_argument("--flash-attn", type=int, choices=(0, 1), default=1, help="on both engines (default 1, the backend's)")
     args = ap.parse_args()
 
     from chat_proxy import ChatProxy
@@ -96,15 +97,16 @@ def main() -> None:
     common = ["--tasks", args.tasks, "--limit", args.limit, "--log-samples", "--no-cache"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        with llamacpp_server(str(path), n_ctx=4096, flash_attn=True) as upstream, ChatProxy(upstream, KEY) as proxy:
+        with llamacpp_server(str(path), n_ctx=4096, flash_attn=bool(args.flash_attn)) as upstream, ChatProxy(upstream, KEY) as proxy:
             api = harness("eval", "-b", "openai", "--base-url", proxy.url, "--api-key-env", "BENCH_KEY",
                           "--mc-scoring", "letters", "--concurrency", args.concurrency, *common,
                           "--out", str(out / "api"), env={"BENCH_KEY": KEY})
             sent = len(proxy.chat_posts)
         local = harness("eval", "-b", "llamacpp", "-m", args.model, "--mc-scoring", "letters", *common,
+                        "--set", f"flash_attn={args.flash_attn}",
                         "--out", str(out / "local"))
         ll = harness("eval", "-b", "llamacpp", "-m", args.model, "--tasks", args.tasks, "--limit", args.limit,
-                     "--no-cache", "--out", str(out / "ll"))
+                     "--set", f"flash_attn={args.flash_attn}", "--no-cache", "--out", str(out / "ll"))
         a, b = distributions(api), distributions(local)
     task = args.tasks.split(",")[0]
     print(f"{task}, --limit {args.limit} per leaf task, model {args.model}; {sent} chat requests through the proxy\n")

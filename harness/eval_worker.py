@@ -256,10 +256,12 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
     info_hashes: dict[str, str] = {}
     samples_file = None
     if results is not None:
-        from harness.letters import protocol_for
+        from harness.letters import group_masses, protocol_for
 
         record.accuracy = accuracy.accuracy_results(results, {
             leaf: protocol_for(leaf, lm.letter_protocols, job.allow_generated_letters) for leaf in letter_leaves})
+        if letter_leaves:
+            record.accuracy += group_masses(record.accuracy, results)
         info_hashes = accuracy.task_config_hashes(results)
         if job.log_samples and job.samples_path:
             accuracy.write_samples(results, Path(job.samples_path), render=lm.rendered_prompt)

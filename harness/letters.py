@@ -35,7 +35,6 @@ import hashlib
 import math
 import random
 import re
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from harness.errors import ConfigError
@@ -88,14 +87,15 @@ def _is_lettered(choices: list[str]) -> bool:
     return [str(c).strip() for c in choices] == list(LETTERS[:len(choices)])
 
 
-@dataclass
 class _Field:
-    """A config field lm-eval calls with the doc; its repr is what the dumped config (and
-    so the task config hash) shows, the same on every run."""
+    """A config field lm-eval calls with the doc. Its repr is what the dumped config (and so
+    the task config hash) shows, the same on every run; not a dataclass, which lm-eval's
+    config dump would open up down to the function's address."""
 
-    name: str
-    fn: Callable[..., Any]
-    original: Any
+    __slots__ = ("name", "fn", "original")
+
+    def __init__(self, name: str, fn: Callable[..., Any], original: Any):
+        self.name, self.fn, self.original = name, fn, original
 
     def __call__(self, *args):
         return self.fn(*args)
@@ -218,3 +218,35 @@ def protocol_for(leaf: str, seen: dict[str, str], allow_generated: bool) -> str:
     if leaf in seen:
         return seen[leaf]
     return f"{FIRST_TOKEN} or generated" if allow_generated else FIRST_TOKEN
+
+
+def group_masses(rows: list, results: dict) -> list:
+    """letter_mass for each group whose leaves were all letter-scored: their mean weighted by
+    documents (lm-eval aggregates only the metrics a group's YAML lists)."""
+    from harness.record import AccuracyResult
+
+    subtasks = results.get("group_subtasks") or {}
+    mass = {r.task: r for r in rows if r.metric == "letter_mass" and r.kind == "task" and r.n}
+    have = {(r.task, r.metric) for r in rows}
+
+    def leaves(name: str, seen: frozenset = frozenset()) -> list[str]:
+        if name not in subtasks:
+            return [name]
+        return [leaf for c in subtasks[name] if c not in seen for leaf in leaves(c, seen | {name})]
+
+    out = []
+    for group in subtasks:
+        parts = leaves(group)
+        if not parts or (group, "letter_mass") in have or any(p not in mass for p in parts):
+            continue
+        n = sum(mass[p].n for p in parts)
+        value = sum(mass[p].value * mass[p].n for p in parts) / n
+        stderr = (sum((mass[p].stderr or 0.0) ** 2 * mass[p].n ** 2 for p in parts) ** 0.5 / n
+                  if all(mass[p].stderr is not None for p in parts) else None)
+        like = next((r for r in rows if r.task == group), None)
+        out.append(AccuracyResult(task=group, alias=like.alias if like else None, kind="group",
+                                  parent=like.parent if like else None, metric="letter_mass", filter="none",
+                                  value=value, stderr=stderr, n=n, num_fewshot=like.num_fewshot if like else None,
+                                  higher_is_better=True, task_config_hash=like.task_config_hash if like else None,
+                                  scoring=like.scoring if like else None))
+    return out

@@ -245,8 +245,10 @@ class AccuracyResult(BaseModel):
     task_version: str | None = None
     task_config_hash: str | None = None  # sha256 of the task's full config (prompt, shots, filters, metrics)
     # how answers were scored: "loglikelihood" (the choices' log-probabilities), "generative"
-    # (the model writes its answer), "perplexity", or "mixed" for a group of both; None in
-    # records written before it was kept (the report then infers it from the metric)
+    # (the model writes its answer), "perplexity", "letters, first-token" (the choice letters'
+    # probabilities at the first generated token, harness/letters.py) or "letters, generated"
+    # (the generated letter, where an API gave no log-probabilities), or "mixed" for a group
+    # of several; None in records written before it was kept (the report then infers it)
     scoring: str | None = None
 
     # read access by field name, for code written against the earlier untyped entries
