@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--limit", default="9")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--concurrency", default="1")
+    ap.add_argument("--keep", type=Path, help="write the three records (and samples) here instead of a temporary folder")
     ap.add_argument("--flash-attn", type=int, choices=(0, 1), default=1, help="on both engines (default 1, the backend's)")
     args = ap.parse_args()
 
@@ -96,7 +97,7 @@ def main() -> None:
     path, _ = locate(args.model)
     common = ["--tasks", args.tasks, "--limit", args.limit, "--log-samples", "--no-cache"]
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
+        out = args.keep or Path(tmp)
         with llamacpp_server(str(path), n_ctx=4096, flash_attn=bool(args.flash_attn)) as upstream, ChatProxy(upstream, KEY) as proxy:
             api = harness("eval", "-b", "openai", "--base-url", proxy.url, "--api-key-env", "BENCH_KEY",
                           "--mc-scoring", "letters", "--concurrency", args.concurrency, *common,

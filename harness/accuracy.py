@@ -861,7 +861,7 @@ def load_tasks(names: list[str], dirs: list[str]) -> LoadedTasks:
             hint = ""
             if "hub" in str(exc).lower() or isinstance(exc, (ConnectionError, OSError)):
                 hint = ("; its data comes from the Hugging Face hub, which is not reachable (the bundled tasks "
-                        "need no network: mmlu_snapshot, gsm8k, truthfulqa_mc2, humaneval)")
+                        "need no network: mmlu_snapshot, gsm8k, truthfulqa_mc1, truthfulqa_mc2, humaneval)")
             raise TaskConfigError(f"task '{name}' could not be loaded: {type(exc).__name__}: {_first_line(exc)}{hint}") from None
         if name in loaded["groups"]:
             objects.append(loaded["groups"][name])

@@ -565,7 +565,7 @@ def eval_(
     api: Optional[str] = typer.Option(None, "--api", help="--backend openai: chat (default) or completions"),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="--backend openai: NAME of the environment variable that holds the API key"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="any backend setting, KEY=VALUE (repeatable), e.g. --set compilation_mode=0"),
-    tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-eval task or group names, comma-separated (bundled: mmlu_snapshot, gsm8k, truthfulqa_mc2, humaneval, ...)"),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="lm-eval task or group names, comma-separated (bundled: mmlu_snapshot, gsm8k, truthfulqa_mc1, truthfulqa_mc2, humaneval, ...)"),
     suite: Optional[str] = typer.Option(None, "--suite", help="a bundled suite: quick, standard or open-vs-closed"),
     tasks_dir: list[Path] = typer.Option([], "--tasks-dir", help="a folder of lm-eval task YAML files with local data; repeatable; overrides bundled tasks of the same name"),
     limit: Optional[str] = typer.Option(None, "--limit", metavar="N", help="at most N documents per task, or a fraction of each task's below 1 (0.1 = a tenth), as lm-eval's --limit (replaces a suite's fixed sample)"),

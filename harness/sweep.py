@@ -410,7 +410,7 @@ def expand(matrix: Matrix, source: Path) -> list[Cell]:
         if suite_def and (suite_def["suite"] or {}).get("requires_loglikelihood"):
             if not serves(backend_cls, settings, "loglikelihood"):
                 raise ConfigError(f"{what}: backend '{backend_cls.name}' cannot score log-likelihoods, which "
-                                  f"{spec.suite.name} needs (try suite open-vs-closed, the generative forms)")
+                                  f"{spec.suite.name} needs (try suite open-vs-closed: generative forms and multiple-choice by letters)")
         cell = Cell(index=i, kind="perf" if spec.tests else "suite", model=model, backend=backend_cls.name,
                     backend_version=backend_cls.installed_version(), settings=settings, user_settings=spec.values,
                     timeout_s=spec.timeout_s, tests=spec.tests, suite=spec.suite,

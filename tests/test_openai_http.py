@@ -273,7 +273,33 @@ MALFORMED = [
     ("completions", "data: {not json", "not JSON"),
     ("chat", {"choices": [{"delta": "hello"}]}, "'delta' is str"),
     ("chat", {"choices": [{"delta": {"content": ["a"]}}]}, "'content' is list"),
+    ("chat", {"choices": [{"delta": {"content": "A"}, "logprobs": {"content": [{"token": "A", "logprob": "-1"}]}}]},
+     "a logprob is '-1'"),
+    ("chat", {"choices": [{"delta": {"content": "A"}, "logprobs": {"content": [{"token": "A", "logprob": 0.5}]}}]},
+     "a logprob is 0.5, not a log-probability"),
+    ("chat", {"choices": [{"delta": {"content": "A"}, "logprobs": {"content": ["A"]}}]}, "logprobs.content\\[0\\] is str"),
+    ("chat", {"choices": [{"delta": {"content": "A"}, "logprobs": {"content": [
+        {"token": "A", "logprob": -0.1, "top_logprobs": [{"token": 3, "logprob": -0.1}]}]}}]}, "'token' is int"),
 ]
+
+
+def test_first_token_alternatives_are_read_once_each():
+    """top_logprobs of the first answer token, the chosen token counted once whether or not the
+    API lists it among them; later chunks' logprobs belong to later tokens."""
+    from backends.openai_http import RequestResult, StreamParser
+
+    def first_chunk(top):
+        return {"choices": [{"delta": {"content": "A"}, "finish_reason": None, "logprobs": {"content": [
+            {"token": "A", "logprob": -0.5, "top_logprobs": top}]}}]}
+
+    for top, want in (([{"token": "A", "logprob": -0.5}, {"token": " B", "logprob": -1.5}], [("A", -0.5), (" B", -1.5)]),
+                      ([{"token": " B", "logprob": -1.5}], [(" B", -1.5), ("A", -0.5)]),
+                      (None, [("A", -0.5)])):
+        result = RequestResult()
+        parser = StreamParser("chat", result)
+        for i, chunk in enumerate([first_chunk(top), first_chunk([{"token": "C", "logprob": -0.1}])]):
+            parser.feed("data: " + json.dumps(chunk), i)
+        assert result.first_top_logprobs == want
 
 
 @pytest.mark.parametrize("api, chunk, message", MALFORMED)

@@ -107,7 +107,13 @@ ATTRIBUTION = {
         "the '; '-separated 'Correct Answers' and 'Incorrect Answers' columns: each answer "
         "stripped, empty items dropped, exact duplicates within a list dropped, answers that appear "
         "in both lists dropped from both, and a final '.' appended when an answer does not already "
-        "end in '.', '!' or '?'."
+        "end in '.', '!' or '?'. "
+        "Derived at load time, with no file of its own "
+        "(tasks/truthfulqa/utils.py:load_truthfulqa_mc1, task truthfulqa_mc1): an MC1-like "
+        "variant, NOT the upstream mc1_targets, whose mc1_targets {choices, labels} are the row's "
+        "'Best Answer' (stripped, a final '.' appended when it does not already end in '.', '!' "
+        "or '?') with label 1, then the row's incorrect_answers above, less any equal to it, in "
+        "their order, with label 0."
     ),
     "humaneval": (
         "HumanEval (Chen et al. 2021, 'Evaluating Large Language Models Trained on Code'). "
