@@ -132,6 +132,33 @@ def test_continuation_scores_use_prompt_logprobs_and_agree_with_llamacpp(engine,
 
 @pytest.mark.vllm
 @pytest.mark.slow
+def test_first_token_logprobs_give_the_letter_distribution_llamacpp_gives(engine, llama):
+    """Letter scoring on vLLM reads the generated token's logprobs; llama.cpp its logits."""
+    import math
+
+    from harness import letters as L
+    from harness.backend import GenerationRequest
+
+    prompt = engine.tokenize("Which of these is a fruit?\nA. a car\nB. an apple\nC. a road\nD. a chair\n"
+                             "Answer with the letter of the correct choice.\nAnswer:", add_special=False)
+    (r,) = engine.generate([GenerationRequest(prompt=prompt, max_tokens=1, top_logprobs=L.TOP_LOGPROBS)])
+    assert r.top_logprobs is not None and L.TOP_LOGPROBS <= len(r.top_logprobs) <= L.TOP_LOGPROBS + 1
+    assert sum(math.exp(lp) for _, lp in r.top_logprobs) <= 1 + 1e-6
+    (plain,) = engine.generate([GenerationRequest(prompt=prompt, max_tokens=1)])
+    assert plain.top_logprobs is None  # asked for nothing, given nothing
+    llama.reset()
+    lps = log_softmax(np.asarray(llama.evaluate(prompt, logits="last")).reshape(-1))
+    ref = [(llama.detokenize([int(i)]), float(lps[i])) for i in np.argsort(-lps)[:L.TOP_LOGPROBS]]
+    mine = L.letter_logprobs(sorted(r.top_logprobs, key=lambda t: -t[1])[:L.TOP_LOGPROBS], 4)
+    theirs = L.letter_logprobs(ref, 4)
+    # same weights, different arithmetic (see the continuation test): close, not equal
+    for (a, _), (b, _) in zip(mine, theirs):
+        assert math.exp(a) == pytest.approx(math.exp(b), abs=0.05)
+    assert L.mass_of(mine) == pytest.approx(L.mass_of(theirs), abs=0.05)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_generation_is_batched_greedy_and_sized(engine, llama):
     from harness.backend import GenerationRequest, serves
 
