@@ -418,6 +418,29 @@ class VllmBackend(BatchScorer, TextGenerator, Backend):
 
         return resolve_vllm_model(ref or DEFAULT_MODEL)
 
+    @classmethod
+    def chat_template_source(cls, model: ModelInfo) -> tuple[str, str, str] | None:
+        """A Hugging Face directory's template (chat_template.jinja, else tokenizer_config.json's
+        chat_template) and the BOS and EOS texts its tokenizer_config names."""
+        folder = Path(model.path)
+        if not folder.is_dir():
+            return super().chat_template_source(model)
+        try:
+            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = {}
+        config = config if isinstance(config, dict) else {}
+        jinja = folder / "chat_template.jinja"
+        source = jinja.read_text(encoding="utf-8") if jinja.is_file() else config.get("chat_template")
+        if not isinstance(source, str) or not source.strip():
+            return None
+
+        def text(token) -> str:
+            token = token.get("content") if isinstance(token, dict) else token
+            return token if isinstance(token, str) else ""
+
+        return source, text(config.get("bos_token")), text(config.get("eos_token"))
+
     # ------------------------------------------------------------------ lifecycle
     def _engine_args(self, on_cpu: bool) -> dict[str, Any]:
         s = self.settings

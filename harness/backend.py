@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Mapping
 
 import numpy as np
@@ -215,6 +216,24 @@ class Backend(ABC):
         if cls.has_tokenizer(settings):
             names.add("tokenizer")
         return names
+
+    @classmethod
+    def chat_template_source(cls, model: ModelInfo) -> tuple[str, str, str] | None:
+        """The model's own chat template as (template, BOS text, EOS text), or None where it has
+        none; read from the model file, never run here (harness.accuracy.ChatTemplate renders
+        it in a sandbox). A GGUF keeps it in its metadata; a backend whose models are another
+        format reads its own."""
+        if model.format != "gguf":
+            return None
+        from harness.accuracy import gguf_special_ids, gguf_token_texts
+        from harness.models import read_chat_template
+
+        source = read_chat_template(Path(model.path))
+        if not source:
+            return None
+        ids = gguf_special_ids(model.path)
+        texts = gguf_token_texts(model.path, [i for i in ids.values() if i is not None])
+        return source, texts.get(ids["bos"], ""), texts.get(ids["eos"], "")
 
     @classmethod
     def has_tokenizer(cls, settings: BackendSettings | None = None) -> bool:

@@ -172,7 +172,7 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
     # a chat API is sent the messages; an in-process model renders them with its own template
     takes_messages = issubclass(cls, TextGenerator) and "messages" in cls.prompt_forms(settings)
     try:
-        chat = _chat_template(job.model) if job.apply_chat_template and not takes_messages else None
+        chat = _chat_template(cls, job.model) if job.apply_chat_template and not takes_messages else None
     except HarnessError as exc:
         channel.send("refused", message=str(exc))
         return
@@ -300,16 +300,14 @@ def letters_refusal() -> type[Exception]:
     return LetterScoringError
 
 
-def _chat_template(model: ModelInfo):
+def _chat_template(cls, model: ModelInfo):
     from harness import accuracy
-    from harness.models import read_chat_template
 
-    source = read_chat_template(Path(model.path)) if model.format == "gguf" else None
-    if not source:
+    found = cls.chat_template_source(model)
+    if not found:
         raise Refused(f"{model.ref} has no chat template; run without --apply-chat-template")
-    ids = accuracy.gguf_special_ids(model.path)
-    texts = accuracy.gguf_token_texts(model.path, [i for i in ids.values() if i is not None])
-    chat = accuracy.ChatTemplate(source, bos_token=texts.get(ids["bos"], ""), eos_token=texts.get(ids["eos"], ""))
+    source, bos, eos = found
+    chat = accuracy.ChatTemplate(source, bos_token=bos, eos_token=eos)
     chat.render([{"role": "user", "content": "Hello"}])  # a template that fails on this fails before the model loads
     return chat
 
