@@ -151,6 +151,9 @@ def test_first_token_logprobs_give_the_letter_distribution_llamacpp_gives(engine
     ref = [(llama.detokenize([int(i)]), float(lps[i])) for i in np.argsort(-lps)[:L.TOP_LOGPROBS]]
     mine = L.letter_logprobs(sorted(r.top_logprobs, key=lambda t: -t[1])[:L.TOP_LOGPROBS], 4)
     theirs = L.letter_logprobs(ref, 4)
+    # the chat template letter scoring renders with: the converted directory's, the GGUF's own
+    source, _bos, eos = type(engine).chat_template_source(engine.model)
+    assert source == type(llama).chat_template_source(llama.model)[0] and eos == "<|im_end|>"
     # same weights, different arithmetic (see the continuation test): close, not equal
     for (a, _), (b, _) in zip(mine, theirs):
         assert math.exp(a) == pytest.approx(math.exp(b), abs=0.05)
