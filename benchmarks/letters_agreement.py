@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -37,12 +35,10 @@ KEY = "sk-benchmark-proxy-key-0123456789abcdef"
 
 
 def harness(*args: str, env: dict | None = None) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", *args, "--format", "json"], capture_output=True,
-                          text=True, cwd=REPO, env={**os.environ, **(env or {})})
-    if proc.returncode != 0:
-        sys.exit(f"harness {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    out = json.loads(proc.stdout)
-    return out[0] if isinstance(out, list) else out
+    """One `harness eval` as a user runs it; its record."""
+    from closed_models import _record, harness as run
+
+    return _record(run(*args, env=env))
 
 
 def top_score(record: dict, task: str) -> dict:
