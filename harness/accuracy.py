@@ -480,7 +480,8 @@ class BackendLM(TemplateLM):
         letters = [i for i, r in enumerate(requests) if getattr(r, "task_name", None) in self.letter_tasks]
         if not letters:
             return super().loglikelihood(requests, disable_tqdm=True)
-        others = [i for i in range(len(requests)) if i not in set(letters)]
+        lettered = set(letters)
+        others = [i for i in range(len(requests)) if i not in lettered]
         out: list[Any] = [None] * len(requests)
         if others:
             for i, answer in zip(others, super().loglikelihood([requests[i] for i in others], disable_tqdm=True)):
@@ -554,15 +555,7 @@ class BackendLM(TemplateLM):
         engine = self.engine
         forms = engine.prompt_forms(engine.settings)
         tokens_in = "tokens" in forms and engine.has_tokenizer(engine.settings)
-        prompts: dict[str, Any] = {}
-        for context in contexts:
-            messages = self._chat_messages(context)
-            if messages is not None and "messages" in forms:
-                prompts[context] = messages
-            elif tokens_in:
-                prompts[context] = self.tok_encode(self._render(context))
-            else:
-                prompts[context] = self._render(context)
+        prompts = {context: self._generator_prompt(context, forms, tokens_in) for context in contexts}
         if tokens_in and prompts:
             self._ensure_context(max(len(p) for p in prompts.values()) + 1)
         answered: set[str] = set()
@@ -651,15 +644,11 @@ class BackendLM(TemplateLM):
         for req in requests:
             context, gen_kwargs = req.args
             until, max_gen, temperature = self._gen_kwargs(gen_kwargs, eos_text)
-            messages = self._chat_messages(context)
-            if messages is not None and "messages" in forms:
-                prompt: Any = messages
-            elif tokens_in:
-                if max_gen >= self.max_length:
-                    raise EvalError(f"a task asks for {max_gen} new tokens but the model's context is {self.max_length}")
-                prompt = self.tok_encode(self._render(context))[-(self.max_length - max_gen):]
-            else:
-                prompt = self._render(context)
+            if tokens_in and max_gen >= self.max_length:
+                raise EvalError(f"a task asks for {max_gen} new tokens but the model's context is {self.max_length}")
+            prompt = self._generator_prompt(context, forms, tokens_in)
+            if tokens_in:
+                prompt = prompt[-(self.max_length - max_gen):]
             prepared.append((prompt, until, max_gen, temperature))
         if tokens_in and prepared:
             self._ensure_context(max(len(p) + g for p, _, g, _ in prepared))
@@ -677,6 +666,16 @@ class BackendLM(TemplateLM):
         engine.generate([GenerationRequest(prompt=p, max_tokens=g, stop=tuple(u), temperature=t, seed=self.seed)
                          for p, u, g, t in prepared], concurrency=self.concurrency, on_result=keep)
         return results
+
+    def _generator_prompt(self, context: str, forms, tokens_in: bool):
+        """A request's context in the form a text generator takes: the conversation's messages
+        where it takes messages, else token ids where it has a tokenizer, else text."""
+        messages = self._chat_messages(context)
+        if messages is not None and "messages" in forms:
+            return messages
+        if tokens_in:
+            return self.tok_encode(self._render(context))
+        return self._render(context)
 
     def _count_usage(self, task: str, answer) -> None:
         u = self.usage.setdefault(task, TaskUsage())

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from harness import __version__, registry
 from harness.environment import fingerprint, redact
 from harness.errors import HarnessError
+from harness.letters import LetterScoringError
 from harness.models import ModelInfo
 from harness.suites import TaskSelection
 from harness.worker import Channel
@@ -235,7 +236,7 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
     with MemorySampler() as mem:
         try:
             results = lm_eval.simple_evaluate(**kwargs)
-        except letters_refusal() as exc:  # the API refuses what letter scoring needs: nothing to record
+        except LetterScoringError as exc:  # the API refuses what letter scoring needs: nothing to record
             channel.send("refused", message=redact(str(exc)))
             return
         except HarnessError as exc:
@@ -292,12 +293,6 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
         record.status = "partial" if record.accuracy else "failed"
     record.wall_s = wall_s
     channel.send("record", record=json.loads(record.model_dump_json()))
-
-
-def letters_refusal() -> type[Exception]:
-    from harness.letters import LetterScoringError
-
-    return LetterScoringError
 
 
 def _chat_template(cls, model: ModelInfo):

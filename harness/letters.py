@@ -190,10 +190,8 @@ def check_choices(task, name: str) -> None:
                                  "--mc-scoring letters applies to multiple_choice tasks only: leave it out, or run it "
                                  "separately")
     cfg = task.config
-    most = 0
     for doc in task.eval_docs:
         n = len(task.doc_to_choice(doc, doc_to_choice=cfg.doc_to_choice))
-        most = max(most, n)
         if n > len(LETTERS):
             raise LetterScoringError(f"task '{name}' has a question with {n} choices, more than the {len(LETTERS)} "
                                      f"letters A-{LETTERS[-1]}; it cannot be letter-scored (drop --mc-scoring letters "

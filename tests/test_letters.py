@@ -5,8 +5,8 @@ chat-only proxy (tests/chat_proxy.py) in front of llama-cpp-python's real server
 returns the top_logprobs of the generated token as OpenAI's API does, and in process on
 llama.cpp from the logits after the chat-rendered prompt. Both engines run without flash
 attention: with it, llama.cpp's numbers on CPU depend on which earlier prompt's cache a
-prompt reuses (SmolLM2's letter probabilities move by up to 0.02), and the two engines
-reuse differently; without it they agree to 1e-7.
+prompt reuses (SmolLM2's letter probabilities moved by up to 0.061 over 513 MMLU questions),
+and the two engines reuse differently; without it they agreed to 1.6e-7.
 """
 
 from __future__ import annotations
