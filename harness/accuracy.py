@@ -973,7 +973,7 @@ def accuracy_results(results: dict, scorings: dict[str, str] | None = None) -> l
             count = (entry.get("sample_count") or {}).get(key) if isinstance(entry.get("sample_count"), dict) else None
             if count is None:
                 count = n_samples.get(name, {}).get("effective", entry.get("sample_len"))
-            shots = n_shot.get(name)
+            shots = n_shot.get(name, group_shots(name, n_shot, results.get("group_subtasks") or {}))
             out.append(AccuracyResult(
                 task=name, alias=entry.get("alias"), kind="group" if name in groups else "task", parent=parent.get(name),
                 metric=metric, filter=filt or "none", value=_number(value),
@@ -986,6 +986,16 @@ def accuracy_results(results: dict, scorings: dict[str, str] | None = None) -> l
                 task_config_hash=hashes.get(name), scoring=scorings.get(name),
             ))
     return out
+
+
+def group_shots(name: str, n_shot: dict, subtasks: dict) -> int | None:
+    """A group's few-shot count: the one its tasks share (lm-eval reports none for a group)."""
+    def leaves(n: str, seen: frozenset = frozenset()) -> list[str]:
+        return [leaf for c in subtasks.get(n, []) if c not in seen for leaf in leaves(c, seen | {n})] \
+            if n in subtasks else [n]
+
+    counts = {n_shot.get(leaf) for leaf in leaves(name)}
+    return counts.pop() if len(counts) == 1 and name in subtasks else None
 
 
 def _first_text(value: Any) -> str | None:

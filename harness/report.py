@@ -501,7 +501,7 @@ def headline_section(bench_scores: list[BenchmarkScore], scores: PublishedScores
                 })
         title = scores.benchmarks[bench].title if bench in scores.benchmarks else bench
         if family:
-            title += " · scored by letters (chat, first generated token)"
+            title += " · scored by letters (first generated token)"
         out.append({"benchmark": bench, "title": title, "measured": measured, "published": published,
                     "ref": ref, "ref_is_smoke": ref_is_smoke, "has_closed": bool(closed), "plot": None,
                     "min_docs": min_docs, "letters": bool(family)})
@@ -709,9 +709,10 @@ def build_report(records: list[RunRecord], sources: list[str], inputs: CostInput
         if len(bars) < 2:  # nothing to compare
             continue
         name = f"benchmark_{i + 1}"
-        rep.plots[name] = Plot(name, f"{block['title']}: measured here and published",
-                               plots.benchmark_scores(f"{block['title']}: measured here and published", bars),
-                               f"scores on {block['title']} with 95% intervals; published figures hatched")
+        what = "measured here and published" if block["published"] else "measured here"
+        rep.plots[name] = Plot(name, f"{block['title']}: {what}", plots.benchmark_scores(f"{block['title']}: {what}", bars),
+                               f"scores on {block['title']} with 95% intervals"
+                               + ("; published figures hatched" if block["published"] else ""))
         block["plot"] = name
     if load["series"]:
         rep.plots["throughput"] = Plot("throughput", "Throughput against concurrency", plots.throughput_vs_concurrency(load["series"]),

@@ -326,3 +326,12 @@ def test_a_cache_that_cannot_roll_back_gives_the_same_answers(smollm2, engine):
         assert lm_stiff.generate_until(gen) == BackendLM(engine, max_length=1024, identity="test").generate_until(gen)
     finally:
         stiff.close()
+
+
+def test_a_group_reports_the_shots_its_tasks_share():
+    from harness.accuracy import group_shots
+
+    subtasks = {"mmlu": ["stem", "other"], "stem": ["algebra", "anatomy"], "other": ["marketing"]}
+    assert group_shots("mmlu", {"algebra": 5, "anatomy": 5, "marketing": 5}, subtasks) == 5
+    assert group_shots("mmlu", {"algebra": 5, "anatomy": 0, "marketing": 5}, subtasks) is None  # mixed: not one count
+    assert group_shots("anatomy", {"anatomy": 5}, subtasks) is None  # a task's own count is lm-eval's
