@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import ClassVar, Iterator, Literal
 
@@ -51,9 +52,13 @@ class LlamaCppSettings(BackendSettings):
     # compute floor, but llama.cpp's kernels round differently in large batches, so a near-tie
     # document can change its answer against the step decoder; off until that is accepted
     batch_scoring: bool = False
+    # weights repacked into the CPU's own layouts (llama.cpp's extra buffer types; llama-bench's
+    # -nr 1 turns it off). None: on, except where the build runs llama.cpp's AMX kernels, which
+    # crash with SIGSEGV on some Sapphire Rapids machines (ggml-org/llama.cpp#20824)
+    repack: bool | None = None
 
     load_keys: ClassVar[tuple[str, ...]] = ("n_gpu_layers", "n_ctx", "n_batch", "n_ubatch", "flash_attn", "use_mmap",
-                                            "type_k", "type_v", "split_mode", "main_gpu", "tensor_split")
+                                            "type_k", "type_v", "split_mode", "main_gpu", "tensor_split", "repack")
     # llama-bench's option names where they differ from the setting's
     bench_options: ClassVar[dict[str, str]] = {"threads": "n_threads", "mmap": "use_mmap",
                                                "cache-type-k": "type_k", "cache-type-v": "type_v"}
@@ -83,6 +88,33 @@ def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
+def repack_default() -> bool:
+    """Off where this build runs llama.cpp's AMX kernels on this CPU (see LlamaCppSettings.repack)."""
+    import llama_cpp
+
+    return "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode(errors="replace")
+
+
+@contextmanager
+def weight_repacking(on: bool):
+    """llama-cpp-python's Llama() takes no use_extra_bufts, so it is set on the default model
+    parameters that Llama() starts from, for the one construction."""
+    import llama_cpp.llama_cpp as low
+
+    default = low.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = on
+        return p
+
+    low.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = default
+
+
 class LlamaCppBackend(StepDecoder, BatchScorer, TextGenerator, Backend):
     name = "llamacpp"
     Settings = LlamaCppSettings
@@ -101,6 +133,7 @@ class LlamaCppBackend(StepDecoder, BatchScorer, TextGenerator, Backend):
         self._n_vocab = 0
         self._gpu_layers = 0
         self._scorer: ContinuationScorer | None = None
+        self._repack: bool | None = None
 
     # ------------------------------------------------------------------ discovery
     @classmethod
@@ -169,26 +202,28 @@ class LlamaCppBackend(StepDecoder, BatchScorer, TextGenerator, Backend):
         gpu = self.supports_gpu_offload()
         layers = s.n_gpu_layers if s.n_gpu_layers is not None else (-1 if gpu else 0)
         threads = s.n_threads or physical_cores()
+        self._repack = repack_default() if s.repack is None else s.repack
         try:
-            self._llm = llama_cpp.Llama(
-                model_path=self.model.path,
-                n_gpu_layers=layers,
-                use_mmap=s.use_mmap,
-                n_ctx=n_ctx,
-                n_batch=s.n_batch,
-                n_ubatch=s.n_ubatch,
-                n_threads=threads,
-                n_threads_batch=s.n_threads_batch or threads,
-                flash_attn=s.flash_attn,
-                seed=s.seed,
-                type_k=CACHE_TYPES[s.type_k],
-                type_v=CACHE_TYPES[s.type_v],
-                split_mode=SPLIT_MODES[s.split_mode],
-                main_gpu=s.main_gpu,
-                tensor_split=list(s.tensor_split) if s.tensor_split else None,
-                logits_all=False,
-                verbose=False,
-            )
+            with weight_repacking(self._repack):
+                self._llm = llama_cpp.Llama(
+                    model_path=self.model.path,
+                    n_gpu_layers=layers,
+                    use_mmap=s.use_mmap,
+                    n_ctx=n_ctx,
+                    n_batch=s.n_batch,
+                    n_ubatch=s.n_ubatch,
+                    n_threads=threads,
+                    n_threads_batch=s.n_threads_batch or threads,
+                    flash_attn=s.flash_attn,
+                    seed=s.seed,
+                    type_k=CACHE_TYPES[s.type_k],
+                    type_v=CACHE_TYPES[s.type_v],
+                    split_mode=SPLIT_MODES[s.split_mode],
+                    main_gpu=s.main_gpu,
+                    tensor_split=list(s.tensor_split) if s.tensor_split else None,
+                    logits_all=False,
+                    verbose=False,
+                )
         except (ValueError, RuntimeError) as exc:
             raise BackendError(f"llama.cpp could not load {self.model.path}: {exc}") from None
         self._ctx = self._llm._ctx.ctx
@@ -226,7 +261,7 @@ class LlamaCppBackend(StepDecoder, BatchScorer, TextGenerator, Backend):
         if self._llm is not None:
             import llama_cpp
 
-            out.update(n_gpu_layers=self._gpu_layers, n_ctx=llama_cpp.llama_n_ctx(self._ctx))
+            out.update(n_gpu_layers=self._gpu_layers, n_ctx=llama_cpp.llama_n_ctx(self._ctx), repack=self._repack)
         return out
 
     def system_info(self) -> str:

@@ -36,9 +36,13 @@ import tempfile
 
 
 def run_llama_bench(binary: str, model_path: str, args) -> dict[str, float]:
+    from backends.llamacpp import repack_default
+
+    # the harness's weight-repacking default, so both run the same kernels
+    no_repack = [] if repack_default() else ["--no-repack", "1"]
     out = subprocess.run(
         [binary, "-m", model_path, "-t", str(args.threads), "-p", str(args.pp), "-n", str(args.tg),
-         "-r", str(args.reps), "-o", "json"],
+         "-r", str(args.reps), "-o", "json", *no_repack],
         capture_output=True, text=True, check=True,
     )
     rows = json.loads(out.stdout)

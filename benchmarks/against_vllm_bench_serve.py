@@ -100,7 +100,7 @@ def start_server(args, port: int, work: Path) -> subprocess.Popen:
         from harness.models import BUNDLED
 
         t = str(args.threads)
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(BUNDLED["smollm2-135m"].locate()),
+        cmd = [sys.executable, "-m", "backends.llamacpp_server", "--model", str(BUNDLED["smollm2-135m"].locate()),
                "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024",
                "--n_threads", t, "--n_threads_batch", t, "--interrupt_requests", "False"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=(work / "server.log").open("w"),

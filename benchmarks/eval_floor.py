@@ -51,7 +51,11 @@ def run(code: Path, *args: str) -> tuple[dict | list, float]:
 
 def pp64(common: list[str], llama_bench: str | None, model_path: str | None, threads: int | None) -> float:
     if llama_bench:
+        from backends.llamacpp import repack_default
+
         cmd = [llama_bench, "-m", model_path, "-p", "64", "-n", "0", "-r", "5", "-o", "json"]
+        if not repack_default():  # the harness's weight-repacking default: the same kernels
+            cmd += ["--no-repack", "1"]
         if threads:
             cmd += ["-t", str(threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout

@@ -379,7 +379,7 @@ def server_command(kind: str, python: str, model_path: str, name: str, port: int
         threads = str(physical_cores())
         # interrupt_requests off: by default the server cuts a stream short when another
         # request arrives, which would turn every concurrent load point into truncated outputs
-        return [python, "-m", "llama_cpp.server", "--model", model_path, "--model_alias", name,
+        return [python, "-m", "backends.llamacpp_server", "--model", model_path, "--model_alias", name,
                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", threads,
                 "--n_threads_batch", threads, "--interrupt_requests", "False", *extra]
     return [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--served-model-name", name,

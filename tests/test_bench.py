@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gpu_env import llama_cpp_offloads, nvidia_gpu
+from backends.llamacpp import repack_default
 from harness.store import read_record
 
 PLUGINS = Path(__file__).parent / "plugins"
@@ -39,6 +40,7 @@ def test_json_records_follow_the_contract(threads_run):
         assert r["backend"]["name"] == "llamacpp" and r["backend"]["version"] == "0.3.36"
         settings = r["backend"]["settings"]
         assert settings["n_ctx"] >= 17 and settings["n_batch"] == 2048 and settings["use_mmap"] is True
+        assert settings["repack"] is repack_default()  # the default as resolved on this build and CPU
         # every layer where the build offloads (the default), none on a CPU-only build
         assert (settings["n_gpu_layers"] > 0) == llama_cpp_offloads()
         assert r["backend"]["device"] == ("gpu" if llama_cpp_offloads() else "cpu")
@@ -99,6 +101,14 @@ def test_varying_setting_gets_a_column(cli, tmp_path):
     assert "n_batch" in header
     # n_batch is a load-time setting: two load groups, two records
     assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_weight_repacking_is_a_load_setting_in_the_record(cli, tmp_path):
+    res = cli("bench", "--pp", "8", "--tg", "none", "--reps", "1", "--set", "repack=0", "--format", "json",
+              "--out", str(tmp_path))
+    assert res.code == 0, res.stderr
+    [record] = res.json()
+    assert record["status"] == "ok" and record["backend"]["settings"]["repack"] is False
 
 
 def test_csv_output(cli, tmp_path):
