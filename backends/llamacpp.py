@@ -134,6 +134,7 @@ class LlamaCppBackend(StepDecoder, BatchScorer, TextGenerator, Backend):
         self._gpu_layers = 0
         self._scorer: ContinuationScorer | None = None
         self._repack: bool | None = None
+        self.scored_tokens_computed = 0
 
     # ------------------------------------------------------------------ discovery
     @classmethod
@@ -419,7 +420,11 @@ class LlamaCppBackend(StepDecoder, BatchScorer, TextGenerator, Backend):
             if self._scorer is not None:
                 self._scorer.close()
             self._scorer = ContinuationScorer(self._llm, longest, self._n_vocab, self.settings.n_ubatch, self._threads())
-        return self._scorer.score(pairs)
+        before = self._scorer.tokens_computed
+        try:
+            return self._scorer.score(pairs)
+        finally:
+            self.scored_tokens_computed += self._scorer.tokens_computed - before
 
 
 # Tokens evaluated per llama_decode when scoring, beside the prefix kept in the cache: big
@@ -463,6 +468,7 @@ class ContinuationScorer:
 
         self.n_vocab = n_vocab
         self.capacity = max(SCORE_BATCH_TOKENS, longest)  # tokens in one decode
+        self.tokens_computed = 0
         self.max_rows = max(1, SCORE_LOGITS_BYTES // (4 * n_vocab))
         self.longest = longest
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
@@ -587,6 +593,7 @@ class ContinuationScorer:
                 row[k] = s
         batch.n_tokens = n
         rc = llama_cpp.llama_decode(self._ctx, batch)
+        self.tokens_computed += n
         if rc != 0:
             raise BackendError(f"llama_decode failed with code {rc} while scoring {end - start} sequences of {n} tokens")
         out_index = np.cumsum([batch.logits[i] != 0 for i in range(n)]) - 1

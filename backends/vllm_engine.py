@@ -9,7 +9,8 @@ So this backend is a batch scorer and a text generator, not a step decoder:
 
 * ``score_continuations()`` scores every (context, continuation) pair of a call in one
   ``LLM.generate`` (prompt log-probabilities of context + continuation), which is how the
-  lm-eval adapter sends log-likelihood requests; vLLM's prefix cache shares the contexts;
+  lm-eval adapter sends log-likelihood requests; the pairs read the shared contexts from
+  vLLM's prefix cache;
 * ``generate()`` submits requests together (vLLM batches them); harness.perf times ppN as
   one request of N prompt tokens with ``max_tokens=1`` (so the context holds N + 1),
   tgN as one request of one prompt token and N generated tokens with end-of-sequence
@@ -393,6 +394,7 @@ class VllmBackend(BatchScorer, TextGenerator, Backend):
         self._eos_ids: set[int] = set()
         self._memory: EngineMemory | None = None
         self._resolved: dict[str, Any] = {}
+        self.scored_tokens_computed = 0
 
     # ------------------------------------------------------------------ discovery
     @classmethod
@@ -684,7 +686,14 @@ class VllmBackend(BatchScorer, TextGenerator, Backend):
     def score_continuations(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """One request per pair, all submitted together: the prompt is context + continuation,
         ``prompt_logprobs=0`` returns each prompt token's log-probability and rank (rank 1:
-        the greedy choice), and one token is generated (vLLM needs max_tokens >= 1)."""
+        the greedy choice), and one token is generated (vLLM needs max_tokens >= 1).
+
+        vLLM skips its prefix cache for a request that asks for prompt log-probabilities
+        (a cached token has none), so pairs that share a context would each recompute it.
+        Only the continuation's rows are read here, so the cache is read anyway
+        (``skip_reading_prefix_cache=False``): the rows from the first uncomputed token on are
+        exact. A pair whose cached prefix reached into its continuation (another pair with the
+        same context and the same first tokens) is scored again without the cache."""
         from vllm import SamplingParams
 
         llm = self._need()
@@ -697,14 +706,35 @@ class VllmBackend(BatchScorer, TextGenerator, Backend):
             prompts.append({"prompt_token_ids": list(context) + list(continuation)})
         if not prompts:
             return []
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        outs = llm.generate(prompts, params, use_tqdm=False)
-        results = []
-        for (context, continuation), out in zip(pairs, outs):
-            total, greedy = 0.0, True
-            for i, tok in enumerate(continuation):
-                entry = out.prompt_logprobs[len(context) + i][tok]
-                total += entry.logprob
-                greedy = greedy and entry.rank == 1
-            results.append((total, greedy))
-        return results
+        fields = set(getattr(SamplingParams, "__struct_fields__", ()))
+        # flat: a constant number of objects per request instead of a dict per prompt token
+        base = dict(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
+                    **({"flat_logprobs": True} if "flat_logprobs" in fields else {}))
+        reuse = {"skip_reading_prefix_cache": False} if "skip_reading_prefix_cache" in fields else {}
+        outs = llm.generate(prompts, SamplingParams(**base, **reuse), use_tqdm=False)
+        answers: list[tuple[float, bool] | None] = [self._continuation_score(c, k, o) for (c, k), o in zip(pairs, outs)]
+        again = [i for i, a in enumerate(answers) if a is None]
+        redo = llm.generate([prompts[i] for i in again], SamplingParams(**base), use_tqdm=False) if again else []
+        for i, out in zip(again, redo):
+            answers[i] = self._continuation_score(*pairs[i], out, cache_read=False)
+        self.scored_tokens_computed += sum(len(o.prompt_token_ids or ()) - (o.num_cached_tokens or 0) for o in [*outs, *redo])
+        return answers  # type: ignore[return-value]
+
+    @staticmethod
+    def _continuation_score(context: list[int], continuation: list[int], out, cache_read: bool = True) -> tuple[float, bool] | None:
+        """Sum of the continuation's log-probabilities and whether each was the greedy token;
+        None where the prefix cache covered the row that predicts its first token."""
+        rows = out.prompt_logprobs
+        n = len(context) + len(continuation)
+        if rows is None or len(rows) < n:
+            raise BackendError(f"vLLM returned {0 if rows is None else len(rows)} prompt log-probability rows for a prompt of {n} tokens")
+        if cache_read and (out.num_cached_tokens or 0) >= len(context):
+            return None
+        total, greedy = 0.0, True
+        for i, tok in enumerate(continuation):
+            entry = rows[len(context) + i].get(tok) if rows[len(context) + i] is not None else None
+            if entry is None:
+                raise BackendError(f"vLLM's prompt log-probabilities lack the prompt's own token {tok} at position {len(context) + i}")
+            total += entry.logprob
+            greedy = greedy and entry.rank == 1
+        return total, greedy

@@ -461,8 +461,11 @@ class BackendLM(TemplateLM):
         self.counters.floor_tokens += sum(len(c) for c in groups) + sum(len(k) - 1 for _, k, _ in pairs)
         for start in range(0, len(pairs), BATCH_SCORER_PAIRS):
             chunk = pairs[start:start + BATCH_SCORER_PAIRS]
+            before = self.engine.scored_tokens_computed
             scores = self.engine.score_continuations([(list(c), list(k)) for c, k, _ in chunk])
-            self.counters.tokens_evaluated += sum(len(c) + len(k) - 1 for c, k, _ in chunk)
+            after = self.engine.scored_tokens_computed
+            self.counters.tokens_evaluated += (after - before if before is not None and after is not None
+                                               else sum(len(c) + len(k) - 1 for c, k, _ in chunk))
             for (_c, _k, indices), answer in zip(chunk, scores):
                 answer = (float(answer[0]), bool(answer[1]))
                 for i in indices:

@@ -310,6 +310,11 @@ class StepDecoder(ABC):
 class BatchScorer(ABC):
     """Log-likelihoods of many (context, continuation) pairs in one call."""
 
+    # tokens score_continuations() has passed through the model so far, where the engine
+    # reports them (a prefix shared by several pairs is computed once); None: not reported,
+    # and the lm-eval adapter counts every pair's tokens
+    scored_tokens_computed: int | None = None
+
     @abstractmethod
     def score_continuations(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """For each (context, continuation): the summed log-probability of the continuation

@@ -132,6 +132,33 @@ def test_continuation_scores_use_prompt_logprobs_and_agree_with_llamacpp(engine,
 
 @pytest.mark.vllm
 @pytest.mark.slow
+def test_pairs_that_share_a_context_read_it_from_the_prefix_cache_and_score_as_without_it(engine):
+    block = engine.effective_settings()["block_size"]
+    words = engine.tokenize(" ".join(f"Item {i} is kept in box {i * 7 % 13}." for i in range(200)), add_special=False)
+    ctx = words[:2 * block + 5]
+    shared = words[300:300 + block + 3]  # longer than a block: the second pair's cache hit reaches past the context
+    conts = [words[250:260], words[260:263], shared + words[400:404], shared + words[410:417], words[270:290]]
+    pairs = [(ctx, c) for c in conts]
+    assert len(ctx) + len(conts[3]) + 1 <= engine.effective_settings()["n_ctx"]
+    engine._llm.reset_prefix_cache()
+    before = engine.scored_tokens_computed
+    together = engine.score_continuations(pairs)
+    computed = engine.scored_tokens_computed - before
+    alone = []
+    for pair in pairs:  # no cache to read: every row computed
+        engine._llm.reset_prefix_cache()
+        alone.append(engine.score_continuations([pair])[0])
+    # the same rows from the same weights: equal up to float32 summation order in the batch
+    for (lp_t, g_t), (lp_a, g_a) in zip(together, alone):
+        assert lp_t == pytest.approx(lp_a, abs=1e-3) and g_t == g_a
+    # the context was computed once, not once per pair (the pair whose hit reached into its
+    # continuation was scored again, without the cache)
+    everything = sum(len(ctx) + len(c) for c in conts)
+    assert computed < everything - 2 * len(ctx)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_first_token_logprobs_give_the_letter_distribution_llamacpp_gives(engine, llama):
     """Letter scoring on vLLM reads the generated token's logprobs; llama.cpp its logits."""
     import math
