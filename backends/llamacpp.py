@@ -88,11 +88,16 @@ def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
-def repack_default() -> bool:
-    """Off where this build runs llama.cpp's AMX kernels on this CPU (see LlamaCppSettings.repack)."""
+def system_info() -> str:
+    """The build's features as llama.cpp prints them ('CPU : ... AVX2 = 1 | AMX_INT8 = 1 | ...')."""
     import llama_cpp
 
-    return "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode(errors="replace")
+    return llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+
+
+def repack_default() -> bool:
+    """Off where this build runs llama.cpp's AMX kernels on this CPU (see LlamaCppSettings.repack)."""
+    return "AMX_INT8 = 1" not in system_info()
 
 
 @contextmanager
@@ -264,11 +269,6 @@ class LlamaCppBackend(StepDecoder, BatchScorer, TextGenerator, Backend):
 
             out.update(n_gpu_layers=self._gpu_layers, n_ctx=llama_cpp.llama_n_ctx(self._ctx), repack=self._repack)
         return out
-
-    def system_info(self) -> str:
-        import llama_cpp
-
-        return llama_cpp.llama_print_system_info().decode(errors="replace").strip()
 
     def close(self) -> None:
         if self._scorer is not None:

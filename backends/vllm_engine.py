@@ -732,7 +732,7 @@ class VllmBackend(BatchScorer, TextGenerator, Backend):
             return None
         total, greedy = 0.0, True
         for i, tok in enumerate(continuation):
-            entry = rows[len(context) + i].get(tok) if rows[len(context) + i] is not None else None
+            entry = (rows[len(context) + i] or {}).get(tok)
             if entry is None:
                 raise BackendError(f"vLLM's prompt log-probabilities lack the prompt's own token {tok} at position {len(context) + i}")
             total += entry.logprob

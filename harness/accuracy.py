@@ -463,9 +463,8 @@ class BackendLM(TemplateLM):
             chunk = pairs[start:start + BATCH_SCORER_PAIRS]
             before = self.engine.scored_tokens_computed
             scores = self.engine.score_continuations([(list(c), list(k)) for c, k, _ in chunk])
-            after = self.engine.scored_tokens_computed
-            self.counters.tokens_evaluated += (after - before if before is not None and after is not None
-                                               else sum(len(c) + len(k) - 1 for c, k, _ in chunk))
+            self.counters.tokens_evaluated += (sum(len(c) + len(k) - 1 for c, k, _ in chunk) if before is None
+                                               else self.engine.scored_tokens_computed - before)
             for (_c, _k, indices), answer in zip(chunk, scores):
                 answer = (float(answer[0]), bool(answer[1]))
                 for i in indices:

@@ -111,6 +111,23 @@ def test_weight_repacking_is_a_load_setting_in_the_record(cli, tmp_path):
     assert record["status"] == "ok" and record["backend"]["settings"]["repack"] is False
 
 
+def test_the_repack_setting_reaches_llama_cpp_and_multi_token_decodes_run(smollm2):
+    import llama_cpp.llama_cpp as low
+
+    from backends.llamacpp import LlamaCppBackend
+
+    for repack in (None, False):
+        backend = LlamaCppBackend(smollm2, LlamaCppBackend.Settings(n_ctx=64, repack=repack))
+        n_vocab = backend.load().n_vocab
+        try:
+            assert backend._llm.model_params.use_extra_bufts is (repack_default() if repack is None else repack)
+            assert backend.evaluate(list(range(100, 116)), logits="last").shape == (n_vocab,)
+            assert backend.effective_settings()["repack"] is backend._llm.model_params.use_extra_bufts
+        finally:
+            backend.close()
+    assert low.llama_model_default_params().use_extra_bufts is True  # the patch ends with the load
+
+
 def test_csv_output(cli, tmp_path):
     res = cli("bench", "--pp", "8", "--tg", "4", "--reps", "1", "--format", "csv", "--out", str(tmp_path))
     assert res.code == 0, res.stderr
