@@ -34,7 +34,6 @@ import shutil
 import struct
 import sys
 from contextlib import contextmanager, redirect_stderr
-from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping
@@ -48,6 +47,7 @@ from harness.errors import BackendError, ModelError
 from harness.models import ModelInfo
 from harness.paths import cache_dir
 from harness.record import EngineMemory
+from harness.record_factory import utc_now
 
 GiB = 1 << 30
 MIB = 1 << 20
@@ -268,7 +268,7 @@ def convert_gguf(gguf: ModelInfo) -> tuple[Path, dict]:
             "source_sha256": gguf.sha256,
             "method": f"dequantized to float32 by transformers {_pkg_version('transformers')} "
                       f"(gguf {_pkg_version('gguf')}, torch {_pkg_version('torch')}), saved as safetensors",
-            "converted_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "converted_at": utc_now(),
         }
         (partial / CONVERSION_MARKER).write_text(json.dumps(info, indent=1))
         del model, state

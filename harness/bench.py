@@ -16,7 +16,7 @@ from harness.backend import StepDecoder, capability_words, missing_for, serves
 from harness.config import PerfTests
 from harness.errors import BackendNotInstalled, ConfigError
 from harness.plan import build_plan
-from harness.runner import Event, Outcome, run_plan
+from harness.runner import OnEvent, Outcome, run_plan
 
 
 class BenchRequest(BaseModel):
@@ -66,7 +66,7 @@ def check_out_dir(out_dir: Path) -> None:
     check_writable_dir(out_dir)
 
 
-def run_bench(request: BenchRequest, on_event: Event | None = None) -> Outcome:
+def run_bench(request: BenchRequest, on_event: OnEvent | None = None) -> Outcome:
     if request.reps < 1:
         raise ConfigError("--reps must be at least 1")
     if not request.pp and not request.tg and not request.pg and not request.batch:

@@ -57,45 +57,6 @@ def _check_format(fmt: str, formats: tuple[str, ...] | None = None) -> str:
     return fmt
 
 
-def _progress_printer():
-    """A rich progress display on a terminal; plain log lines otherwise."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    if console.is_terminal:
-        from rich.progress import BarColumn, Progress, TextColumn
-
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                            console=console, transient=True)
-        state: dict = {}
-
-        def on_event(ev: dict) -> None:
-            if not state:
-                progress.start()
-            if ev["event"] == "progress":
-                key = (ev["index"], ev["test"])
-                if key not in state:
-                    state[key] = progress.add_task(f"case {ev['index']} {ev['test']}", total=ev["reps"] + 1)
-                progress.update(state[key], completed=ev["rep"] + 1)
-            elif ev["event"] == "loading":
-                console.log(f"loading {ev['model']}")
-            elif ev["event"] == "failed":
-                console.log(f"[red]case {ev['index']} failed: {ev['cause']}[/red]")
-
-        return on_event, progress.stop
-
-    def on_log(ev: dict) -> None:
-        if ev["event"] == "progress":
-            what = "warm-up" if ev["rep"] == 0 else f"rep {ev['rep']}/{ev['reps']}"
-            print(f"[harness] case {ev['index']} {ev['test']} {what}", file=sys.stderr, flush=True)
-        elif ev["event"] == "loading":
-            print(f"[harness] loading {ev['model']}", file=sys.stderr, flush=True)
-        elif ev["event"] == "failed":
-            print(f"[harness] case {ev['index']} failed: {ev['cause']}", file=sys.stderr, flush=True)
-
-    return on_log, lambda: None
-
-
 def _joined(values: list[str] | None) -> str | None:
     """A repeatable list option as one comma list: -p 128 -p 512 and -p 128,512 are the same."""
     return ",".join(values) if values else None
@@ -181,11 +142,13 @@ def bench(
     if clash:
         raise HarnessError(f"--set {clash[0]} repeats an option given on its own; give it once")
     request.grid.update(extra)
-    on_event, stop = _progress_printer()
+    from harness.progress import EventView
+
+    view = EventView("case")
     try:
-        outcome = run_bench(request, on_event)
+        outcome = run_bench(request, view)
     finally:
-        stop()
+        view.close()
     print(PRINTERS[fmt](outcome.records))
     for p in outcome.paths:
         print(f"[harness] wrote {p}", file=sys.stderr)
@@ -256,15 +219,9 @@ def sweep(
     def log(line: str) -> None:
         print(redact(f"[harness] {line}"), file=sys.stderr, flush=True)
 
-    def on_event(ev: dict) -> None:
-        if ev["event"] == "progress":
-            what = "warm-up" if ev["rep"] == 0 else f"rep {ev['rep']}/{ev['reps']}"
-            log(f"cell {ev['index']} {ev['test']} {what}")
-        elif ev["event"] == "phase":
-            log(f"cell {ev['index']} {ev['what']}")
-        elif ev["event"] == "eval_progress":
-            log(f"cell {ev['index']} {ev['kind']} {ev['done']}/{ev['total']}")
+    from harness.progress import EventView
 
+    on_event = EventView("cell", failures=False, live=False)
     executor = None
     if ray_address is not None:
         from harness.ray_sweep import connect
@@ -523,40 +480,6 @@ def trend(
 # ---------------------------------------------------------------------------- harness eval (accuracy)
 
 
-def _eval_progress():
-    """Progress of an accuracy run: a rich bar on a terminal, log lines otherwise."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    if console.is_terminal:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                            TimeElapsedColumn(), console=console, transient=True)
-        bars: dict = {}
-
-        def on_event(ev: dict) -> None:
-            if not bars:
-                progress.start()
-                bars["started"] = True
-            if ev["event"] == "progress":
-                if ev["kind"] not in bars:
-                    bars[ev["kind"]] = progress.add_task(ev["kind"], total=ev["total"])
-                progress.update(bars[ev["kind"]], completed=ev["done"], total=ev["total"])
-            elif ev["event"] == "phase":
-                console.log(ev["what"])
-
-        return on_event, progress.stop
-
-    def on_log(ev: dict) -> None:
-        if ev["event"] == "progress":
-            print(f"[harness] {ev['kind']} {ev['done']}/{ev['total']}", file=sys.stderr, flush=True)
-        elif ev["event"] == "phase":
-            print(f"[harness] {ev['what']}", file=sys.stderr, flush=True)
-
-    return on_log, lambda: None
-
-
 @app.command("eval")
 def eval_(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="model reference: a .gguf path, a bundled name, or hf:ORG/REPO:FILE (default smollm2-135m); with --backend openai, the served model's name (default: the only one the server lists)"),
@@ -617,9 +540,11 @@ def eval_(
         api_price=api_price, mc_scoring=mc_scoring, allow_generated_letters=allow_generated_letters,
         command=["harness", *sys.argv[1:]],
     )
-    on_event, stop = _eval_progress()
+    from harness.progress import EventView
+
+    view = EventView()
     try:
-        outcome = run_eval(request, on_event)
+        outcome = run_eval(request, view)
     except KeyboardInterrupt as exc:
         # typer would make this a silent exit 130; the worker is already stopped
         error = HarnessError("interrupted; no result file written (answers already scored stay in the request "
@@ -627,7 +552,7 @@ def eval_(
         error.exit_code = interrupts.exit_code(exc)
         raise error from None
     finally:
-        stop()
+        view.close()
     print(PRINTERS[fmt](outcome.records))
     for p in outcome.paths:
         print(f"[harness] wrote {p}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """The accuracy-measuring process: ``python -m harness.eval_worker`` with an EvalJob on stdin.
 
-Same machinery as the speed worker (harness.runner.run_worker): one process per run,
-JSON-line events on its original stdout, engine output moved to stderr. The tasks are
+Same machinery as the speed worker (harness.runner.run_job): one process per run, typed
+events (harness.events) on its channel, engine output moved to stderr. The tasks are
 resolved and their data read before the model loads; a task problem ends the run with
 a ``refused`` event (the parent prints one line and writes nothing), anything that
 goes wrong after the model loaded becomes a failed record.
@@ -9,23 +9,21 @@ goes wrong after the model loaded becomes a failed record.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from harness import __version__, registry
+from harness import registry
 from harness.environment import fingerprint, redact
 from harness.errors import HarnessError
+from harness.events import CaseFailed, Channel, Phase, RecordDone, Refused, RequestsDone
 from harness.letters import LetterScoringError
 from harness.models import ModelInfo
 from harness.suites import TaskSelection
-from harness.worker import Channel
 
 # The first load's context; a batch of requests that needs more reloads with enough
 # (BackendLM's resize), so n_ctx ends up sized to the longest request.
@@ -57,11 +55,7 @@ class EvalJob(BaseModel):
     allow_generated_letters: bool = False
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class Refused(HarnessError):
+class TaskRefused(HarnessError):
     """Bad input found in the worker before any measurement: no record is written."""
 
 
@@ -76,18 +70,18 @@ def check_capabilities(cls, settings, model: ModelInfo, loaded, allow_code: bool
         runnable = [n for n in loaded.leaves if n not in needing]
         shown = ", ".join(sorted(needing)[:6]) + (f" and {len(needing) - 6} more" if len(needing) > 6 else "")
         can = (f"of the tasks asked for it can run {', '.join(sorted(runnable)[:6])}; " if runnable else "")
-        raise Refused(f"{shown} score{'s' if len(needing) == 1 else ''} log-likelihoods, which needs "
+        raise TaskRefused(f"{shown} score{'s' if len(needing) == 1 else ''} log-likelihoods, which needs "
                       f"{missing_for(cls, settings, 'loglikelihood')}; {cls.describe(model, settings)} "
                       f"(backend '{cls.name}' has {capability_words(cls, settings)} only); {can}"
                       "--mc-scoring letters scores multiple-choice tasks from generated tokens, and the suite "
                       "open-vs-closed runs on it")
     generative = [n for n in loaded.leaves if n not in needing]
     if generative and not serves(cls, settings, "generate"):
-        raise Refused(f"{', '.join(sorted(generative)[:6])} generate text, which needs "
+        raise TaskRefused(f"{', '.join(sorted(generative)[:6])} generate text, which needs "
                       f"{missing_for(cls, settings, 'generate')}; backend '{cls.name}' has {capability_words(cls, settings)}")
     code = loaded.executing_code()
     if code and not allow_code:
-        raise Refused(f"{', '.join(code)} execute model-written code; add --allow-code-execution to run them "
+        raise TaskRefused(f"{', '.join(code)} execute model-written code; add --allow-code-execution to run them "
                       "(sandboxed, see tasks/README.md)")
     if code:
         from harness import sandbox
@@ -95,7 +89,7 @@ def check_capabilities(cls, settings, model: ModelInfo, loaded, allow_code: bool
         try:
             sandbox.check()
         except sandbox.SandboxUnavailable as exc:
-            raise Refused(f"{', '.join(code)} cannot run: {exc}") from None
+            raise TaskRefused(f"{', '.join(code)} cannot run: {exc}") from None
 
 
 def api_cost(price: str | None, usage: dict):
@@ -118,7 +112,8 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
 
     t_start = now_ns()
     from harness import accuracy
-    from harness.record import BackendInfo, EvalCost, EvalInfo, Failure, LoadResult, RunRecord
+    from harness.record import EvalCost, EvalInfo, Failure, LoadResult
+    from harness.record_factory import new_record
 
     accuracy.quiet_lm_eval()
     if job.allow_code_execution:
@@ -127,7 +122,7 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
     try:
         loaded = accuracy.load_tasks(job.selection.tasks, job.tasks_dirs)
     except HarnessError as exc:
-        channel.send("refused", message=redact(str(exc)))
+        channel.send(Refused(message=redact(str(exc))))
         return
 
     letter_leaves: set[str] = set()
@@ -137,22 +132,19 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
         try:
             letter_leaves = letters.apply(loaded, job.selection.letter_tasks)
         except HarnessError as exc:
-            channel.send("refused", message=redact(str(exc)))
+            channel.send(Refused(message=redact(str(exc))))
             return
 
     cls = registry.get(job.backend)
     settings = cls.Settings(**job.settings)
     try:
         check_capabilities(cls, settings, job.model, loaded, job.allow_code_execution, letter_leaves)
-    except Refused as exc:
-        channel.send("refused", message=str(exc))
+    except TaskRefused as exc:
+        channel.send(Refused(message=str(exc)))
         return
 
-    env = fingerprint()
-    record = RunRecord(run_id=job.run_id, created_at=_now(), harness_version=__version__, command=job.command,
-                       model=job.model, environment=env,
-                       backend=BackendInfo(name=cls.name, version=cls.installed_version(),
-                                           engine_version=cls.engine_version(), settings=settings.model_dump()))
+    record = new_record(run_id=job.run_id, backend=cls.name, settings=settings.model_dump(), model=job.model,
+                        command=job.command, environment=fingerprint(), engine_version=cls.engine_version())
     train_ctx = job.model.context_length_train
     fields = cls.Settings.model_fields
     # a model run here is loaded for the context its requests need; a server's is its own
@@ -175,16 +167,16 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
     try:
         chat = _chat_template(cls, job.model) if job.apply_chat_template and not takes_messages else None
     except HarnessError as exc:
-        channel.send("refused", message=str(exc))
+        channel.send(Refused(message=str(exc)))
         return
 
-    channel.send("phase", what="loading model")
+    channel.send(Phase(what="loading model"))
     first_ctx = min(INITIAL_N_CTX, train_ctx) if train_ctx else INITIAL_N_CTX
     t0 = now_ns()
     try:
         engine, info = load(first_ctx)
     except HarnessError as exc:
-        channel.send("failed", cause="load failed", detail=redact(str(exc)))
+        channel.send(CaseFailed(cause="load failed", detail=redact(str(exc))))
         return
     record.model_load = LoadResult(load_ms=(now_ns() - t0) / 1e6, rss_after_load_mib=rss_mib(),
                                    model_file_mib=job.model.size_bytes / 2**20, mmap=info.mmap, n_ctx=info.n_ctx,
@@ -195,7 +187,7 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
     def resize(n_ctx: int):
         current["engine"].close()
         current["engine"], _ = load(n_ctx)
-        channel.send("phase", what=f"context resized to {n_ctx} tokens")
+        channel.send(Phase(what=f"context resized to {n_ctx} tokens"))
         return current["engine"]
 
     special = accuracy.gguf_special_ids(job.model.path) if job.model.format == "gguf" else {}
@@ -203,7 +195,7 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
     lm = accuracy.BackendLM(
         engine, max_length=train_ctx or info.n_ctx, identity=identity, resize=resize if sized else None,
         chat_template=chat, prefix_token_id=special.get("bos"),
-        progress=lambda kind, done, total: channel.send("progress", kind=kind, done=done, total=total),
+        progress=lambda kind, done, total: channel.send(RequestsDone(kind=kind, done=done, total=total)),
         concurrency=job.concurrency, seed=getattr(settings, "seed", None),
         letter_tasks=frozenset(letter_leaves), allow_generated_letters=job.allow_generated_letters,
     )
@@ -231,13 +223,13 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
         kwargs["fewshot_as_multiturn"] = job.fewshot_as_multiturn
     import lm_eval
 
-    channel.send("phase", what="scoring")
+    channel.send(Phase(what="scoring"))
     results = None
     with MemorySampler() as mem:
         try:
             results = lm_eval.simple_evaluate(**kwargs)
         except LetterScoringError as exc:  # the API refuses what letter scoring needs: nothing to record
-            channel.send("refused", message=redact(str(exc)))
+            channel.send(Refused(message=redact(str(exc))))
             return
         except HarnessError as exc:
             record.failures.append(Failure(cause="evaluation failed", detail=redact(str(exc))))
@@ -292,7 +284,7 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
     if record.failures:
         record.status = "partial" if record.accuracy else "failed"
     record.wall_s = wall_s
-    channel.send("record", record=json.loads(record.model_dump_json()))
+    channel.send(RecordDone(record=record))
 
 
 def _chat_template(cls, model: ModelInfo):
@@ -300,7 +292,7 @@ def _chat_template(cls, model: ModelInfo):
 
     found = cls.chat_template_source(model)
     if not found:
-        raise Refused(f"{model.ref} has no chat template; run without --apply-chat-template")
+        raise TaskRefused(f"{model.ref} has no chat template; run without --apply-chat-template")
     source, bos, eos = found
     chat = accuracy.ChatTemplate(source, bos_token=bos, eos_token=eos)
     chat.render([{"role": "user", "content": "Hello"}])  # a template that fails on this fails before the model loads
@@ -312,10 +304,10 @@ def main() -> int:
     job = EvalJob.model_validate_json(sys.stdin.read())
     try:
         run_eval_job(job, channel)
-    except Refused as exc:
-        channel.send("refused", message=str(exc))
+    except TaskRefused as exc:
+        channel.send(Refused(message=str(exc)))
     except HarnessError as exc:
-        channel.send("failed", cause="evaluation failed", detail=redact(str(exc)))
+        channel.send(CaseFailed(cause="evaluation failed", detail=redact(str(exc))))
     except Exception:
         sys.stderr.write(redact(traceback.format_exc()))
         return 3

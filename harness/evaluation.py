@@ -12,21 +12,19 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from harness import __version__, registry
+from harness import registry
 from harness.backend import setting_error
 from harness.bench import check_installed, check_out_dir
-from harness.errors import BackendNotInstalled, ConfigError, OutputFileError
+from harness.errors import BackendNotInstalled, ConfigError
 from harness.models import ModelInfo
-from harness.record import BackendInfo, Failure, RunRecord
-from harness.runner import Outcome, new_run_id, run_worker
-from harness.store import write_record
+from harness.record_factory import failed_record, new_run_id
+from harness.runner import OnEvent, Outcome, run_job
 from harness.suites import TaskConfigError, bundled_tasks_dir, check_tasks_dir, select_tasks
 
 # Bump when the adapter would answer the same request differently (it keys the request cache).
@@ -34,8 +32,6 @@ ADAPTER_VERSION = 2
 # Settings that cannot change an answer (llama.cpp's results do not depend on the thread
 # count; tests/test_accuracy.py checks it), left out of the request-cache key.
 NOT_IN_CACHE_KEY = {"n_threads", "n_threads_batch"}
-
-Event = Callable[[dict], None]
 
 
 class EvalRequest(BaseModel):
@@ -177,53 +173,17 @@ def prepare(request: EvalRequest):
     )
 
 
-def _failed_record(job, failure: Failure) -> RunRecord:
-    from harness.environment import fingerprint
-
-    cls = registry.get(job.backend)
-    return RunRecord(
-        run_id=job.run_id, created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        harness_version=__version__, command=job.command, model=job.model, environment=fingerprint(),
-        backend=BackendInfo(name=job.backend, version=cls.installed_version(), settings=job.settings),
-        status="failed", failures=[failure],
-    )
-
-
-def run_eval(request: EvalRequest, on_event: Event | None = None) -> Outcome:
+def run_eval(request: EvalRequest, on_event: OnEvent | None = None) -> Outcome:
     job = prepare(request)
     outcome = Outcome()
-    refused: list[str] = []
-    failure: list[Failure] = []
-
-    def handle(event: dict) -> None:
-        kind = event.get("event")
-        if kind == "refused":
-            refused.append(event["message"])
-        elif kind == "record":
-            record = RunRecord.model_validate(event["record"])
-            outcome.records.append(record)
-            try:
-                outcome.paths.append(write_record(record, request.out_dir))
-            except OutputFileError as exc:
-                outcome.unsaved.append(exc)  # the CLI prints the scores, then the error
-        elif kind == "failed":
-            failure.append(Failure(cause=event["cause"], detail=event.get("detail")))
-        if on_event:
-            on_event(event)
-
-    ended = run_worker("harness.eval_worker", job.model_dump_json(), handle, request.timeout_s)
-    if refused:
-        raise TaskConfigError(refused[0])
-    if ended.ended_by not in (None, "timeout"):
-        outcome.stopped = ended.ended_by
+    keep = outcome.keeper(request.out_dir)
+    report = run_job("harness.eval_worker", job, on_event, request.timeout_s, on_record=keep)
+    if report.refused:
+        raise TaskConfigError(report.refused)
+    if report.stopped:
+        outcome.stopped = report.stopped
         return outcome
     if not outcome.records:
-        f = (failure[0] if failure and ended.ended_by is None else None) or Failure(cause=ended.cause(request.timeout_s))
-        f.stderr_tail = ended.stderr_tail
-        record = _failed_record(job, f)
-        outcome.records.append(record)
-        try:
-            outcome.paths.append(write_record(record, request.out_dir))
-        except OutputFileError as exc:
-            outcome.unsaved.append(exc)
+        keep(failed_record(report.failure(), run_id=job.run_id, backend=job.backend, settings=job.settings,
+                           model=job.model, command=job.command))
     return outcome

@@ -28,14 +28,13 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from harness import __version__, interrupts
+from harness import interrupts
 from harness.errors import BackendNotInstalled, ConfigError, HarnessError, MeasurementFailed
 from harness.meters import now_ns
 
@@ -790,19 +789,11 @@ class PointStore:
 
 
 def _new_record(req: LoadRequest, client, model, settings: dict, engine_version: str | None, served_by: str | None):
-    from harness.environment import fingerprint
-    from harness.record import BackendInfo, RunRecord
-    from harness.registry import get as get_backend
-    from harness.runner import new_run_id
+    from harness.record_factory import new_record
 
-    return RunRecord(
-        run_id=new_run_id(), created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        harness_version=__version__, command=[client.scrub(c) for c in _safe_command(req.command)], model=model,
-        backend=BackendInfo(name="openai", version=get_backend("openai").installed_version(),
-                            engine_version=engine_version, settings=settings,
-                            device="cpu" if served_by else None),
-        environment=fingerprint(), load=[], status="incomplete",
-    )
+    return new_record(backend="openai", settings=settings, model=model, engine_version=engine_version,
+                      command=[client.scrub(c) for c in _safe_command(req.command)],
+                      device="cpu" if served_by else None, load=[], status="incomplete")
 
 
 def _safe_command(command: list[str]) -> list[str]:

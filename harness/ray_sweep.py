@@ -137,7 +137,7 @@ class RayCells:
 
     def run(self, jobs: list, begin, stop: Callable[[], str | None],
             log: Callable[[str], None]) -> Iterator[tuple[Any, Any]]:
-        from harness.sweep import CellResult, _unrun_record
+        from harness.sweep import CellResult, unrun_record
 
         ray = self.ray
         task = ray.remote(run_cell_on_node)
@@ -175,7 +175,7 @@ class RayCells:
                     # the task itself failed (its node died, its Ray worker crashed): the cell's failure
                     first = " ".join(str(exc).split())[:300]
                     failure = Failure(cause=f"the cell's Ray task failed: {type(exc).__name__}", detail=first)
-                    yield job, CellResult(record=_unrun_record(job, failure))
+                    yield job, CellResult(record=unrun_record(job, failure))
 
     def close(self) -> None:
         try:

@@ -13,7 +13,6 @@ it started in a session of its own leaves the group, not the tree).
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import re
@@ -22,28 +21,27 @@ import subprocess
 import sys
 import tempfile
 import threading
-import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import psutil
+from pydantic import BaseModel, ValidationError
 
-from harness import __version__
 from harness.config import PerfTests
-from harness.environment import fingerprint, redact
+from harness.environment import redact
 from harness.errors import OutputFileError
+from harness.events import CaseFailed, Event, RecordDone, Refused, parse_event
 from harness.meters import now_ns
-from harness.plan import Case, LoadGroup
-from harness.record import BackendInfo, Failure, RunRecord
-from harness.registry import get as get_backend
+from harness.plan import LoadGroup
+from harness.record import Failure, RunRecord
+from harness.record_factory import failed_record, new_run_id
 from harness.store import write_record
 from harness.worker import Job, JobCase
 
 STDERR_TAIL_CHARS = 4000
 
-Event = Callable[[dict], None]
+OnEvent = Callable[[Event], None]
 
 
 @dataclass
@@ -58,9 +56,19 @@ class Outcome:
     def failed(self) -> list[RunRecord]:
         return [r for r in self.records if r.status != "ok"]
 
-
-def new_run_id() -> str:
-    return uuid.uuid4().hex[:12]
+    def keeper(self, out_dir: Path | None) -> Callable[[RunRecord], None]:
+        """Keeps each record as it comes, written to ``out_dir`` at once where there is one;
+        a record that cannot be written is kept unsaved and the measurement goes on (the
+        CLI prints what was measured, then the error)."""
+        def keep(record: RunRecord) -> None:
+            self.records.append(record)
+            if out_dir is None:
+                return
+            try:
+                self.paths.append(write_record(record, out_dir))
+            except OutputFileError as exc:
+                self.unsaved.append(exc)
+        return keep
 
 
 # what engines print when a device or host allocation fails, before they abort
@@ -187,16 +195,6 @@ def _become_subreaper() -> None:
         _subreaper = True
 
 
-def _failure_record(group: LoadGroup, case: Case, run_id: str, failure: Failure, command: list[str]) -> RunRecord:
-    cls = get_backend(group.backend)
-    return RunRecord(
-        run_id=run_id, created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        harness_version=__version__, command=command, model=case.model, environment=fingerprint(),
-        backend=BackendInfo(name=group.backend, version=cls.installed_version(), settings=case.settings.model_dump()),
-        status="failed", failures=[failure],
-    )
-
-
 def _prctl():
     if not sys.platform.startswith("linux"):
         return None
@@ -236,10 +234,10 @@ class WorkerExit:
         return exit_cause(self.code, self.stderr_tail, self.oom_killed) if self.code else "worker ended without a result"
 
 
-def run_worker(module: str, job_json: str, on_event: Event, timeout_s: float | None = None,
+def run_worker(module: str, job_json: str, on_event: OnEvent, timeout_s: float | None = None,
                stop: Callable[[], str | None] | None = None) -> WorkerExit:
-    """``python -m MODULE`` in a session of its own with the job on stdin; its JSON-line
-    events (redacted) go to ``on_event`` as they come.
+    """``python -m MODULE`` in a session of its own with the job on stdin; its events
+    (harness.events, redacted) go to ``on_event`` as they come.
 
     ``timeout_s`` bounds its wall-clock time; ``stop`` is polled while it runs and, when it
     returns a reason (say "SIGINT"), ends it early. Either way the worker and everything it
@@ -287,8 +285,8 @@ def run_worker(module: str, job_json: str, on_event: Event, timeout_s: float | N
                 if line is None:
                     break
                 try:
-                    event = json.loads(redact(line))  # so no secret reaches a record, a file or the screen
-                except json.JSONDecodeError:
+                    event = parse_event(redact(line))  # so no secret reaches a record, a file or the screen
+                except ValidationError:
                     continue
                 on_event(event)
             if ended_by is None:
@@ -312,8 +310,57 @@ def run_worker(module: str, job_json: str, on_event: Event, timeout_s: float | N
                       oom_killed=oom_before is not None and oom_after is not None and oom_after > oom_before)
 
 
+@dataclass
+class WorkerReport:
+    """What one worker's events said, and how it ended: the one place where a worker's
+    events become records, for bench cases, accuracy runs and sweep cells alike."""
+
+    timeout_s: float | None
+    records: list[RunRecord] = field(default_factory=list)
+    failures: dict[int | None, Failure] = field(default_factory=dict)  # by case index
+    refused: str | None = None
+    exit: WorkerExit | None = None
+
+    def failure(self, index: int | None = None) -> Failure:
+        """Why case ``index`` has no record: what the worker said of it, unless the worker
+        was cut off (a timeout); else how the worker ended. With its last error output."""
+        said = self.failures.get(index) if self.exit.ended_by is None else None
+        failure = (said.model_copy() if said else None) or Failure(cause=self.exit.cause(self.timeout_s))
+        failure.stderr_tail = self.exit.stderr_tail
+        return failure
+
+    @property
+    def stopped(self) -> str | None:
+        """The stop reason (a signal's name) when the run was stopped before its end."""
+        return self.exit.ended_by if self.exit.ended_by not in (None, "timeout") else None
+
+
+def run_job(module: str, job: BaseModel, on_event: OnEvent | None = None, timeout_s: float | None = None,
+            stop: Callable[[], str | None] | None = None,
+            on_record: Callable[[RunRecord], None] | None = None) -> WorkerReport:
+    """Run ``job`` in a ``python -m MODULE`` worker (run_worker) and collect what it says:
+    each finished record (also given to ``on_record`` as it comes), each case's failure,
+    a refusal. Every event also goes to ``on_event``, for the screen."""
+    report = WorkerReport(timeout_s=timeout_s)
+
+    def collect(event: Event) -> None:
+        if isinstance(event, RecordDone):
+            report.records.append(event.record)
+            if on_record:
+                on_record(event.record)
+        elif isinstance(event, CaseFailed):
+            report.failures.setdefault(event.index, Failure(cause=event.cause, detail=event.detail))
+        elif isinstance(event, Refused):
+            report.refused = report.refused or event.message
+        if on_event:
+            on_event(event)
+
+    report.exit = run_worker(module, job.model_dump_json(), collect, timeout_s, stop)
+    return report
+
+
 def run_group(group: LoadGroup, tests: PerfTests, out_dir: Path | None, command: list[str],
-              on_event: Event | None = None, timeout_s: float | None = None,
+              on_event: OnEvent | None = None, timeout_s: float | None = None,
               stop: Callable[[], str | None] | None = None) -> Outcome:
     """Run one load group in a worker process and record every case, finished or not.
 
@@ -328,47 +375,25 @@ def run_group(group: LoadGroup, tests: PerfTests, out_dir: Path | None, command:
         cases=[JobCase(index=c.index, run_id=run_ids[c.index], settings=c.settings.model_dump()) for c in group.cases],
     )
     outcome = Outcome()
-    failures: dict[int, Failure] = {}
-
-    def keep(record: RunRecord) -> None:
-        try:
-            outcome.paths.append(write_record(record, out_dir))
-        except OutputFileError as exc:
-            outcome.unsaved.append(exc)  # the measurement goes on; the CLI prints what was measured
-
-    def handle(event: dict) -> None:
-        kind = event.get("event")
-        if kind == "record":
-            record = RunRecord.model_validate(event["record"])
-            outcome.records.append(record)
-            if out_dir is not None:
-                keep(record)
-        elif kind == "failed":
-            failures[event["index"]] = Failure(cause=event["cause"], detail=event.get("detail"))
-        if on_event:
-            on_event(event)
-
-    ended = run_worker("harness.worker", job.model_dump_json(), handle, timeout_s, stop)
-    if ended.ended_by not in (None, "timeout"):
-        outcome.stopped = ended.ended_by
+    keep = outcome.keeper(out_dir)
+    report = run_job("harness.worker", job, on_event, timeout_s, stop, on_record=keep)
+    if report.stopped:
+        outcome.stopped = report.stopped
         return outcome
-    done = {r.run_id for r in outcome.records}
+    done = {r.run_id for r in report.records}
     for case in group.cases:
         if run_ids[case.index] in done:
             continue
-        failure = (failures.get(case.index) if ended.ended_by is None else None) or Failure(cause=ended.cause(timeout_s))
-        failure.stderr_tail = ended.stderr_tail
-        record = _failure_record(group, case, run_ids[case.index], failure, command)
-        outcome.records.append(record)
-        if out_dir is not None:
-            keep(record)
+        failure = report.failure(case.index)
+        keep(failed_record(failure, run_id=run_ids[case.index], backend=group.backend,
+                           settings=case.settings.model_dump(), model=case.model, command=command))
         if on_event:
-            on_event({"event": "failed", "index": case.index, "cause": failure.cause})
+            on_event(CaseFailed(index=case.index, cause=failure.cause))
     return outcome
 
 
 def run_plan(groups: list[LoadGroup], tests: PerfTests, out_dir: Path, command: list[str],
-             on_event: Event | None = None) -> Outcome:
+             on_event: OnEvent | None = None) -> Outcome:
     total = Outcome()
     for group in groups:
         result = run_group(group, tests, out_dir, command, on_event)

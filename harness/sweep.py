@@ -36,9 +36,7 @@ import shutil
 import signal
 import statistics
 import tempfile
-import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
@@ -55,8 +53,10 @@ from harness.errors import ConfigError, HarnessError, ResultFileError
 from harness.meters import now_ns
 from harness.models import ModelInfo, resolve
 from harness.plan import Case, LoadGroup, build_plan, expand_settings
-from harness.record import BackendInfo, Failure, RunRecord, SweepCell, SweepRecord
-from harness.runner import Event, run_group, run_worker
+from harness.events import Event, RequestsDone
+from harness.record import Failure, RunRecord, SweepCell, SweepRecord
+from harness.record_factory import failed_record, new_run_id, utc_now
+from harness.runner import OnEvent, run_group, run_job
 from harness.store import SWEEP_SUMMARY_NAME as SUMMARY_NAME
 from harness.store import expand_paths, read_record, read_sweep, write_record, write_sweep
 
@@ -665,10 +665,6 @@ def prepare(request: SweepRequest) -> SweepPlan:
     return SweepPlan(request.matrix_file, matrix, sha, data, cells, out_dir, resume, stamps)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _summary_cell(cell: Cell) -> SweepCell:
     return SweepCell(index=cell.index, key=cell.key, label=cell.label, kind=cell.kind, model_ref=cell.model.ref,
                      model_sha256=cell.model.sha256, backend=cell.backend, backend_version=cell.backend_version,
@@ -723,17 +719,35 @@ def cell_job(cell: Cell, plan: "SweepPlan", command: list[str]) -> CellJob:
                    suite=cell.suite, allow_code_execution=plan.matrix.allow_code_execution, command=command)
 
 
-def _unrun_record(job: CellJob, failure: Failure | str, run_id: str | None = None) -> RunRecord:
+def unrun_record(job: CellJob, failure: Failure | str, run_id: str | None = None) -> RunRecord:
     """The record of a cell that ended without one of its own (it never started, or its
     process gave none). Its environment is that of the machine making it: the node's."""
-    cls = registry.get(job.backend)
-    return RunRecord(run_id=run_id or uuid.uuid4().hex[:12], created_at=_now(), harness_version=__version__,
-                     command=job.command, model=job.model, environment=fingerprint(),
-                     backend=BackendInfo(name=job.backend, version=cls.installed_version(), settings=job.settings),
-                     status="failed", failures=[failure if isinstance(failure, Failure) else Failure(cause=failure)])
+    return failed_record(failure, run_id=run_id, backend=job.backend, settings=job.settings, model=job.model,
+                         command=job.command)
 
 
-def _execute_suite_cell(job: CellJob, on_event: Event | None, stop: Callable[[], str | None] | None,
+class _CellEvents:
+    """A cell's worker events for the sweep's screen: each under the cell's index, an
+    accuracy run's request counts a line per quarter, not per request."""
+
+    def __init__(self, index: int, on_event: OnEvent | None):
+        self.index, self.on_event = index, on_event
+        self.shown: dict[str, int] = {}
+
+    def __call__(self, event: Event) -> None:
+        if self.on_event is None:
+            return
+        if isinstance(event, RequestsDone):
+            if not event.total:
+                return
+            quarter = 4 * event.done // event.total
+            if quarter <= self.shown.get(event.kind, 0):
+                return
+            self.shown[event.kind] = quarter
+        self.on_event(event.model_copy(update={"index": self.index}))
+
+
+def _execute_suite_cell(job: CellJob, on_event: OnEvent | None, stop: Callable[[], str | None] | None,
                         scratch_dir: Path) -> CellResult:
     """An accuracy cell: harness eval's own job and worker (harness.evaluation), with the
     cell's settings, timeout and the sweep's stop."""
@@ -749,7 +763,7 @@ def _execute_suite_cell(job: CellJob, on_event: Event | None, stop: Callable[[],
     try:
         eval_job = prepare_eval(request)
     except HarnessError as exc:
-        return CellResult(record=_unrun_record(job, f"evaluation refused: {exc}"))
+        return CellResult(record=unrun_record(job, f"evaluation refused: {exc}"))
     # the matrix's model reference and every setting of the cell, not only the thread count
     # `harness eval` takes; the request cache is keyed by exactly these settings
     eval_job.model = job.model
@@ -757,42 +771,19 @@ def _execute_suite_cell(job: CellJob, on_event: Event | None, stop: Callable[[],
     if eval_job.request_cache:
         eval_job.request_cache = str(request_cache_prefix(job.model, registry.get(job.backend), eval_job.settings,
                                                           check_lm_eval(), eval_job.apply_chat_template))
-    records: list[RunRecord] = []
-    refused: list[str] = []
-    failed: list[Failure] = []
-    shown: dict[str, int] = {}
-
-    def handle(event: dict) -> None:
-        kind = event.get("event")
-        if kind == "record":
-            records.append(RunRecord.model_validate(event["record"]))
-        elif kind == "refused":
-            refused.append(event["message"])
-        elif kind == "failed":
-            failed.append(Failure(cause=event["cause"], detail=event.get("detail")))
-        elif on_event and kind == "phase":
-            on_event({"event": "phase", "index": job.index, "what": event.get("what")})
-        elif on_event and kind == "progress" and event.get("total"):
-            quarter = 4 * event["done"] // event["total"]  # a line per quarter, not per request
-            if quarter > shown.get(event["kind"], 0):
-                shown[event["kind"]] = quarter
-                on_event({"event": "eval_progress", "index": job.index, "kind": event["kind"],
-                          "done": event["done"], "total": event["total"]})
-
-    ended = run_worker("harness.eval_worker", eval_job.model_dump_json(), handle, job.timeout_s, stop)
-    if ended.ended_by not in (None, "timeout"):
-        return CellResult(stopped=ended.ended_by)
-    if records:
-        return CellResult(record=records[0])
-    if refused and ended.ended_by is None:
-        failure = Failure(cause=f"evaluation refused: {refused[0]}")
+    report = run_job("harness.eval_worker", eval_job, _CellEvents(job.index, on_event), job.timeout_s, stop)
+    if report.stopped:
+        return CellResult(stopped=report.stopped)
+    if report.records:
+        return CellResult(record=report.records[0])
+    if report.refused and report.exit.ended_by is None:
+        failure = Failure(cause=f"evaluation refused: {report.refused}", stderr_tail=report.exit.stderr_tail)
     else:
-        failure = (failed[0] if failed and ended.ended_by is None else None) or Failure(cause=ended.cause(job.timeout_s))
-    failure.stderr_tail = ended.stderr_tail
-    return CellResult(record=_unrun_record(job, failure, run_id=eval_job.run_id))
+        failure = report.failure()
+    return CellResult(record=unrun_record(job, failure, run_id=eval_job.run_id))
 
 
-def execute_cell(job: CellJob, on_event: Event | None = None, stop: Callable[[], str | None] | None = None,
+def execute_cell(job: CellJob, on_event: OnEvent | None = None, stop: Callable[[], str | None] | None = None,
                  scratch_dir: Path | None = None) -> CellResult:
     """Run one cell in a worker process of its own under the cell's timeout; a crash, a
     timeout or running out of memory becomes its failure record. Writes no result file:
@@ -806,7 +797,8 @@ def execute_cell(job: CellJob, on_event: Event | None = None, stop: Callable[[],
         settings = registry.get(job.backend).Settings(**job.settings)
         group = LoadGroup(backend=job.backend, model=job.model,
                           cases=[Case(index=job.index, model=job.model, settings=settings)])
-        outcome = run_group(group, job.tests, None, job.command, on_event, timeout_s=job.timeout_s, stop=stop)
+        outcome = run_group(group, job.tests, None, job.command, _CellEvents(job.index, on_event),
+                            timeout_s=job.timeout_s, stop=stop)
         result = CellResult(stopped=outcome.stopped) if outcome.stopped else CellResult(record=outcome.records[0])
     result.wall_s = (now_ns() - started) / 1e9
     return result
@@ -818,7 +810,7 @@ Begin = Callable[[CellJob], "CellResult | None"]
 class LocalCells:
     """The cells one after another on this machine, each in its own worker process."""
 
-    def __init__(self, on_event: Event | None, scratch_dir: Path):
+    def __init__(self, on_event: OnEvent | None, scratch_dir: Path):
         self.on_event = on_event
         self.scratch_dir = scratch_dir
 
@@ -834,7 +826,7 @@ class LocalCells:
 
 
 def run_sweep(plan: SweepPlan, command: list[str], log: Callable[[str], None],
-              on_event: Event | None = None, executor: Any = None) -> SweepOutcome:
+              on_event: OnEvent | None = None, executor: Any = None) -> SweepOutcome:
     """Run the cells that are not kept, through ``executor`` (LocalCells by default; a
     harness.ray_sweep.RayCells spreads them over a cluster). Whatever runs them, their
     records are written here, one by one as they come back, and so is the summary."""
@@ -844,8 +836,8 @@ def run_sweep(plan: SweepPlan, command: list[str], log: Callable[[str], None],
     summary_path = out_dir / SUMMARY_NAME
     previous = plan.resume.previous
     summary = SweepRecord(
-        sweep_id=previous.sweep_id if previous else uuid.uuid4().hex[:12],
-        created_at=previous.created_at if previous else _now(), updated_at=_now(),
+        sweep_id=previous.sweep_id if previous else new_run_id(),
+        created_at=previous.created_at if previous else utc_now(), updated_at=utc_now(),
         harness_version=__version__, command=command, matrix_file=str(plan.matrix_file),
         matrix_sha256=plan.matrix_sha256, matrix=plan.matrix_data, environment=fingerprint(),
         superseded_files=plan.resume.superseded,
@@ -877,7 +869,7 @@ def run_sweep(plan: SweepPlan, command: list[str], log: Callable[[str], None],
         entry.status = "running"
         write_sweep(summary, summary_path)
         problem = _model_unchanged(cell.model, stamps)
-        return CellResult(record=_unrun_record(job, problem)) if problem else None
+        return CellResult(record=unrun_record(job, problem)) if problem else None
 
     with StopOnSignal() as stop:
         for job, result in executor.run(jobs, begin, stop, log):
@@ -896,9 +888,9 @@ def run_sweep(plan: SweepPlan, command: list[str], log: Callable[[str], None],
             tail = next((f.stderr_tail for f in record.failures if f.stderr_tail), None)
             entry.stderr_tail = tail[-SUMMARY_TAIL_CHARS:] if tail else None
             entry.result_file = path.name
-            entry.run_id, entry.finished_at = record.run_id, _now()
+            entry.run_id, entry.finished_at = record.run_id, utc_now()
             entry.wall_s = result.wall_s
-            summary.updated_at = _now()
+            summary.updated_at = utc_now()
             write_sweep(summary, summary_path)
             if earlier and earlier.result_file and earlier.result_file != path.name:
                 # the rerun's result replaces the failed one: one result per cell in the folder
@@ -908,7 +900,7 @@ def run_sweep(plan: SweepPlan, command: list[str], log: Callable[[str], None],
         unfinished = any(c.status in ("pending", "running", "interrupted") for c in summary.cells)
         summary.interrupted_by = stop() if unfinished else None
     summary.status = "interrupted" if summary.interrupted_by else "complete"
-    summary.updated_at = _now()
+    summary.updated_at = utc_now()
     write_sweep(summary, summary_path)
     # every cell's record as it is on disk (redacted), in matrix order
     records = [read_record(out_dir / c.result_file) for c in summary.cells if c.result_file]

@@ -1,29 +1,27 @@
 """The measuring process: ``python -m harness.worker`` with a job on stdin.
 
-It loads one model once, measures each case of its load group in turn and sends
-one JSON line per event on its original stdout. The engine's own output (C code
-printing to fd 1 or 2) is moved to stderr so it can never corrupt that channel.
+It loads one model once, measures each case of its load group in turn and tells
+the harness what happens as typed events (harness.events) on its channel.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import traceback
-from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import BaseModel
 
-from harness import __version__, registry
+from harness import registry
 from harness.config import PerfTests, perf_test_name
 from harness.environment import fingerprint, redact
 from harness.errors import HarnessError
+from harness.events import CaseFailed, Channel, Loading, RecordDone, RepDone
 from harness.meters import GpuMeter, MemorySampler, now_ns, rss_mib
 from harness.models import ModelInfo
 from harness.perf import run_batch_test, run_test
-from harness.record import BackendInfo, Failure, LoadResult, RunRecord
+from harness.record import Failure, LoadResult
+from harness.record_factory import new_record
 
 
 class JobCase(BaseModel):
@@ -40,21 +38,6 @@ class Job(BaseModel):
     command: list[str] = []
 
 
-class Channel:
-    def __init__(self) -> None:
-        self._out = os.fdopen(os.dup(1), "w", buffering=1)
-        os.dup2(2, 1)  # anything else written to stdout now lands on stderr
-        sys.stdout = sys.stderr
-
-    def send(self, event: str, **data: Any) -> None:
-        self._out.write(json.dumps({"event": event, **data}) + "\n")
-        self._out.flush()
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def run_job(job: Job, channel: Channel) -> None:
     cls = registry.get(job.backend)
     first = cls.Settings(**job.cases[0].settings)
@@ -62,14 +45,14 @@ def run_job(job: Job, channel: Channel) -> None:
     env = fingerprint()
     gpu = GpuMeter()
     t0 = now_ns()
-    channel.send("loading", model=job.model.ref)
+    channel.send(Loading(model=job.model.ref))
     try:
         # an engine's memory peaks while it starts (vLLM profiles and allocates its KV cache)
         with MemorySampler(gpu if gpu.ok else None, interval_s=0.1) as load_mem:
             info = backend.load()
     except HarnessError as exc:
         for case in job.cases:
-            channel.send("failed", index=case.index, cause="load failed", detail=redact(str(exc)))
+            channel.send(CaseFailed(index=case.index, cause="load failed", detail=redact(str(exc))))
         return
     load_ms = (now_ns() - t0) / 1e6
     load = LoadResult(load_ms=load_ms, rss_after_load_mib=rss_mib(), model_file_mib=job.model.size_bytes / 2**20,
@@ -80,15 +63,14 @@ def run_job(job: Job, channel: Channel) -> None:
         for case in job.cases:
             started = now_ns()
             backend.apply(cls.Settings(**case.settings))
-            record = RunRecord(
-                run_id=case.run_id, created_at=_now(), harness_version=__version__, command=job.command,
-                model=job.model, environment=env, model_load=load,
-                backend=BackendInfo(name=cls.name, version=cls.installed_version(), engine_version=cls.engine_version(),
-                                    settings=backend.effective_settings(), device=info.device),
-            )
+            record = new_record(run_id=case.run_id, backend=cls.name, settings=backend.effective_settings(),
+                                model=job.model, command=job.command, environment=env,
+                                engine_version=cls.engine_version(), device=info.device, model_load=load)
+
+            def progress(test: str, rep: int, reps: int, index=case.index) -> None:
+                channel.send(RepDone(index=index, test=test, rep=rep, reps=reps))
+
             for kind, n, depth in job.tests.cases():
-                def progress(test: str, rep: int, reps: int, index=case.index) -> None:
-                    channel.send("progress", index=index, test=test, rep=rep, reps=reps)
                 try:
                     record.perf.append(run_test(backend, kind, n, job.tests.reps, gpu if gpu.ok else None,
                                                 seed=case.settings.get("seed", 0), progress=progress, depth=depth,
@@ -96,8 +78,6 @@ def run_job(job: Job, channel: Channel) -> None:
                 except HarnessError as exc:
                     record.failures.append(Failure(cause=f"{perf_test_name(kind, n, depth)} failed", detail=redact(str(exc))))
             for size in job.tests.batch:
-                def progress(test: str, rep: int, reps: int, index=case.index) -> None:
-                    channel.send("progress", index=index, test=test, rep=rep, reps=reps)
                 try:
                     record.perf.append(run_batch_test(backend, size, job.tests.batch_pp, job.tests.batch_tg, job.tests.reps,
                                                       gpu if gpu.ok else None, seed=case.settings.get("seed", 0),
@@ -107,7 +87,7 @@ def run_job(job: Job, channel: Channel) -> None:
             if record.failures:
                 record.status = "partial" if record.perf else "failed"
             record.wall_s = (now_ns() - started) / 1e9
-            channel.send("record", index=case.index, record=json.loads(record.model_dump_json()))
+            channel.send(RecordDone(index=case.index, record=record))
     finally:
         backend.close()
 
