@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict
 from harness import __version__, interrupts
 from harness.errors import BackendNotInstalled, ConfigError, HarnessError, MeasurementFailed
 from harness.meters import now_ns
+from harness.paths import DEFAULT_RESULTS_DIR
 
 Api = Literal["chat", "completions"]
 SLO_KEYS = ("ttft_ms", "tpot_ms", "e2el_ms")
@@ -194,7 +195,7 @@ class LoadRequest(BaseModel):
     serve_python: str | None = None
     serve_args: list[str] = []
     serve_timeout_s: float | None = None
-    out_dir: Path = Path("results/runs")
+    out_dir: Path = DEFAULT_RESULTS_DIR
     command: list[str] = []
 
 
@@ -467,8 +468,8 @@ async def _run_point(client, api: Api, bodies: list[dict], profile: Profile, req
     limit = req.requests
     max_inflight = int(profile.value) if profile.kind == "concurrency" else (req.max_concurrency or len(bodies))
     async with client.async_client(max_inflight) as http:
-        # the first request on a fresh async client pays for lazy imports and a connection
-        # (~0.2 s here); a cheap request before the clock keeps that out of the first sample
+        # the first request on a fresh async client pays for lazy imports and a connection;
+        # a cheap request before the clock keeps that out of the first sample
         await asyncio.gather(*(client.aprime(http) for _ in range(min(max_inflight, 16))))
         t0 = now_ns()
         deadline = t0 + int(req.duration_s * 1e9) if req.duration_s else None

@@ -251,13 +251,6 @@ class AccuracyResult(BaseModel):
     # of several; None in records written before it was kept (the report then infers it)
     scoring: str | None = None
 
-    # read access by field name, for code written against the earlier untyped entries
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key, default)
-
-    def items(self):
-        return self.model_dump().items()
-
 
 class EvalCost(BaseModel):
     """What the evaluation itself cost. 'Without reuse' is one full pass per request."""
@@ -385,7 +378,7 @@ class SweepCell(BaseModel):
     backend: str
     backend_version: str | None = None
     settings: dict[str, Any] = Field(default_factory=dict)  # as validated before the run, not yet resolved by a load
-    perf: dict[str, Any] | None = None  # {pp, tg, reps} for a perf cell
+    perf: dict[str, Any] | None = None  # a perf cell's tests (harness.config.PerfTests), as data
     suite: str | None = None
     timeout_s: float
     status: CellStatus = "pending"

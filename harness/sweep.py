@@ -53,7 +53,8 @@ from harness.config import PerfTests
 from harness.environment import fingerprint
 from harness.errors import ConfigError, HarnessError, ResultFileError
 from harness.meters import now_ns
-from harness.models import ModelInfo, resolve
+from harness.models import ModelInfo
+from harness.paths import DEFAULT_RESULTS_DIR
 from harness.plan import Case, LoadGroup, build_plan, expand_settings
 from harness.record import BackendInfo, Failure, RunRecord, SweepCell, SweepRecord
 from harness.runner import Event, run_group, run_worker
@@ -467,7 +468,7 @@ def format_duration(s: float | None) -> str:
 
 
 def default_out_dir(matrix_file: Path) -> Path:
-    return Path("results/runs") / f"sweep-{matrix_file.stem}"
+    return DEFAULT_RESULTS_DIR / f"sweep-{matrix_file.stem}"
 
 
 def _existing_parent(path: Path) -> Path:
