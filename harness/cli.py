@@ -382,8 +382,8 @@ def load(
 ) -> None:
     """Load-test an OpenAI-compatible server: throughput, TTFT, TPOT, ITL, latency, goodput."""
     from harness.config import parse_int_list
-    from harness.load import LoadRequest, parse_goodput, parse_metric_percentiles, parse_percentile_metrics, \
-        parse_rates, parse_slo, run_load
+    from harness.load import TrafficRequest, parse_goodput, parse_metric_percentiles, parse_percentile_metrics, \
+        parse_rates, parse_slo, run_traffic
     from harness.printers import PRINTERS, RECORD_FORMATS
 
     _check_format(fmt, RECORD_FORMATS)
@@ -399,7 +399,7 @@ def load(
     for option, value in (("--sweep", sweep), ("--max-concurrency", max_concurrency), ("--requests", requests)):
         if value is not None and value < 1:
             raise HarnessError(f"{option}: {value} must be at least 1")
-    request = LoadRequest(
+    request = TrafficRequest(
         base_url=base_url, serve=serve, model=model, model_name=model_name, api=api, api_key_env=api_key_env,
         concurrency=parse_int_list("--concurrency", concurrency) or [], rates=parse_rates("--rate", rate) or [],
         sweep=sweep, max_concurrency=max_concurrency,
@@ -412,7 +412,7 @@ def load(
         serve_timeout_s=serve_timeout, out_dir=out, command=["harness", *sys.argv[1:]],
     )
     try:
-        outcome = run_load(request, log=lambda line: print(f"[harness] {line}", file=sys.stderr, flush=True))
+        outcome = run_traffic(request, log=lambda line: print(f"[harness] {line}", file=sys.stderr, flush=True))
     except KeyboardInterrupt as exc:
         # typer would turn this into a silent exit 130; say what happened (any server started is stopped by now)
         kept = getattr(exc, "kept", None)
