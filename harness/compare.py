@@ -85,14 +85,9 @@ def _unit(metric: str) -> str:
     return METRIC_UNITS.get(tail, "")
 
 
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None  # lm-eval writes "N/A" for a stderr it could not compute
-    return f if math.isfinite(f) else None
+def _finite(v: float | None) -> float | None:
+    """A figure compare can use: None for a missing, infinite or NaN one."""
+    return v if v is not None and math.isfinite(v) else None
 
 
 def measurements(record: RunRecord, source: str = "") -> list[Measurement]:
@@ -115,20 +110,16 @@ def measurements(record: RunRecord, source: str = "") -> list[Measurement]:
         if record.model_load.rss_after_load_mib is not None:
             out.append(Measurement("model_load", "load", "rss_after_load_mib", [record.model_load.rss_after_load_mib],
                                    DIRECTION["rss_after_load_mib"], "MiB", record, source))
-    for entry in record.accuracy:
-        a = entry.model_dump() if hasattr(entry, "model_dump") else dict(entry)
-        value = _num(a.get("value"))
-        if value is None or not a.get("task") or not a.get("metric"):
+    for a in record.accuracy:
+        value = _finite(a.value)
+        if value is None:
             continue
-        metric = str(a["metric"])
-        hib = a.get("higher_is_better")
-        direction = (+1 if hib else -1) if isinstance(hib, bool) else (-1 if metric in LOWER_IS_BETTER_ACCURACY else +1)
-        hashes = [str(v) for k, v in sorted(a.items()) if k.endswith("hash") and v]
-        filt = a.get("filter")
+        hib = a.higher_is_better
+        direction = (+1 if hib else -1) if hib is not None else (-1 if a.metric in LOWER_IS_BETTER_ACCURACY else +1)
         out.append(Measurement(
-            "accuracy", str(a["task"]), metric, [value], direction, "", record, source,
-            stderr=_num(a.get("stderr")), n=a.get("n"), num_fewshot=a.get("num_fewshot"),
-            filter=None if filt in (None, "", "none") else str(filt), config_hash=";".join(hashes) or None,
+            "accuracy", a.task, a.metric, [value], direction, "", record, source,
+            stderr=_finite(a.stderr), n=a.n, num_fewshot=a.num_fewshot,
+            filter=None if a.filter in ("", "none") else a.filter, config_hash=a.task_config_hash or None,
         ))
     for point in record.load:
         # the load shape is part of the identity: same label, API and lengths

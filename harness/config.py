@@ -6,7 +6,9 @@ product of all lists. Validation messages name the option and the bad value.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from harness.errors import ConfigError
 
@@ -137,7 +139,16 @@ def perf_test_name(kind: str, n: int | tuple[int, int], depth: int = 0) -> str:
     return f"{base} @ d{depth}" if depth else base
 
 
+def _distinct(values: list) -> list:
+    if len(set(values)) != len(values):
+        raise ValueError("repeats a value")
+    return values
+
+
 class PerfTests(BaseModel):
+    """The perf tests of a run: `harness bench`'s options, or a matrix file's `perf:` mapping
+    (where a single length may stand for a list, and an empty list or "none" skips that kind)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     pp: list[int] = Field(default_factory=lambda: [512])
@@ -153,11 +164,39 @@ class PerfTests(BaseModel):
     pg: list[tuple[int, int]] = Field(default_factory=list)
     depth: list[int] = Field(default_factory=lambda: [0])
 
-    @field_validator("reps")
+    @field_validator("pp", "tg", "batch", "depth", "pg", mode="before")
     @classmethod
-    def _reps(cls, v: int) -> int:
+    def _list(cls, v: Any) -> Any:
+        if v is None or (isinstance(v, str) and v.strip().lower() == "none"):
+            return []
+        return v if isinstance(v, list) else [v]
+
+    @field_validator("pp", "tg", "batch")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        if any(n < 1 for n in v):
+            raise ValueError("every length must be at least 1")
+        return _distinct(v)
+
+    @field_validator("depth")
+    @classmethod
+    def _depths(cls, v: list[int]) -> list[int]:
+        if any(n < 0 for n in v):
+            raise ValueError("every depth must be at least 0")
+        return _distinct(v)
+
+    @field_validator("pg")
+    @classmethod
+    def _pairs(cls, v: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        if any(n < 1 for pair in v for n in pair):
+            raise ValueError("every prompt and generation length must be at least 1")
+        return _distinct(v)
+
+    @field_validator("reps", "batch_pp", "batch_tg")
+    @classmethod
+    def _at_least_one(cls, v: int, info: ValidationInfo) -> int:
         if v < 1:
-            raise ValueError("reps must be at least 1")
+            raise ValueError(f"{info.field_name} must be at least 1")
         return v
 
     def cases(self) -> list[tuple[str, int | tuple[int, int], int]]:

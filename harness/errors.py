@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import errno
 
-EXIT_OK = 0
 EXIT_FAILED = 1  # a measurement failed, or --fail-on found a regression
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
-EXIT_SIGINT = 130
+EXIT_SIGINT = 130  # 128 + the signal's number, as a shell reports it
 EXIT_SIGTERM = 143
 
 EXIT_STATUS_HELP = (

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import signal
 
+from harness.errors import EXIT_SIGINT, EXIT_SIGTERM
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, as a KeyboardInterrupt."""
@@ -33,7 +35,7 @@ def install() -> None:
 
 
 def exit_code(exc: KeyboardInterrupt) -> int:
-    return 143 if isinstance(exc, Terminated) else 130  # 128 + the signal's number, as a shell reports it
+    return EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT
 
 
 def first_seen() -> KeyboardInterrupt | None:

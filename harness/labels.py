@@ -104,11 +104,9 @@ def recalled_share(r: RunRecord) -> float | None:
     e = r.evaluation
     if e is None:
         return None
-    recalled = getattr(e, "requests_recalled", None)
-    total = getattr(e, "requests_total", None)
-    if recalled is None or not total:
+    if e.requests_recalled is None or not e.requests_total:
         return None
-    return recalled / total
+    return e.requests_recalled / e.requests_total
 
 
 def recalled_note(r: RunRecord) -> str | None:

@@ -4,7 +4,7 @@ The server is one the user names (--base-url) or one this module starts on loopb
 and always stops (--serve llamacpp | vllm). Load profiles are fixed concurrencies
 (that many requests in flight), request rates (Poisson arrivals, as vLLM's benchmark
 draws them) and a sweep (synchronous, then all at once, then rates spaced between the
-two throughputs). Each load point becomes a LoadPoint in the run record, with the raw
+two throughputs). Each load point becomes a TrafficPoint in the run record, with the raw
 per-request samples kept. The metric definitions are vLLM's (benchmarks/serve.py) and
 are written out in results/README.md.
 
@@ -37,13 +37,14 @@ from pydantic import BaseModel, ConfigDict
 from harness import interrupts
 from harness.errors import BackendNotInstalled, ConfigError, HarnessError, MeasurementFailed
 from harness.meters import now_ns
+from harness.paths import DEFAULT_RESULTS_DIR
 
 Api = Literal["chat", "completions"]
 SLO_KEYS = ("ttft_ms", "tpot_ms", "e2el_ms")
 Log = Callable[[str], None]
 
 
-class LoadError(MeasurementFailed):
+class TrafficError(MeasurementFailed):
     """The server could not be measured (it failed to start, or failed every request)."""
 
 
@@ -159,7 +160,7 @@ class Profile:
         return ("sweep " if self.sweep else "") + text
 
 
-class LoadRequest(BaseModel):
+class TrafficRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base_url: str | None = None
@@ -193,11 +194,11 @@ class LoadRequest(BaseModel):
     serve_python: str | None = None
     serve_args: list[str] = []
     serve_timeout_s: float | None = None
-    out_dir: Path = Path("results/runs")
+    out_dir: Path = DEFAULT_RESULTS_DIR
     command: list[str] = []
 
 
-def validate(req: LoadRequest) -> list[Profile]:
+def validate(req: TrafficRequest) -> list[Profile]:
     """Every check that needs no server; returns the fixed profiles in order."""
     if bool(req.base_url) == bool(req.serve):
         raise ConfigError("give either --base-url URL (a running server) or --serve llamacpp|vllm --model REF")
@@ -318,7 +319,7 @@ class Prompt:
     tokens: int | None  # as the harness's tokenizer counts them; the server's usage report wins
 
 
-def build_prompts(req: LoadRequest, count: int, tok: LocalTokenizer | None) -> list[Prompt]:
+def build_prompts(req: TrafficRequest, count: int, tok: LocalTokenizer | None) -> list[Prompt]:
     rng = np.random.default_rng(req.seed)
     if req.dataset is not None:
         texts = dataset_prompts(req.dataset)
@@ -406,14 +407,14 @@ def served(kind: str, command: list[str], port: int, timeout_s: float, log: Log)
                     errlog.seek(0)
                     lines = [ln for ln in errlog.read().splitlines() if ln.strip()]
                     last = lines[-1].strip()[-300:] if lines else "no output"
-                    raise LoadError(f"the {kind} server exited with code {code} before it was ready: {last}")
+                    raise TrafficError(f"the {kind} server exited with code {code} before it was ready: {last}")
                 try:
                     if httpx.get(f"{url}/models", timeout=2.0).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    raise LoadError(f"the {kind} server was not ready after {timeout_s:.0f} s (raise --serve-timeout)")
+                    raise TrafficError(f"the {kind} server was not ready after {timeout_s:.0f} s (raise --serve-timeout)")
                 time.sleep(0.25)
             log(f"{kind} server ready")
             yield url
@@ -458,7 +459,7 @@ def arrival_gap(rng: np.random.Generator, rate: float, burstiness: float = 1.0) 
     return float(rng.gamma(burstiness, 1.0 / (rate * burstiness)))
 
 
-async def _run_point(client, api: Api, bodies: list[dict], profile: Profile, req: LoadRequest,
+async def _run_point(client, api: Api, bodies: list[dict], profile: Profile, req: TrafficRequest,
                      rng: np.random.Generator) -> tuple[list[tuple[int, object]], int, int]:
     """Send one load point; returns (index, RequestResult) pairs, its start and its end."""
     path = "chat/completions" if api == "chat" else "completions"
@@ -466,8 +467,8 @@ async def _run_point(client, api: Api, bodies: list[dict], profile: Profile, req
     limit = req.requests
     max_inflight = int(profile.value) if profile.kind == "concurrency" else (req.max_concurrency or len(bodies))
     async with client.async_client(max_inflight) as http:
-        # the first request on a fresh async client pays for lazy imports and a connection
-        # (~0.2 s here); a cheap request before the clock keeps that out of the first sample
+        # the first request on a fresh async client pays for lazy imports and a connection;
+        # a cheap request before the clock keeps that out of the first sample
         await asyncio.gather(*(client.aprime(http) for _ in range(min(max_inflight, 16))))
         t0 = now_ns()
         deadline = t0 + int(req.duration_s * 1e9) if req.duration_s else None
@@ -522,12 +523,12 @@ def _stats(values: list[float], prefix: str) -> dict[str, float | None]:
             f"{prefix}_p90": float(np.percentile(a, 90)), f"{prefix}_p99": float(np.percentile(a, 99))}
 
 
-def summarize(results, t0: int, end: int, profile: Profile, req: LoadRequest, prompts: list[Prompt],
+def summarize(results, t0: int, end: int, profile: Profile, req: TrafficRequest, prompts: list[Prompt],
               count_tokens: Callable[[str], int] | None):
-    """RequestResults -> a LoadPoint with vLLM's metric definitions."""
-    from harness.record import LoadPoint, LoadSample
+    """RequestResults -> a TrafficPoint with vLLM's metric definitions."""
+    from harness.record import TrafficPoint, TrafficSample
 
-    samples: list[LoadSample] = []
+    samples: list[TrafficSample] = []
     ttfts, tpots, itls, e2els = [], [], [], []
     errors: dict[str, int] = {}
     total_in = total_out = good = disagree = short = retried = at_deadline = 0
@@ -539,8 +540,8 @@ def summarize(results, t0: int, end: int, profile: Profile, req: LoadRequest, pr
                 at_deadline += 1  # not the server's failure: the point's --duration ended it
             else:
                 errors[r.error_kind] = errors.get(r.error_kind, 0) + 1
-            samples.append(LoadSample(ok=False, start_ms=start_ms, retries=r.retries, e2el_ms=r.e2el_ns / 1e6,
-                                      error=f"{r.error_kind}: {r.error}"))
+            samples.append(TrafficSample(ok=False, start_ms=start_ms, retries=r.retries, e2el_ms=r.e2el_ns / 1e6,
+                                         error=f"{r.error_kind}: {r.error}"))
             continue
         if r.usage_completion_tokens is not None:
             out, source = int(r.usage_completion_tokens), "usage"
@@ -568,15 +569,15 @@ def summarize(results, t0: int, end: int, profile: Profile, req: LoadRequest, pr
         e2els.append(e2el)
         meets = {"ttft_ms": ttft, "tpot_ms": tpot or 0.0, "e2el_ms": e2el}  # vLLM: TPOT of one token counts as 0
         good += all(meets[k] is not None and meets[k] <= v for k, v in req.slo.items())
-        samples.append(LoadSample(ok=True, start_ms=start_ms, prompt_tokens=n_in, output_tokens=out,
-                                  output_tokens_source=source, chunks=r.n_chunks, ttft_ms=ttft, tpot_ms=tpot,
-                                  e2el_ms=e2el, itl_ms=itl, finish_reason=r.finish_reason, retries=r.retries))
+        samples.append(TrafficSample(ok=True, start_ms=start_ms, prompt_tokens=n_in, output_tokens=out,
+                                     output_tokens_source=source, chunks=r.n_chunks, ttft_ms=ttft, tpot_ms=tpot,
+                                     e2el_ms=e2el, itl_ms=itl, finish_reason=r.finish_reason, retries=r.retries))
     completed = len(e2els)
     duration = max(end - t0, 1) / 1e9
     unavailable = {}
     if any(s.ok and s.prompt_tokens is None for s in samples):
         unavailable["total_input_tokens"] = "the server reported no prompt usage and no local tokenizer was given (--model)"
-    return LoadPoint(
+    return TrafficPoint(
         profile=profile.kind, label=profile.label,
         concurrency=int(profile.value) if profile.kind == "concurrency" else req.max_concurrency,
         request_rate_per_s=None if profile.kind == "concurrency" or np.isinf(profile.value) else profile.value,
@@ -601,7 +602,7 @@ def summarize(results, t0: int, end: int, profile: Profile, req: LoadRequest, pr
 
 
 @dataclass
-class LoadOutcome:
+class TrafficOutcome:
     record: object
     path: Path
 
@@ -629,15 +630,15 @@ def _vllm_model_path(model, python: str) -> str:
     try:
         out = subprocess.run([python, "-c", code, model.path], capture_output=True, text=True, env=env, timeout=1800)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LoadError(f"converting {model.ref} for vLLM failed: {exc}") from None
+        raise TrafficError(f"converting {model.ref} for vLLM failed: {exc}") from None
     lines = [ln for ln in (out.stderr or "").splitlines() if ln.strip()]
     if out.returncode != 0 or not out.stdout.strip():
         last = lines[-1].strip()[-300:] if lines else f"exit code {out.returncode}"
-        raise LoadError(f"converting {model.ref} to a Hugging Face directory for vLLM failed: {last}")
+        raise TrafficError(f"converting {model.ref} to a Hugging Face directory for vLLM failed: {last}")
     return out.stdout.strip().splitlines()[-1]
 
 
-def run_load(req: LoadRequest, log: Log = lambda s: None) -> LoadOutcome:
+def run_traffic(req: TrafficRequest, log: Log = lambda s: None) -> TrafficOutcome:
     from backends.openai_http import OpenAIClient, RetryPolicy, api_key_from_env, normalize_base_url, \
         remote_model_info, request_body, safe_url
 
@@ -729,7 +730,7 @@ def run_load(req: LoadRequest, log: Log = lambda s: None) -> LoadOutcome:
                 raise
         finally:
             client.close()
-    return LoadOutcome(store.record, path)
+    return TrafficOutcome(store.record, path)
 
 
 class PointStore:
@@ -788,7 +789,7 @@ class PointStore:
         self.points_on_disk = len(self.record.load)
 
 
-def _new_record(req: LoadRequest, client, model, settings: dict, engine_version: str | None, served_by: str | None):
+def _new_record(req: TrafficRequest, client, model, settings: dict, engine_version: str | None, served_by: str | None):
     from harness.record_factory import new_record
 
     return new_record(backend="openai", settings=settings, model=model, engine_version=engine_version,
@@ -802,7 +803,7 @@ def _safe_command(command: list[str]) -> list[str]:
     return [safe_url(c) if c.startswith(("http://", "https://")) else c for c in command]
 
 
-def _profile_order(profiles: list[Profile], req: LoadRequest):
+def _profile_order(profiles: list[Profile], req: TrafficRequest):
     yield from profiles
     if req.sweep:
         yield Profile("concurrency", 1, sweep=True)
@@ -817,7 +818,7 @@ def _profile_order(profiles: list[Profile], req: LoadRequest):
         yield between
 
 
-def _warm_up(client, req: LoadRequest, bodies: list[dict], log: Log) -> None:
+def _warm_up(client, req: TrafficRequest, bodies: list[dict], log: Log) -> None:
     """Uncounted requests, one at a time; a server that fails them all stops the run here."""
     path = "chat/completions" if req.api == "chat" else "completions"
     if req.warmup:
@@ -829,8 +830,8 @@ def _warm_up(client, req: LoadRequest, bodies: list[dict], log: Log) -> None:
         answered |= r.ok
         last = last if r.ok else r
     if bodies and not answered:
-        raise LoadError(f"the server at {client.shown_url} failed the warm-up request: {last.error_kind}: {last.error}"
-                        f"{f' (after {last.retries} retries)' if last.retries else ''}")
+        raise TrafficError(f"the server at {client.shown_url} failed the warm-up request: {last.error_kind}: {last.error}"
+                           f"{f' (after {last.retries} retries)' if last.retries else ''}")
 
 
 def _measure(client, req, bodies, profile: Profile, prompts, count_tokens, rng, log):
@@ -839,11 +840,11 @@ def _measure(client, req, bodies, profile: Profile, prompts, count_tokens, rng, 
     results, t0, end = asyncio.run(_run_point(client, req.api, bodies, profile, req, rng))
     point = summarize(results, t0, end, profile, req, prompts, count_tokens)
     if point.completed == 0 and point.errors == 0 and point.stopped_at_deadline:
-        raise LoadError(f"no request of load point {profile.label} finished within --duration {req.duration_s:g} s "
-                        f"({point.stopped_at_deadline} stopped at its end); give a longer --duration")
+        raise TrafficError(f"no request of load point {profile.label} finished within --duration {req.duration_s:g} s "
+                           f"({point.stopped_at_deadline} stopped at its end); give a longer --duration")
     if point.completed == 0:
         first = next((s.error for s in point.samples if s.error), "no request was sent")
-        raise LoadError(f"every request of load point {profile.label} failed at {client.shown_url}: {first}")
+        raise TrafficError(f"every request of load point {profile.label} failed at {client.shown_url}: {first}")
     if point.errors:
         log(f"load point {profile.label}: {point.errors} of {point.requests} requests failed "
             f"({', '.join(f'{k}: {v}' for k, v in point.error_kinds.items())})")

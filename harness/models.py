@@ -136,8 +136,8 @@ def check_gguf_file(path: Path) -> None:
 def _open_reader(path: Path):
     """gguf's reader, with a fast path for metadata arrays.
 
-    The stock reader builds one numpy view per array element; a tokenizer with 262k
-    tokens then takes minutes to open on a small machine. Pre-flight needs no token
+    The stock reader builds one numpy view per array element, so a tokenizer with 262k
+    tokens costs 262k views before a single field can be read. Pre-flight needs no token
     strings, so arrays are stepped over (their element sizes summed with struct) and
     kept only as their header. Everything else (fields, tensor table, offsets,
     quantization types) is the library's own parsing.

@@ -84,22 +84,6 @@ def accuracy_vs_memory(points: Sequence[tuple[str, str, float, float, float | No
     return _png(fig)
 
 
-def open_vs_closed(title: str, bars: Sequence[tuple[str, float, float | None, str, bool]]) -> bytes:
-    """bars: (label, value %, stderr %, kind, protocol differs). Reported bars are hatched."""
-    fig, ax = _figure(width=8.0, height=max(2.5, 0.42 * len(bars) + 1.4))
-    ys = list(range(len(bars)))[::-1]
-    for y, (label, value, err, kind, differs) in zip(ys, bars):
-        ax.barh(y, value, xerr=err or None, color=COLORS.get(kind, "#777777"), capsize=3,
-                hatch="//" if kind == "reported" else None, edgecolor="black", linewidth=0.5)
-        ax.text(value + 1, y, f"{value:.1f}{' *' if differs else ''}", va="center", fontsize=7)
-    ax.set_yticks(ys, [_wrap(b[0], 40) for b in bars], fontsize=7)
-    ax.set_xlim(0, 105)
-    ax.set_xlabel("score (%) · hatched: reported, not measured · *: protocol differs")
-    ax.set_title(title)
-    ax.grid(True, axis="x", alpha=0.3)
-    return _png(fig)
-
-
 def benchmark_scores(title: str, bars: Sequence[tuple[str, float, tuple[float, float] | None, str, bool]]) -> bytes:
     """One benchmark: bars (label, score %, 95% interval or None, kind, smoke test).
 

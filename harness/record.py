@@ -150,7 +150,7 @@ class LoadResult(BaseModel):
 # -- load tests (harness load); definitions in results/README.md ("Serving load tests")
 
 
-class LoadSample(BaseModel):
+class TrafficSample(BaseModel):
     """One request of a load point, as the client saw it (times in ms from its first send)."""
 
     ok: bool
@@ -168,7 +168,7 @@ class LoadSample(BaseModel):
     error: str | None = None
 
 
-class LoadPoint(BaseModel):
+class TrafficPoint(BaseModel):
     """One load point: a fixed concurrency or a request rate, with vLLM's serving metrics."""
 
     profile: Literal["concurrency", "rate"]
@@ -220,7 +220,7 @@ class LoadPoint(BaseModel):
     token_count_disagreements: int = 0
     # requests that stopped short of output_len although ignore_eos asked for all of it
     short_outputs: int = 0
-    samples: list[LoadSample] = Field(default_factory=list)
+    samples: list[TrafficSample] = Field(default_factory=list)
     unavailable: dict[str, str] = Field(default_factory=dict)
 
 
@@ -250,13 +250,6 @@ class AccuracyResult(BaseModel):
     # (the generated letter, where an API gave no log-probabilities), or "mixed" for a group
     # of several; None in records written before it was kept (the report then infers it)
     scoring: str | None = None
-
-    # read access by field name, for code written against the earlier untyped entries
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key, default)
-
-    def items(self):
-        return self.model_dump().items()
 
 
 class EvalCost(BaseModel):
@@ -354,7 +347,7 @@ class RunRecord(BaseModel):
     perf: list[PerfResult] = Field(default_factory=list)
     accuracy: list[AccuracyResult] = Field(default_factory=list)  # harness eval
     evaluation: EvalInfo | None = None  # harness eval: setup and cost
-    load: list[LoadPoint] = Field(default_factory=list)  # harness load: one entry per load point
+    load: list[TrafficPoint] = Field(default_factory=list)  # harness load: one entry per load point
     # "incomplete": written while the run goes on (harness load rewrites it after every load
     # point); left so on disk only when the harness was killed outright
     status: Literal["ok", "failed", "partial", "incomplete"] = "ok"
@@ -385,7 +378,7 @@ class SweepCell(BaseModel):
     backend: str
     backend_version: str | None = None
     settings: dict[str, Any] = Field(default_factory=dict)  # as validated before the run, not yet resolved by a load
-    perf: dict[str, Any] | None = None  # {pp, tg, reps} for a perf cell
+    perf: dict[str, Any] | None = None  # a perf cell's tests (harness.config.PerfTests), as data
     suite: str | None = None
     timeout_s: float
     status: CellStatus = "pending"

@@ -28,7 +28,7 @@ from typing import Any
 from harness.cost import ApiPrice, CostInputs, cost_per_mtok, measured_power_w
 from harness.environment import hardware_key
 from harness.errors import ConfigError
-from harness.record import RunRecord
+from harness.record import AccuracyResult, RunRecord
 from harness.reference import (
     UNKNOWN,
     Openness,
@@ -365,17 +365,17 @@ def _shots(v: int | None) -> str:
     return "shots not recorded" if v is None else f"{v}-shot"
 
 
-def measured_protocol(r: RunRecord, a, metric: str, cot: bool | None = None) -> MeasuredProtocol:
+def measured_protocol(r: RunRecord, a: AccuracyResult, metric: str, cot: bool | None = None) -> MeasuredProtocol:
     e = r.evaluation
-    system = getattr(e, "system_instruction", None) if e else None
+    system = e.system_instruction if e else None
     return MeasuredProtocol(
         task=a.task, metric=metric,
-        config_hash=a.task_config_hash or ((e.task_config_hashes or {}).get(a.task) if e else None),
+        config_hash=a.task_config_hash or (e.task_config_hashes.get(a.task) if e else None),
         shots=a.num_fewshot if a.num_fewshot is not None else (e.num_fewshot if e else None),
         chat_template=bool(e.apply_chat_template) if e else False,
-        fewshot_as_multiturn=getattr(e, "fewshot_as_multiturn", None) if e else None,
+        fewshot_as_multiturn=e.fewshot_as_multiturn if e else None,
         system_instruction=(hashlib.sha256(str(system).encode()).hexdigest()[:12] if system else None),
-        scoring=getattr(a, "scoring", None) or _infer_scoring(a.metric),
+        scoring=a.scoring or _infer_scoring(a.metric),  # None in records written before scoring was kept
         cot=cot,
     )
 

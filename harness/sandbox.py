@@ -74,7 +74,6 @@ class Outcome:
     status: str  # passed | failed | timeout | no result | killed by signal N
     returncode: int | None
     detail: str  # the driver's failure line, or the tail of stderr
-    seconds: float
 
 
 # ------------------------------------------------------------------ seccomp filter
@@ -261,7 +260,6 @@ def _run(program: str, *, timeout_s: float, memory_mb: int, label: str) -> Outco
               "RLIMIT_FSIZE": MAX_FILE_BYTES, "RLIMIT_NOFILE": MAX_OPEN_FILES,
               "RLIMIT_NPROC": MAX_PROCESSES, "RLIMIT_CORE": 0}
     request = json.dumps({"token": token, "program": program, "limits": limits}).encode()
-    t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="harness-sandbox-") as tmp:
         result_file = os.path.join(tmp, "result")
         Path(result_file).touch(mode=0o600)
@@ -293,18 +291,17 @@ def _run(program: str, *, timeout_s: float, memory_mb: int, label: str) -> Outco
             fh.seek(0, os.SEEK_END)
             fh.seek(max(0, fh.tell() - STDERR_TAIL_BYTES))
             tail = fh.read().decode("utf-8", "replace")
-    seconds = time.monotonic() - t0
     word, _, rest = result.partition(" ")
     passed = status is None and word == "passed" and hmac.compare_digest(rest.encode(), token.encode())
     if passed:
-        return Outcome(True, "passed", rc, "", seconds)
+        return Outcome(True, "passed", rc, "")
     if status is None:
         status = f"killed by signal {-rc}" if rc is not None and rc < 0 else ("failed" if result else "no result")
     if word == "passed":
         detail = "the result file does not carry this run's token (the program wrote it, not the driver)"
     else:
         detail = result or tail.strip()
-    return Outcome(False, status, rc, detail[-STDERR_TAIL_BYTES:], seconds)
+    return Outcome(False, status, rc, detail[-STDERR_TAIL_BYTES:])
 
 
 def _kill_namespace(info_file: str, wait_s: float = 5.0) -> None:

@@ -46,12 +46,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness import __version__, registry
 from harness.backend import BackendSettings, serves
-from harness.bench import check_installed
+from harness.bench import check_installed, unsupported_tests
 from harness.config import PerfTests
 from harness.environment import fingerprint
 from harness.errors import ConfigError, HarnessError, ResultFileError
 from harness.meters import now_ns
-from harness.models import ModelInfo, resolve
+from harness.models import ModelInfo
+from harness.paths import DEFAULT_RESULTS_DIR
 from harness.plan import Case, LoadGroup, build_plan, expand_settings
 from harness.events import Event, RequestsDone
 from harness.record import Failure, RunRecord, SweepCell, SweepRecord
@@ -78,42 +79,6 @@ SETTING_ALIASES = {
 
 def _as_list(v: Any) -> Any:
     return v if isinstance(v, list) or v is None else [v]
-
-
-class PerfSpec(BaseModel):
-    """`perf: {pp: [512], tg: [128], reps: 5}`; an empty list (or "none") skips that kind."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    pp: list[int] = Field(default_factory=lambda: [512])
-    tg: list[int] = Field(default_factory=lambda: [128])
-    reps: int = 5
-
-    @field_validator("pp", "tg", mode="before")
-    @classmethod
-    def _lengths(cls, v: Any) -> Any:
-        if v is None or (isinstance(v, str) and v.strip().lower() == "none"):
-            return []
-        return _as_list(v)
-
-    @field_validator("pp", "tg")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if any(n < 1 for n in v):
-            raise ValueError("every length must be at least 1")
-        if len(set(v)) != len(v):
-            raise ValueError("repeats a length")
-        return v
-
-    @field_validator("reps")
-    @classmethod
-    def _reps(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("reps must be at least 1")
-        return v
-
-    def tests(self) -> PerfTests:
-        return PerfTests(pp=self.pp, tg=self.tg, reps=self.reps)
 
 
 class SuiteSpec(BaseModel):
@@ -157,7 +122,7 @@ class BackendEntry(BaseModel):
 
     name: str
     models: list[str] | None = None  # instead of the top-level list, for this backend only
-    perf: PerfSpec | None = None  # instead of the top-level perf tests
+    perf: PerfTests | None = None  # instead of the top-level perf tests
     timeout_s: float | None = None  # per cell, instead of the top-level one
 
     @field_validator("models", mode="before")
@@ -189,7 +154,7 @@ class Matrix(BaseModel):
 
     models: list[str] = Field(default_factory=list)
     backends: list[BackendEntry]
-    perf: PerfSpec | None = None
+    perf: PerfTests | None = None  # `harness bench`'s tests, by its option names
     suites: list[SuiteSpec] = Field(default_factory=list)  # a name, or {suite|tasks, limit}
     allow_code_execution: bool = False  # suites' code-execution tasks run only with this
     timeout_s: float = DEFAULT_TIMEOUT_S  # wall-clock limit of one cell
@@ -253,7 +218,8 @@ def load_matrix(path: Path) -> tuple[Matrix, str, dict]:
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            known = [k for k in Matrix.model_fields] if len(err["loc"]) == 1 else list(PerfSpec.model_fields)
+            within = Matrix if len(err["loc"]) == 1 else SuiteSpec if err["loc"][0] == "suites" else PerfTests
+            known = list(within.model_fields)
             close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
             msg = f"unknown key{f' (did you mean {close[0]}?)' if close else ''}; known keys: {', '.join(known)}"
         raise ConfigError(f"{path}: {where}: {msg}") from None
@@ -369,7 +335,7 @@ def expand(matrix: Matrix, source: Path) -> list[Cell]:
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         perf = entry.perf or matrix.perf
-        tests = perf.tests() if perf and (perf.pp or perf.tg) else None
+        tests = perf if perf and perf.names() else None
         timeout = entry.timeout_s or matrix.timeout_s
         for model_ref in entry.models or matrix.models:
             for values in expand_settings(grid) or [{}]:
@@ -406,6 +372,13 @@ def expand(matrix: Matrix, source: Path) -> list[Cell]:
             raise ConfigError(f"{what}: setting '{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
         except HarnessError as exc:
             raise ConfigError(f"{what}: {exc}") from None
+        unsupported = unsupported_tests(backend_cls, settings, spec.tests) if spec.tests else []
+        if "depth" in unsupported:
+            raise ConfigError(f"{what}: perf.depth: backend '{backend_cls.name}' runs whole requests; tests at a "
+                              "depth need a backend that steps a KV cache (llamacpp)")
+        if "batch" in unsupported:
+            raise ConfigError(f"{what}: perf.batch: backend '{backend_cls.name}' runs one request at a time; "
+                              "batch throughput needs a batching backend (vllm)")
         suite_def = known_suites.get(spec.suite.name) if spec.suite else None
         if suite_def and (suite_def["suite"] or {}).get("requires_loglikelihood"):
             if not serves(backend_cls, settings, "loglikelihood"):
@@ -440,7 +413,8 @@ def _measured_speeds(out_dir: Path) -> dict[tuple, dict[str, list[float]]]:
             continue  # an estimate must not fail on a file that --resume will name
         key = (record.model.sha256, record.backend.name, record.backend.settings.get("n_threads"))
         for p in record.perf:
-            speeds.setdefault(key, {}).setdefault(p.test[:2], []).append(p.tps_mean)
+            if p.batch is None and "+" not in p.test:  # pp or tg alone: a batch's or pg's speed is neither
+                speeds.setdefault(key, {}).setdefault(p.test[:2], []).append(p.tps_mean)
     return speeds
 
 
@@ -462,7 +436,12 @@ def estimate(cell: Cell, measured: dict[tuple, dict[str, list[float]]]) -> tuple
     overhead = 3.0 + cell.model.size_bytes / 1e9  # worker start, imports, model load
     if cell.kind == "perf":
         t = cell.tests
-        work = sum((t.reps + 1) * n / pp_tps for n in t.pp) + sum((t.reps + 1) * n / tg_tps for n in t.tg)
+        work = 0.0
+        for kind, n, depth in t.cases():  # every repetition and the warm-up fill the cache to its depth first
+            prompt, gen = (n, 0) if kind == "pp" else (0, n) if kind == "tg" else n
+            work += (t.reps + 1) * ((depth + prompt) / pp_tps + gen / tg_tps)
+        # a batch counted as its requests one after another: a batching engine takes less
+        work += sum((t.reps + 1) * b * (t.batch_pp / pp_tps + t.batch_tg / tg_tps) for b in t.batch)
         return overhead + work, source
     selected = (cell.suite_definition or {}).get("selected") or {}
     if selected.get("samples"):
@@ -489,7 +468,7 @@ def format_duration(s: float | None) -> str:
 
 
 def default_out_dir(matrix_file: Path) -> Path:
-    return Path("results/runs") / f"sweep-{matrix_file.stem}"
+    return DEFAULT_RESULTS_DIR / f"sweep-{matrix_file.stem}"
 
 
 def _existing_parent(path: Path) -> Path:

@@ -6,7 +6,6 @@ threads per small llama_decode call cost seconds each; one thread does not.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil

@@ -1,7 +1,7 @@
 """`harness sweep`: the matrix, pre-flight, --dry-run, interrupt and --resume, damaged files.
 
 Cells run the real SmolLM2 GGUF through the real llama-cpp-python, kept tiny
-(pp16, tg8, one repetition) so the whole file takes well under a minute of model time.
+(pp16, tg8, one repetition): the tests are about the sweep, not the model's speed.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from harness.errors import ResultFileError
 from harness.store import expand_paths, load_records, read_record, read_sweep
 
 TINY = "perf: {pp: [16], tg: [8], reps: 1}\n"
+PLUGINS = Path(__file__).parent / "plugins"
 
 
 def matrix(tmp_path: Path, text: str, name: str = "matrix.yaml") -> Path:
@@ -94,6 +95,11 @@ def test_wrong_model_path_in_the_middle_is_refused_before_any_cell(cli, tmp_path
      "  - name: llamacpp\n    threads: 1\n" + TINY, ["cell 2 of 2", "repeats cell 1"]),
     ("no disk space", "models: [smollm2-135m]\nbackends: [llamacpp]\nmin_free_disk_mib: 1e12\n" + TINY,
      ["MiB free", "min_free_disk_mib"]),
+    ("unknown perf key", "models: [smollm2-135m]\nbackends: [llamacpp]\nperf: {pp: [16], bach: [2]}\n",
+     ["perf.bach", "did you mean batch?", "known keys: pp, tg, reps, batch"]),
+    ("repeated length", "models: [smollm2-135m]\nbackends: [llamacpp]\nperf: {pp: [16, 16]}\n", ["perf.pp", "repeats"]),
+    ("batch on one request at a time", "models: [smollm2-135m]\nbackends: [llamacpp]\nperf: {tg: none, batch: [2]}\n",
+     ["cell 1 of 1", "perf.batch", "one request at a time"]),
 ])
 def test_bad_matrix_is_refused_in_one_line(cli, tmp_path, case, text, needles):
     out = tmp_path / "out"
@@ -112,6 +118,25 @@ def test_unknown_suite_is_refused_with_close_matches(cli, tmp_path):
     out = tmp_path / "out"
     m = matrix(tmp_path, "models: [smollm2-135m]\nbackends: [llamacpp]\nsuites: [quik]\n")
     assert_refused(cli("sweep", str(m), "--out", str(out)), out, "unknown suite 'quik'", "quick")
+
+
+def test_a_batch_test_in_the_matrix_runs_in_its_cell(cli, tmp_path):
+    """`perf:` takes bench's tests: a batch test runs in its cell beside a pp test at a depth,
+    and the cell's record has the batch result. The backend is llama.cpp taking requests at
+    once (tests/plugins), so the bundled model runs a batch without a batching engine."""
+    m = matrix(tmp_path, "models: [smollm2-135m]\nbackends:\n  - name: queued\n    threads: 1\n"
+                         "perf: {pp: 16, tg: none, depth: [0, 8], batch: [2], batch_pp: 8, batch_tg: 4, reps: 1}\n")
+    out = tmp_path / "out"
+    res = cli("sweep", str(m), "--out", str(out), env={"PYTHONPATH": str(PLUGINS)})
+    assert res.code == 0, res.stderr
+    [c] = read_sweep(out / "sweep.json").cells
+    assert c.status == "ok" and c.label.endswith("queued n_threads=1 pp16,pp16 @ d8,batch2 x1"), c.label
+    assert (c.perf["batch"], c.perf["batch_pp"], c.perf["batch_tg"], c.perf["depth"]) == ([2], 8, 4, [0, 8])
+    record = read_record(out / c.result_file)
+    assert [p.test for p in record.perf] == ["pp16", "pp16 @ d8", "batch2"] and record.status == "ok"
+    batch = record.perf[-1]
+    assert (batch.batch, batch.n_prompt, batch.n_gen, batch.reps, batch.method) == (2, 8, 4, 1, "requests")
+    assert batch.output_tps_mean > 0 and batch.total_tps_mean > batch.output_tps_mean
 
 
 # ---------------------------------------------------- interrupt, resume, damaged files

@@ -42,3 +42,11 @@ class UninstalledBackend(LlamaCppBackend):
     @classmethod
     def installed_version(cls):
         return None
+
+
+class QueuedBackend(LlamaCppBackend):
+    """llama.cpp taking a batch of requests at once and answering them one after another, as
+    a batching engine with a single slot would: a batch test runs on the bundled model."""
+
+    name = "queued"
+    concurrent = True
