@@ -381,13 +381,13 @@ def load(
 ) -> None:
     """Load-test an OpenAI-compatible server: throughput, TTFT, TPOT, ITL, latency, goodput."""
     from harness.config import parse_int_list
-    from harness.load import LoadRequest, parse_goodput, parse_metric_percentiles, parse_percentile_metrics, \
+    from harness.load import LoadRequest, parse_goodput, server_backend, parse_metric_percentiles, parse_percentile_metrics, \
         parse_rates, parse_slo, run_load
     from harness.printers import PRINTERS, RECORD_FORMATS
 
     _check_format(fmt, RECORD_FORMATS)
-    if serve is not None and serve not in ("llamacpp", "vllm"):
-        raise HarnessError(f"--serve: unknown server '{serve}'; use llamacpp or vllm")
+    if serve is not None:
+        server_backend(serve)
     if api not in ("completions", "chat"):
         raise HarnessError(f"--api: '{api}' is not completions or chat")
     slos = parse_slo(slo)
