@@ -353,17 +353,12 @@ def free_port() -> int:
 def server_backend(name: str) -> type[Backend]:
     """The backend `--serve NAME` starts the server of; one HarnessError where there is none."""
     from harness import registry
-    from harness.errors import BackendError
 
-    try:
-        cls = registry.get(name)
-    except BackendError:
-        cls = None
-    if cls is None or not cls.can_serve():
+    if not _can_serve(name):
         names = sorted(n for n in registry.available() if _can_serve(n))
         choices = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
         raise HarnessError(f"--serve: unknown server '{name}'; use {choices}")
-    return cls
+    return registry.get(name)
 
 
 def _can_serve(name: str) -> bool:
@@ -372,7 +367,7 @@ def _can_serve(name: str) -> bool:
 
     try:
         return registry.get(name).can_serve()
-    except BackendError:
+    except BackendError:  # unknown, or a plugin that cannot be imported here
         return False
 
 
