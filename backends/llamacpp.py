@@ -16,15 +16,16 @@ import glob
 import os
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import ClassVar, Iterator, Literal
+from typing import Iterator, Literal
 
 import numpy as np
 import psutil
-from pydantic import Field, field_validator, model_validator
+from pydantic import field_validator, model_validator
 
 from harness.backend import (Backend, BackendSettings, BatchScorer, GenerationRequest, GenerationResult, LoadInfo,
-                             LogitsWanted, ResultHook, StepDecoder, TextGenerator, generate_by_steps)
-from harness.errors import BackendError
+                             LogitsWanted, ResultHook, StepDecoder, TextGenerator, generate_by_steps, python_distribution,
+                             python_lacks, setting)
+from harness.errors import BackendError, BackendNotInstalled
 from harness.models import ModelInfo
 
 
@@ -34,34 +35,39 @@ SPLIT_MODES = {"none": 0, "layer": 1, "row": 2}
 
 
 class LlamaCppSettings(BackendSettings):
-    n_threads: int | None = None  # None: the physical core count
-    n_threads_batch: int | None = None  # None: same as n_threads (as llama-bench does)
-    n_gpu_layers: int | None = None  # None: every layer when the build can offload, else 0
-    n_ctx: int = 0  # 0: sized to the largest request by the caller
-    n_batch: int = 2048  # llama-bench's defaults
-    n_ubatch: int = 512
-    flash_attn: bool = True  # llama-bench's "auto" resolves to on for CPU and current GPUs
-    use_mmap: bool = True
-    seed: int = 0
-    type_k: str = "f16"  # KV cache types, llama-bench's -ctk/-ctv names
-    type_v: str = "f16"
-    split_mode: Literal["none", "layer", "row"] = "layer"  # how several GPUs share the model (-sm)
-    main_gpu: int = Field(0, ge=0)  # -mg: the GPU for the whole model (split_mode none) or its small tensors (row)
-    tensor_split: tuple[float, ...] | None = None  # -ts: each GPU's share, e.g. (3, 1); None: by free memory
+    # None: the physical core count. answer_neutral: llama.cpp's results do not depend on the thread
+    # count (tests/test_accuracy.py checks it)
+    n_threads: int | None = setting(None, label="threads", option="threads", column="always", answer_neutral=True,
+                                    trend=True, role="threads")
+    # None: same as n_threads (as llama-bench does)
+    n_threads_batch: int | None = setting(None, label="threads_batch", column=True, follows="n_threads",
+                                          answer_neutral=True)
+    # None: every layer when the build can offload, else 0
+    n_gpu_layers: int | None = setting(None, label="ngl", reload=True, column=True, trend=True)
+    n_ctx: int = setting(0, reload=True, role="context")  # 0: sized to the largest request by the caller
+    n_batch: int = setting(2048, reload=True, column=True, trend=True)  # llama-bench's defaults
+    n_ubatch: int = setting(512, reload=True, column=True)
+    # llama-bench's "auto" resolves to on for CPU and current GPUs
+    flash_attn: bool = setting(True, label="fa", reload=True, column=True, trend=True)
+    use_mmap: bool = setting(True, label="mmap", option="mmap", reload=True, column=True)
+    seed: int = setting(0, role="seed")
+    # KV cache types, llama-bench's -ctk/-ctv names
+    type_k: str = setting("f16", option="cache-type-k", reload=True)
+    type_v: str = setting("f16", option="cache-type-v", reload=True)
+    # how several GPUs share the model (-sm)
+    split_mode: Literal["none", "layer", "row"] = setting("layer", reload=True)
+    # -mg: the GPU for the whole model (split_mode none) or its small tensors (row)
+    main_gpu: int = setting(0, reload=True, ge=0)
+    # -ts: each GPU's share, e.g. (3, 1); None: by free memory
+    tensor_split: tuple[float, ...] | None = setting(None, reload=True)
     # log-likelihoods through the batched multi-sequence scorer (score_continuations): near the
     # compute floor, but llama.cpp's kernels round differently in large batches, so a near-tie
     # document can change its answer against the step decoder; off until that is accepted
-    batch_scoring: bool = False
+    batch_scoring: bool = setting(False)
     # weights repacked into the CPU's own layouts (llama.cpp's extra buffer types; llama-bench's
     # -nr 1 turns it off). None: on, except where the build runs llama.cpp's AMX kernels, which
     # crash with SIGSEGV on some Sapphire Rapids machines (ggml-org/llama.cpp#20824)
-    repack: bool | None = None
-
-    load_keys: ClassVar[tuple[str, ...]] = ("n_gpu_layers", "n_ctx", "n_batch", "n_ubatch", "flash_attn", "use_mmap",
-                                            "type_k", "type_v", "split_mode", "main_gpu", "tensor_split", "repack")
-    # llama-bench's option names where they differ from the setting's
-    bench_options: ClassVar[dict[str, str]] = {"threads": "n_threads", "mmap": "use_mmap",
-                                               "cache-type-k": "type_k", "cache-type-v": "type_v"}
+    repack: bool | None = setting(None, reload=True)
 
     @field_validator("type_k", "type_v")
     @classmethod
@@ -183,6 +189,32 @@ class LlamaCppBackend(StepDecoder, BatchScorer, TextGenerator, Backend):
         offload = settings.n_gpu_layers != 0 and cls.installed_version() is not None and cls.supports_gpu_offload()
         return {"num_cpus": settings.n_threads or physical_cores(), "num_gpus": 1 if offload else 0,
                 "memory": int(model.size_bytes * 1.1) + 512 * 2**20}
+
+    # ------------------------------------------------------------------ its server
+    @classmethod
+    def serve_command(cls, model_path: str, *, python: str, name: str, host: str, port: int, n_ctx: int,
+                      extra: list[str]) -> list[str]:
+        """llama-cpp-python's server (through backends.llamacpp_server, for the repack default)
+        on every physical core."""
+        threads = str(physical_cores())
+        # interrupt_requests off: by default the server cuts a stream short when another
+        # request arrives, which would turn every concurrent load point into truncated outputs
+        return [python, "-m", "backends.llamacpp_server", "--model", model_path, "--model_alias", name,
+                "--host", host, "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", threads,
+                "--n_threads_batch", threads, "--interrupt_requests", "False", *extra]
+
+    @classmethod
+    def check_server(cls, python: str) -> None:
+        missing = python_lacks(python, ["llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context",
+                                        "pydantic_settings"])
+        if missing:
+            raise BackendNotInstalled(f"llama-cpp-python's server is not installed (missing {', '.join(missing)}); "
+                                      "run: pip install 'openbench-harness[server]' (or make setup)")
+
+    @classmethod
+    def server_version(cls, python: str) -> str | None:
+        found = python_distribution(python, ["llama-cpp-python"])
+        return f"{found} server" if found else None
 
     @staticmethod
     def supports_gpu_offload() -> bool:

@@ -27,13 +27,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Callable, ClassVar, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError, field_validator
 
 from harness.backend import (Backend, BackendSettings, GenerationRequest, GenerationResult, LoadInfo, ResultHook,
-                             TextGenerator, setting_error)
+                             TextGenerator, setting, setting_error)
 from harness.environment import redact
 from harness.errors import BackendError, BackendNotInstalled, ConfigError
 from harness.meters import now_ns
@@ -697,20 +697,19 @@ class HttpStatusError(BackendError):
 
 
 class OpenAISettings(BackendSettings):
-    base_url: str
-    model_name: str | None = None  # the name the server serves; None: the only one it lists
-    api: Api = "chat"
-    api_key_env: str | None = None  # the NAME of the variable holding the key, never the key
-    timeout_s: float = 300.0
-    max_retries: int = 3
-    backoff_s: float = 0.5
+    base_url: str = setting(reload=True)
+    model_name: str | None = setting(None, reload=True)  # the name the server serves; None: the only one it lists
+    api: Api = setting("chat", reload=True)
+    api_key_env: str | None = setting(None, reload=True)  # the NAME of the variable holding the key, never the key
+    timeout_s: float = setting(300.0)
+    max_retries: int = setting(3)
+    backoff_s: float = setting(0.5)
     # the served model's context length, for servers that do not report it (vLLM's /v1/models does)
-    n_ctx: int | None = None
-    seed: int | None = 0  # sent with every generation request; None: send none (an API that refuses the field)
+    n_ctx: int | None = setting(None, role="context")
+    # sent with every generation request; None: send none (an API that refuses the field)
+    seed: int | None = setting(0, role="seed")
     # the body's name for the output limit: OpenAI's reasoning models take only max_completion_tokens
-    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
-
-    load_keys: ClassVar[tuple[str, ...]] = ("base_url", "model_name", "api", "api_key_env")
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = setting("max_tokens")
 
     @field_validator("base_url")
     @classmethod

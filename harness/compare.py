@@ -33,9 +33,6 @@ from harness.record import DIRECTION, LOWER_IS_BETTER_ACCURACY, RunRecord
 
 Stat = Literal["mwu", "bootstrap"]
 
-# Settings that move together: llama.cpp's batch thread count follows the thread count
-# unless set on its own, so a threads 1 -> 2 comparison differs in both.
-COUPLED_SETTINGS: tuple[frozenset[str], ...] = (frozenset({"n_threads", "n_threads_batch"}),)
 AXIS_KINDS = ("model", "quantization", "backend")
 SINGLE_VALUE_PERF = ("peak_rss_mib", "peak_uss_mib", "peak_vram_mib", "gpu_energy_j", "cpu_energy_j")
 METRIC_UNITS = {"tps": "t/s", "ms": "ms", "mib": "MiB", "j": "J"}
@@ -201,9 +198,9 @@ def _model_label(r: RunRecord) -> str:
 
 
 def _setting_key(name: str, records: list[RunRecord]) -> str:
-    from harness.printers import SETTING_COLUMNS
+    from harness.printers import setting_columns
 
-    by_title = {title: key for key, title in SETTING_COLUMNS.items()}
+    by_title = {meta.label: key for key, meta in setting_columns(records).items()}
     key = by_title.get(name, name)
     known = sorted({k for r in records for k in r.backend.settings})
     if key not in known:
@@ -220,15 +217,25 @@ def _differences(base: list[RunRecord], head: list[RunRecord]) -> list[str]:
     return [k for k in keys if values(base, k) != values(head, k)]
 
 
+def coupled_settings(records: list[RunRecord]) -> list[frozenset[str]]:
+    """Settings that move together: one that follows another unless set on its own (a batch
+    thread count follows the thread count), so a threads 1 -> 2 comparison differs in both."""
+    from harness.registry import settings_metadata
+
+    return [frozenset({k, m.follows}) for k, m in settings_metadata(r.backend.name for r in records).items()
+            if m.follows]
+
+
 def find_axis(base: list[RunRecord], head: list[RunRecord], by: str | None) -> Axis | None:
     """The one thing the two sides differ in; None when they are the same configurations."""
     diff = _differences(base, head)
+    coupled = coupled_settings(base + head)
     diff_settings = [k.removeprefix("setting:") for k in diff if k.startswith("setting:")]
     if by:
         if by in AXIS_KINDS:
             return Axis(by)  # type: ignore[arg-type]
         key = _setting_key(by, base + head)
-        group = next((g for g in COUPLED_SETTINGS if key in g), frozenset({key}))
+        group = next((g for g in coupled if key in g), frozenset({key}))
         return Axis("setting", tuple(sorted({key} | (group & set(diff_settings)))))
     if not diff:
         return None
@@ -238,7 +245,7 @@ def find_axis(base: list[RunRecord], head: list[RunRecord], by: str | None) -> A
         if "quantization" in diff and "model_family" not in diff:
             return Axis("quantization")
         return Axis("model")
-    if len(diff_settings) == 1 or any(set(diff_settings) <= g for g in COUPLED_SETTINGS):
+    if len(diff_settings) == 1 or any(set(diff_settings) <= g for g in coupled):
         return Axis("setting", tuple(sorted(diff_settings)))
     raise CompareError(f"base and head differ in more than one setting ({', '.join(diff_settings)}); "
                        "name the axis with --by SETTING, or compare runs that differ in one")
@@ -798,11 +805,18 @@ PRINTERS = {"md": markdown, "csv": csv_text, "json": json_text}
 # ---------------------------------------------------------------------------- trend (nightly history)
 
 
+def _trend_keys(backend: str) -> set[str]:
+    from harness.registry import settings_metadata
+
+    return {k for k, m in settings_metadata([backend]).items() if m.trend}
+
+
 def trend_series(records: list[RunRecord], last: int = 14) -> tuple[list[str], list[tuple[list[str], list[float | None]]]]:
     """The nights (days records were created, the last ``last``) and, per series, its labels
     (model, backend, settings, test, metric) and its mean value each night (None: not run)."""
     series: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     labels: dict[tuple, list[str]] = {}
+    trend_keys: dict[str, set[str]] = {}  # by backend
     for r in records:
         day = r.created_at[:10]
         for m in measurements(r):
@@ -811,7 +825,7 @@ def trend_series(records: list[RunRecord], last: int = 14) -> tuple[list[str], l
             key = join_key(m, None)
             series[key][day].extend(m.samples if m.kind != "accuracy" else [m.value * 100 if 0 <= m.value <= 1 else m.value])
             settings = ", ".join(f"{k}={_fmt_setting(v)}" for k, v in sorted(r.backend.settings.items())
-                                 if k in ("n_threads", "n_gpu_layers", "flash_attn", "n_batch"))
+                                 if k in trend_keys.setdefault(r.backend.name, _trend_keys(r.backend.name)))
             labels[key] = [_model_label(r), r.backend.name, settings, m.test, m.metric + (f" ({m.filter})" if m.filter else "")]
     days = sorted({d for s in series.values() for d in s})[-last:]
     out = []

@@ -146,14 +146,14 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
     record = new_record(run_id=job.run_id, backend=cls.name, settings=settings.model_dump(), model=job.model,
                         command=job.command, environment=fingerprint(), engine_version=cls.engine_version())
     train_ctx = job.model.context_length_train
-    fields = cls.Settings.model_fields
+    context = cls.Settings.role("context")
     # a model run here is loaded for the context its requests need; a server's is its own
-    sized = "n_ctx" in fields and not settings.model_dump().get("n_ctx") and cls.has_tokenizer(settings)
+    sized = context is not None and not getattr(settings, context) and cls.has_tokenizer(settings)
     load_s = 0.0
 
     def load(n_ctx: int | None):
         nonlocal load_s
-        s = settings.model_copy(update={"n_ctx": n_ctx}) if sized and n_ctx else settings
+        s = settings.model_copy(update={context: n_ctx}) if sized and n_ctx else settings
         engine = cls(job.model, s)
         t0 = now_ns()
         info = engine.load()
@@ -190,13 +190,14 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
         channel.send(Phase(what=f"context resized to {n_ctx} tokens"))
         return current["engine"]
 
-    special = accuracy.gguf_special_ids(job.model.path) if job.model.format == "gguf" else {}
+    special = cls.special_token_ids(job.model)
+    seed_setting = cls.Settings.role("seed")
     identity = f"{cls.name}-{job.model.sha256[:16]}"
     lm = accuracy.BackendLM(
         engine, max_length=train_ctx or info.n_ctx, identity=identity, resize=resize if sized else None,
         chat_template=chat, prefix_token_id=special.get("bos"),
         progress=lambda kind, done, total: channel.send(RequestsDone(kind=kind, done=done, total=total)),
-        concurrency=job.concurrency, seed=getattr(settings, "seed", None),
+        concurrency=job.concurrency, seed=getattr(settings, seed_setting) if seed_setting else None,
         letter_tasks=frozenset(letter_leaves), allow_generated_letters=job.allow_generated_letters,
     )
     samples = job.selection.samples

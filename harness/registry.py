@@ -11,8 +11,9 @@ import difflib
 import importlib
 from functools import lru_cache
 from importlib.metadata import entry_points
+from typing import Iterable
 
-from harness.backend import Backend
+from harness.backend import Backend, SettingMeta
 from harness.errors import BackendError
 
 ENTRY_POINT_GROUP = "harness.backends"
@@ -47,3 +48,19 @@ def get(name: str) -> type[Backend]:
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise BackendError(f"backend '{name}' at {targets[name]} is not a harness Backend")
     return cls
+
+
+def settings_metadata(backend_names: Iterable[str]) -> dict[str, SettingMeta]:
+    """What these backends declare about their settings (harness.backend.setting), merged in
+    the registry's order (built-ins first), the first declaration of a name winning; a
+    backend that cannot be loaded here (a plugin since uninstalled) adds nothing."""
+    wanted = set(backend_names)
+    merged: dict[str, SettingMeta] = {}
+    for name in [n for n in available() if n in wanted]:
+        try:
+            metadata = get(name).Settings.metadata()
+        except BackendError:
+            continue
+        for key, meta in metadata.items():
+            merged.setdefault(key, meta)
+    return merged

@@ -76,13 +76,14 @@ def _fmt_setting(v: Any) -> str:
 def varying_settings(records: list[RunRecord]) -> list[str]:
     """Settings worth naming in a label (the printers' columns) whose value differs between
     records of the same backend (each backend has its own settings)."""
-    from harness.printers import SETTING_COLUMNS
+    from harness.printers import setting_columns
 
     varying = set()
     for backend in {r.backend.name for r in records}:
         mine = [r for r in records if r.backend.name == backend]
+        columns = setting_columns(mine)
         for k in {k for r in mine for k in r.backend.settings}:
-            if k in SETTING_COLUMNS and len({json.dumps(r.backend.settings.get(k), sort_keys=True) for r in mine}) > 1:
+            if k in columns and len({json.dumps(r.backend.settings.get(k), sort_keys=True) for r in mine}) > 1:
                 varying.add(k)
     return sorted(varying)
 
@@ -97,13 +98,15 @@ def model_short(r: RunRecord) -> str:
 def config_label(r: RunRecord, varying: list[str]) -> str:
     """The record's label (harness.labels) with the device and the settings that vary between records."""
     from harness.labels import model_label
-    from harness.printers import SETTING_COLUMNS
+    from harness.printers import setting_columns
 
     parts = [model_label(r)]
     if r.backend.device and r.backend.device != "cpu":
         parts.append(r.backend.device)
-    shown = [f"{SETTING_COLUMNS.get(k, k)}={_fmt_setting(r.backend.settings[k])}" for k in varying
-             if k in r.backend.settings and (k != "n_threads_batch" or "n_threads" not in varying)]
+    columns = setting_columns([r])
+    # a setting that follows another (a batch thread count) is named by the one it follows
+    shown = [f"{columns[k].label if k in columns else k}={_fmt_setting(r.backend.settings[k])}" for k in varying
+             if k in r.backend.settings and (k not in columns or columns[k].follows not in varying)]
     return " · ".join(parts + ([" ".join(shown)] if shown else []))
 
 

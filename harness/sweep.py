@@ -64,16 +64,6 @@ from harness.store import expand_paths, read_record, read_sweep, write_record, w
 DEFAULT_TIMEOUT_S = 3600.0
 SUMMARY_TAIL_CHARS = 1500  # of the stderr tail, in the summary (the cell's record keeps 4000)
 
-# matrix keys as the CLI spells them -> the backend setting they set
-SETTING_ALIASES = {
-    "threads": "n_threads",
-    "threads_batch": "n_threads_batch",
-    "ngl": "n_gpu_layers",
-    "mmap": "use_mmap",
-    "fa": "flash_attn",
-}
-
-
 # ------------------------------------------------------------------ the matrix file
 
 
@@ -137,11 +127,13 @@ class BackendEntry(BaseModel):
             raise ValueError("timeout_s must be positive")
         return v
 
-    def grid(self) -> dict[str, list[Any]]:
+    def grid(self, aliases: dict[str, str]) -> dict[str, list[Any]]:
+        """Every setting's values, a key in the backend's short names (``aliases``: threads,
+        ngl) naming the setting it stands for."""
         out: dict[str, list[Any]] = {}
         for key, value in (self.model_extra or {}).items():
             name = key.replace("-", "_")
-            name = SETTING_ALIASES.get(name, name)
+            name = aliases.get(name, name)
             values = _as_list(value)
             if not values:
                 raise ValueError(f"setting '{key}' has no values")
@@ -327,11 +319,12 @@ def expand(matrix: Matrix, source: Path) -> list[Cell]:
         except HarnessError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         try:
-            grid = entry.grid()
+            aliases = backend_cls.Settings.aliases()
+            grid = entry.grid(aliases)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         try:
-            backend_cls.check_setting_names(grid, also_known=SETTING_ALIASES)
+            backend_cls.check_setting_names(grid, also_known=aliases)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         perf = entry.perf or matrix.perf
@@ -399,6 +392,14 @@ def expand(matrix: Matrix, source: Path) -> list[Cell]:
 # --------------------------------------------------------------------- estimates
 
 
+def threads_setting(backend: str) -> str | None:
+    """The backend's thread-count setting (its "threads" role), where it is known here and has one."""
+    try:
+        return registry.get(backend).Settings.role("threads")
+    except HarnessError:
+        return None
+
+
 def _measured_speeds(out_dir: Path) -> dict[tuple, dict[str, list[float]]]:
     """tokens/s already measured in the results folder, by (model sha256, backend, threads)."""
     speeds: dict[tuple, dict[str, list[float]]] = {}
@@ -411,7 +412,7 @@ def _measured_speeds(out_dir: Path) -> dict[tuple, dict[str, list[float]]]:
             record = read_record(path)
         except ResultFileError:
             continue  # an estimate must not fail on a file that --resume will name
-        key = (record.model.sha256, record.backend.name, record.backend.settings.get("n_threads"))
+        key = (record.model.sha256, record.backend.name, record.backend.settings.get(threads_setting(record.backend.name)))
         for p in record.perf:
             if p.batch is None and "+" not in p.test:  # pp or tg alone: a batch's or pg's speed is neither
                 speeds.setdefault(key, {}).setdefault(p.test[:2], []).append(p.tps_mean)
@@ -427,7 +428,8 @@ def estimate(cell: Cell, measured: dict[tuple, dict[str, list[float]]]) -> tuple
     about 10 GB/s of memory bandwidth. A suite document counts as a 600-token few-shot
     prompt and 32 generated tokens. Either way this plans a sweep; it measures nothing.
     """
-    threads = getattr(cell.settings, "n_threads", None) or psutil.cpu_count(logical=False) or 1
+    threads_name = type(cell.settings).role("threads")
+    threads = (getattr(cell.settings, threads_name) if threads_name else None) or psutil.cpu_count(logical=False) or 1
     params = cell.model.parameters or cell.model.size_bytes * 2
     found = measured.get((cell.model.sha256, cell.backend, threads)) or {}
     pp_tps = statistics.median(found["pp"]) if found.get("pp") else threads * 40e9 / (2 * params)

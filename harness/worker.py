@@ -55,6 +55,7 @@ def run_job(job: Job, channel: Channel) -> None:
             channel.send(CaseFailed(index=case.index, cause="load failed", detail=redact(str(exc))))
         return
     load_ms = (now_ns() - t0) / 1e6
+    seed_setting = cls.Settings.role("seed")  # the random prompts' seed, where the backend has one
     load = LoadResult(load_ms=load_ms, rss_after_load_mib=rss_mib(), model_file_mib=job.model.size_bytes / 2**20,
                       mmap=info.mmap, n_ctx=info.n_ctx, n_vocab=info.n_vocab,
                       peak_rss_load_mib=load_mem.peaks.peak_rss_mib, peak_rss_tree_load_mib=load_mem.peaks.peak_rss_tree_mib,
@@ -73,14 +74,14 @@ def run_job(job: Job, channel: Channel) -> None:
             for kind, n, depth in job.tests.cases():
                 try:
                     record.perf.append(run_test(backend, kind, n, job.tests.reps, gpu if gpu.ok else None,
-                                                seed=case.settings.get("seed", 0), progress=progress, depth=depth,
+                                                seed=case.settings.get(seed_setting, 0), progress=progress, depth=depth,
                                                 roofline_device=info.device))
                 except HarnessError as exc:
                     record.failures.append(Failure(cause=f"{perf_test_name(kind, n, depth)} failed", detail=redact(str(exc))))
             for size in job.tests.batch:
                 try:
                     record.perf.append(run_batch_test(backend, size, job.tests.batch_pp, job.tests.batch_tg, job.tests.reps,
-                                                      gpu if gpu.ok else None, seed=case.settings.get("seed", 0),
+                                                      gpu if gpu.ok else None, seed=case.settings.get(seed_setting, 0),
                                                       progress=progress))
                 except HarnessError as exc:
                     record.failures.append(Failure(cause=f"batch{size} failed", detail=redact(str(exc))))

@@ -105,7 +105,7 @@ def text_events(n: int, finish: str | None = "length", usage: bool = True, api: 
 
 class ScriptedServer:
     """Answers POSTs from ``script``: each entry is a status (int), (status, headers, body),
-    a Stream, or None (a normal answer).
+    a Stream, or None (a normal answer). It listens on ``host``:``port`` (0: any free port).
 
     Once the script is used up every POST gets a normal two-chunk stream. GET /v1/models
     always lists ``model``. Every request's arrival time, path and Authorization header
@@ -113,7 +113,8 @@ class ScriptedServer:
     """
 
     def __init__(self, script: list | None = None, model: str = "scripted", require_key: str | None = None,
-                 models_status: int = 200, error_body: str = "scripted failure"):
+                 models_status: int = 200, error_body: str = "scripted failure", host: str = "127.0.0.1",
+                 port: int = 0):
         self.script = list(script or [])
         self.model = model
         self.require_key = require_key
@@ -200,9 +201,9 @@ class ScriptedServer:
                 payload = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
                 self._send(200, payload.encode(), ctype="text/event-stream")
 
-        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer((host, port), Handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.url = f"http://{host}:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def __enter__(self) -> "ScriptedServer":

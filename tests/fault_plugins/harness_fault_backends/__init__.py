@@ -14,9 +14,10 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
 from backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+from harness.backend import setting
 from harness.errors import BackendError
 
 # A server that accepts every connection and never answers: the shape of a wedged
@@ -40,10 +41,8 @@ LEAKY_VARS = ("OPENAI_API_KEY", "HF_TOKEN", "MY_SERVICE_PASSWORD")
 
 
 class FaultySettings(LlamaCppSettings):
-    fault: Literal["none", "hang_http", "abort_with_env", "orphan_server", "bug_in_main"] = "none"
-    state_dir: str = ""  # hang_http: where the server's port and pid files go
-
-    load_keys: ClassVar[tuple[str, ...]] = LlamaCppSettings.load_keys + ("fault", "state_dir")
+    fault: Literal["none", "hang_http", "abort_with_env", "orphan_server", "bug_in_main"] = setting("none", reload=True)
+    state_dir: str = setting("", reload=True)  # hang_http: where the server's port and pid files go
 
 
 class FaultyBackend(LlamaCppBackend):

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import ClassVar
 
 from backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+from harness.backend import setting
 
 
 class CrashSettings(LlamaCppSettings):
-    crash_on_load: bool = False
-
-    load_keys: ClassVar[tuple[str, ...]] = LlamaCppSettings.load_keys + ("crash_on_load",)
+    crash_on_load: bool = setting(False, reload=True)
 
 
 class CrashingBackend(LlamaCppBackend):
