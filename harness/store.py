@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -179,29 +180,63 @@ def sweep_cell_records(summary: SweepRecord, summary_path: Path) -> list[tuple[P
     return out
 
 
-def load_records(paths: list[Path]) -> tuple[list[RunRecord], list[SweepRecord]]:
-    """Every run record the paths name: files, folders (their *.json), and sweep summaries
-    (the cells' result files they list). Each file is read once; a damaged one is refused."""
-    records: list[RunRecord] = []
-    sweeps: list[SweepRecord] = []
+@dataclass
+class LoadedRecords:
+    """What result paths hold: the run records, the file each was read from, and the sweep summaries read."""
+
+    records: list[RunRecord] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    sweeps: list[SweepRecord] = field(default_factory=list)
+
+
+def load_records(paths: list[Path], what: str = "result path", summaries: bool = False) -> LoadedRecords:
+    """Every run record the paths name: the one reader of result files for every command.
+
+    A path is a result file, a folder (its *.json at any depth) or a sweep summary, which
+    stands for its cells' result files. Each file is read once. A missing path, paths that
+    hold no result files and a damaged, foreign or newer-schema file are refused in one
+    line naming the path (``what`` says which argument it is: "base", "history").
+    With ``summaries`` (harness show) the sweep summaries inside folders are read too, and
+    a summary with no finished cell is something to show; otherwise a folder's summaries
+    are passed over, since the result files they list are in the folder already.
+    """
+    for p in paths:
+        if not p.exists():
+            raise ResultFileError(f"{what} {p} does not exist")
+    loaded = LoadedRecords()
     seen: set[Path] = set()
 
     def add(path: Path, record: RunRecord) -> None:
         real = path.resolve()
         if real not in seen:
             seen.add(real)
-            records.append(record)
+            loaded.records.append(record)
+            loaded.files.append(path)
 
-    for path in expand_paths(paths, summaries=True):
+    for path in expand_paths(paths, summaries):
         item = read_any(path)
         if isinstance(item, SweepRecord):
-            sweeps.append(item)
-            seen.add(path.resolve())
+            loaded.sweeps.append(item)
             for cell_path, record in sweep_cell_records(item, path):
                 add(cell_path, record)
         else:
             add(path, item)
-    return records, sweeps
+    if not loaded.records and not (summaries and loaded.sweeps):
+        raise ResultFileError(f"{what} {', '.join(map(str, paths))} holds no result files (*.json)")
+    return loaded
+
+
+def expand_paths(paths: list[Path], summaries: bool = False) -> list[Path]:
+    """Files named directly, and every *.json inside named folders (hidden files left out,
+    and the folders' sweep summaries, sweep.json, unless ``summaries``)."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*.json") if not q.name.startswith(".")
+                              and (summaries or q.name != SWEEP_SUMMARY_NAME)))
+        else:
+            out.append(p)
+    return out
 
 
 # ------------------------------------------------------------------ per-sample logs
@@ -260,34 +295,4 @@ def read_jsonl(path: Path) -> list[dict]:
             if n == len(lines):  # the last line, with no newline after it: torn by a crash
                 break
             raise ResultFileError(f"{path} line {n} is not valid JSON; the log is damaged") from None
-    return out
-
-
-def _sweep_summary(path: Path) -> SweepRecord | None:
-    """The sweep summary at path, or None when it is something else (or unreadable: the
-    caller's read_record then refuses it by name)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return read_sweep(path) if isinstance(data, dict) and data.get("kind") == "sweep" else None
-
-
-def expand_paths(paths: list[Path], summaries: bool = False) -> list[Path]:
-    """Result files named directly, and every *.json inside named folders.
-
-    A sweep summary named directly stands for the result files of its cells, so every
-    reader of run records (compare, report) accepts one. A folder's sweep summaries
-    (sweep.json) are left out: the run records they list are in the folder already. With
-    ``summaries`` both are kept as they are, for a caller that reads them itself.
-    """
-    out: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*.json") if not q.name.startswith(".")
-                              and (summaries or q.name != SWEEP_SUMMARY_NAME)))
-        elif not summaries and (summary := _sweep_summary(p)) is not None:
-            out.extend(p.parent / c.result_file for c in summary.cells if c.result_file)
-        else:
-            out.append(p)
     return out
