@@ -11,9 +11,11 @@ import errno
 import json
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from pydantic import ValidationError
 
@@ -22,32 +24,60 @@ from harness.errors import OutputFileError, ResultFileError
 from harness.record import SCHEMA_VERSION, SWEEP_SCHEMA_VERSION, RunRecord, SweepRecord
 
 
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write text or bytes to a temporary file in the same folder, flush to disk, then rename.
+@contextlib.contextmanager
+def replacing(path: Path, folder: bool = False) -> Iterator[Path]:
+    """A temporary file (or, with ``folder``, folder) beside ``path`` for the caller to fill;
+    when the block ends it takes the place of ``path`` in one rename, so a reader never sees
+    half of it. The one place the harness writes by temporary file and rename.
 
-    A file that cannot be written (a full disk, a read-only folder) is an OutputFileError
-    naming ``path``; whatever was at ``path`` before is left as it was.
+    A file is flushed to disk before the rename. Whatever was at ``path`` before is left as
+    it was when the block fails: the temporary is removed, and an OSError (a full disk, a
+    read-only folder) is an OutputFileError naming ``path``.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        if folder:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            tmp = Path(name)
     except OSError as exc:
         raise OutputFileError(path, exc) from None
     try:
+        yield tmp
         umask = os.umask(0)
         os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results and reports are for sharing
-        with (os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", encoding="utf-8")) as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        # mkstemp makes 0600 and mkdtemp 0700: results, reports and caches are for sharing
+        os.chmod(tmp, (0o777 if folder else 0o666) & ~umask)
+        if folder:
+            shutil.rmtree(path, ignore_errors=True)  # a folder replaces only an empty one or none
+        else:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(tmp)
         raise OutputFileError(path, exc) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(tmp)
         raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write text or bytes to ``path`` through replacing(): all of it or, on failure, nothing."""
+    with replacing(path) as tmp:
+        if isinstance(text, bytes):
+            tmp.write_bytes(text)
+        else:
+            tmp.write_text(text, encoding="utf-8")
 
 
 def _slug(text: str, empty: str = "model") -> str:

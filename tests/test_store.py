@@ -161,3 +161,39 @@ def test_a_folders_sweep_summary_is_read_only_when_asked_for(tmp_path):
     assert compared.files == [path] and compared.sweeps == []
     assert load_records([out / "sweep.json"]).files == [path]  # a summary named stands for its cells
 
+
+# ------------------------------------------------------------------ the one atomic writer
+
+
+def test_written_files_and_folders_are_shared_like_any_other(tmp_path):
+    """mkstemp makes 0600 and mkdtemp 0700: the writer widens them to what the umask allows."""
+    import os
+
+    from harness.store import replacing
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "r.json", "{}")
+        with replacing(tmp_path / "converted", folder=True) as tmp:
+            (tmp / "config.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "converted").stat().st_mode & 0o777 == 0o755
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "r.json"]
+
+
+def test_a_failed_folder_write_leaves_the_old_folder(tmp_path):
+    from harness.store import replacing
+
+    target = tmp_path / "converted"
+    with replacing(target, folder=True) as tmp:
+        (tmp / "a").write_text("old")
+    with pytest.raises(RuntimeError):
+        with replacing(target, folder=True) as tmp:
+            (tmp / "a").write_text("new, half")
+            raise RuntimeError("the conversion failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["converted"] and (target / "a").read_text() == "old"
+    with replacing(target, folder=True) as tmp:  # a finished one replaces it whole
+        (tmp / "b").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["b"]
