@@ -17,11 +17,11 @@ tokenizer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from harness.backend import GenerationRequest, GenerationResult, ResultHook, prompt_form
 from harness.errors import BackendError
-from harness.meters import now_ns
 
 # OpenAI's limit on stop sequences in one request; further ones are applied to the text here
 MAX_SERVER_STOPS = 4
@@ -75,18 +75,17 @@ def request_json(api: str, model: str, req: GenerationRequest, *, seed: int | No
 
 
 async def _one(client, http, path: str, api: str, body: dict, stops: tuple[str, ...]) -> GenerationResult:
-    from backends.openai_http import (RETRY_STATUSES, RequestResult, StreamError, StreamParser, _error_text,
-                                      _transport_error, retry_after_s)
+    from backends.openai_http import RETRY_STATUSES, StreamError, StreamTimer, _error_text, _transport_error, retry_after_s
 
     httpx = client._httpx
     attempt = 0
     while True:
         retry_after = None
-        # a fresh result each attempt: a retried request keeps nothing of the attempt before
-        answer = RequestResult(start_ns=now_ns())
-        parser = StreamParser(api, answer)
+        request = http.build_request("POST", client._url(path), json=body)
+        # a fresh timer each attempt: a retried request keeps nothing of the attempt before
+        timer = StreamTimer(api)
         try:
-            async with http.stream("POST", client._url(path), json=body) as resp:
+            async with contextlib.aclosing(await http.send(request, stream=True)) as resp:
                 if resp.status_code >= 400:
                     detail = _error_text(await resp.aread())
                     problem = f"HTTP {resp.status_code}: {detail}"
@@ -94,10 +93,11 @@ async def _one(client, http, path: str, api: str, body: dict, stops: tuple[str, 
                         raise BackendError(client.scrub(f"{client.shown_url} refused a generation request ({problem})"))
                     retry_after = retry_after_s(resp.headers.get("retry-after"))
                 else:
-                    async for line in resp.aiter_lines():
-                        parser.feed(line, now_ns())
-                    parser.check_end()
-                    result = _generation_result(answer, attempt)
+                    async for raw in resp.aiter_bytes():
+                        timer.chunk(raw)
+                    timer.end()
+                    timer.parser.check_end()
+                    result = _generation_result(timer.result, attempt)
                     result.text = cut_at_stops(result.text, stops)
                     return result
         except httpx.TransportError as exc:

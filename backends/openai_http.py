@@ -394,6 +394,50 @@ class StreamError(Exception):
         self.kind = kind
 
 
+class StreamTimer:
+    """The clock of one streamed request, fed by every client that streams (sync, async, the
+    generator of many requests), so all of them time a request the same way.
+
+    Made as the first attempt is sent, the request already built (building it is the
+    client's work, not the server's latency): that is ``start_ns``, which retry() keeps,
+    since a user waits through retries. The body is fed chunk by chunk as it arrives. A chunk
+    of bytes is stamped once, on arrival, and every line it completes carries that stamp:
+    what the caller does between chunks (show the text, check a timeout) never moves a time
+    to first token or a gap between chunks. Reasoning deltas are output and are timed like
+    text (StreamParser). ``end()`` stamps the end of the stream.
+    """
+
+    def __init__(self, api: Api):
+        self.api = api
+        self.result = RequestResult(start_ns=now_ns())
+        self._begin()
+
+    def _begin(self) -> None:
+        self._lines = LineSplitter()
+        self.parser = StreamParser(self.api, self.result)
+
+    def retry(self) -> None:
+        """The next attempt: the last one's answer is forgotten; the start stays, the retry is counted."""
+        self.result.retries += 1
+        self.result.restart()
+        self._begin()
+
+    def chunk(self, raw: bytes) -> str:
+        """One chunk of the body, as it arrives; the answer text it added."""
+        at_ns = now_ns()
+        before = len(self.result.text)
+        for line in self._lines.feed(raw):
+            self.parser.feed(line, at_ns)
+        return self.result.text[before:]
+
+    def end(self) -> None:
+        """The body has ended: its last line, if no newline closed it, and the end's stamp."""
+        at_ns = now_ns()
+        for line in self._lines.close():
+            self.parser.feed(line, at_ns)
+        self.result.end_ns = at_ns
+
+
 def request_body(api: Api, model: str, prompt: str | list[dict], max_tokens: int, *, temperature: float = 0.0,
                  ignore_eos: bool = False, stop: list[str] | None = None, stream: bool = True,
                  extra: dict | None = None) -> dict:
@@ -520,43 +564,37 @@ class OpenAIClient:
         The request's timeout bounds the whole attempt (send to the stream's end), not
         only each read, so a server that trickles bytes cannot hold it forever.
         """
-        result = RequestResult(start_ns=now_ns())
-        attempt = 0
+        request = self.sync.build_request("POST", self._url(path), json=body)
+        timer = StreamTimer(api)
+        result = timer.result
         while True:
             retry_after = None
             limit_ns = now_ns() + int(self.timeout_s * 1e9)
             try:
-                with self.sync.stream("POST", self._url(path), json=body) as resp:
+                with contextlib.closing(self.sync.send(request, stream=True)) as resp:
                     result.status = resp.status_code
                     if resp.status_code >= 400:
                         retry_after = retry_after_s(resp.headers.get("retry-after"))
                         self._fail(result, f"http {resp.status_code}", _error_text(_bounded_body(resp.iter_bytes())))
                     else:
-                        parser = StreamParser(api, result)
-                        lines = LineSplitter()
                         for raw in resp.iter_bytes():
-                            for line in lines.feed(raw):
-                                before = len(result.text)
-                                parser.feed(line, now_ns())
-                                if on_text and len(result.text) > before:
-                                    on_text(result.text[before:])
+                            text = timer.chunk(raw)
+                            if on_text and text:
+                                on_text(text)
                             if now_ns() > limit_ns:
                                 raise StreamError("timeout", f"no complete answer within the request's timeout "
                                                   f"({self.timeout_s:g} s)")
-                        for line in lines.close():
-                            parser.feed(line, now_ns())
-                        result.end_ns = now_ns()
-                        return self._finish(result, parser)
+                        timer.end()
+                        return self._finish(timer)
             except self._httpx.TransportError as exc:
                 self._fail(result, _transport_kind(self._httpx, exc), _transport_error(exc))
             except StreamError as exc:
                 self._fail(result, exc.kind, str(exc))
-            wait = self._retry_wait(result, attempt, retry_after)
+            wait = self._retry_wait(result, retry_after)
             if wait is None:
                 return result
-            attempt += 1
-            result.retries = attempt
-            result.restart()
+            timer.retry()
+            request = self.sync.build_request("POST", self._url(path), json=body)
             self._sleep(wait)
 
     async def aprime(self, client) -> None:
@@ -567,21 +605,17 @@ class OpenAIClient:
             pass
 
     async def astream(self, client, path: str, body: dict, api: Api, deadline_ns: int | None = None) -> RequestResult:
-        """The async twin of stream(), on a caller's AsyncClient.
+        """The async twin of stream(), on a caller's AsyncClient, timed by the same StreamTimer.
 
-        The request (URL, headers, JSON body) is built before the clock starts: preparing
-        it is the client's work, not the server's latency. Each attempt ends at the
-        request's own timeout; the whole request, retries and their waits included,
-        ends at ``deadline_ns`` (a load point's end) when one is given: what is still
-        running then is recorded as error kind "deadline".
+        Each attempt ends at the request's own timeout; the whole request, retries and
+        their waits included, ends at ``deadline_ns`` (a load point's end) when one is
+        given: what is still running then is recorded as error kind "deadline".
         """
         request = client.build_request("POST", self._url(path), json=body)
-        result = RequestResult(start_ns=now_ns())
-        attempt = 0
+        timer = StreamTimer(api)
+        result = timer.result
         while True:
             retry_after = None
-            if attempt:
-                request = client.build_request("POST", self._url(path), json=body)
             own_limit = now_ns() + int(self.timeout_s * 1e9)
             limit = own_limit if deadline_ns is None else min(own_limit, deadline_ns)
             try:
@@ -597,15 +631,10 @@ class OpenAIClient:
                                     break
                             self._fail(result, f"http {resp.status_code}", _error_text(b"".join(chunks)))
                         else:
-                            parser = StreamParser(api, result)
-                            lines = LineSplitter()
                             async for raw in resp.aiter_bytes():
-                                for line in lines.feed(raw):
-                                    parser.feed(line, now_ns())
-                            for line in lines.close():
-                                parser.feed(line, now_ns())
-                            result.end_ns = now_ns()
-                            return self._finish(result, parser)
+                                timer.chunk(raw)
+                            timer.end()
+                            return self._finish(timer)
             except TimeoutError:
                 if deadline_ns is not None and limit == deadline_ns:
                     self._fail(result, "deadline", "still running at the load point's deadline; stopped there")
@@ -615,16 +644,15 @@ class OpenAIClient:
                 self._fail(result, _transport_kind(self._httpx, exc), _transport_error(exc))
             except StreamError as exc:
                 self._fail(result, exc.kind, str(exc))
-            wait = self._retry_wait(result, attempt, retry_after)
+            wait = self._retry_wait(result, retry_after)
             if wait is None:
                 return result
             if deadline_ns is not None and now_ns() + int(wait * 1e9) >= deadline_ns:
                 self._fail(result, "deadline", f"waiting to retry ({result.error_kind}: {result.error}) "
                            "when the load point's deadline came; stopped there")
                 return result
-            attempt += 1
-            result.retries = attempt
-            result.restart()
+            timer.retry()
+            request = client.build_request("POST", self._url(path), json=body)
             await asyncio.sleep(wait)
 
     def _fail(self, result: RequestResult, kind: str, detail: str) -> None:
@@ -633,7 +661,7 @@ class OpenAIClient:
         result.error = self.scrub(detail)
         result.end_ns = now_ns()
 
-    def _retry_wait(self, result: RequestResult, attempt: int, retry_after: float | None) -> float | None:
+    def _retry_wait(self, result: RequestResult, retry_after: float | None) -> float | None:
         """Seconds before the next attempt, or None when this result is final."""
         if result.chunk_ns:
             # text has arrived: a retry would mix two attempts' text and timings
@@ -644,11 +672,12 @@ class OpenAIClient:
             return None
         retryable = result.error_kind in TRANSPORT_KINDS or (
             result.status is not None and result.status in RETRY_STATUSES and result.error_kind.startswith("http"))
-        return self.retry.delay(attempt + 1, retry_after) if retryable else None
+        return self.retry.delay(result.retries + 1, retry_after) if retryable else None
 
-    def _finish(self, result: RequestResult, parser: StreamParser) -> RequestResult:
+    def _finish(self, timer: StreamTimer) -> RequestResult:
+        result = timer.result
         try:
-            parser.check_end()
+            timer.parser.check_end()
         except StreamError as exc:
             self._fail(result, exc.kind, str(exc))
             return result

@@ -402,3 +402,48 @@ def test_the_deadline_bounds_a_request_and_its_retries():
         waiting_s = time.monotonic() - t0
     assert not r.ok and r.error_kind == "deadline" and "waiting to retry (http 503" in r.error
     assert waiting_s < 1.5 and len(srv.posts()) == 1
+
+
+# ------------------------------------------------------------------ one stream timer
+
+
+def _two_in_one_chunk() -> list:
+    """A normal answer whose first two text lines come in one write, so in one chunk of bytes."""
+    first, second, *rest = text_events(3)
+    return [f"data: {json.dumps(first)}\n\ndata: {json.dumps(second)}", *rest]
+
+
+def test_lines_of_one_chunk_share_its_arrival_whatever_the_caller_does_between():
+    """A chunk is stamped once, on arrival: the sync client's on_text callback (slow here)
+    runs after the chunk's lines are read and cannot push the next line's stamp later."""
+    with ScriptedServer([Stream(_two_in_one_chunk())]) as srv:
+        client = OpenAIClient(srv.url, retry=RetryPolicy(max_retries=0))
+        try:
+            r = client.stream("completions", request_body("completions", "scripted", "hi", 3), "completions",
+                              on_text=lambda text: time.sleep(0.3))
+        finally:
+            client.close()
+    assert r.ok, r.error
+    assert r.text == " w0 w1 w2" and r.n_chunks == 3
+    assert r.chunk_ns[1] == r.chunk_ns[0]  # one chunk of bytes, one arrival
+    assert r.chunk_ns[2] - r.chunk_ns[1] >= 0.25e9  # the next chunk was read after the callback
+
+
+def test_the_sync_and_async_streams_time_the_same_arrivals_alike():
+    """The same scripted arrivals (a line every 0.2 s) through both clients: the same number
+    of stamped chunks, and the same time to first token, gaps and end-to-end latency."""
+    import asyncio
+
+    gap_s = 0.2
+    paced = Stream(text_events(3), gap_s=gap_s)  # 3 text lines, the finish, the usage, [DONE]
+    with ScriptedServer([paced, paced]) as srv:
+        timings = [_stream_once(srv, retries=0), asyncio.run(_astream_once(srv, retries=0))]
+    for r in timings:
+        assert r.ok, r.error
+        assert r.n_chunks == 3 and len(r.itl_ns) == 2
+        assert gap_s <= r.ttft_ns / 1e9 < gap_s + 0.15
+        assert all(gap_s - 0.1 < g / 1e9 < gap_s + 0.1 for g in r.itl_ns)
+        assert 6 * gap_s <= r.e2el_ns / 1e9 < 6 * gap_s + 0.3  # the stream ends after [DONE], the sixth line
+    sync, async_ = timings
+    assert abs(sync.ttft_ns - async_.ttft_ns) < 0.1e9
+    assert abs(sync.e2el_ns - async_.e2el_ns) < 0.15e9
