@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from harness.errors import ResultFileError
-from harness.models import ModelInfo
-from harness.record import BackendInfo, RunRecord
-from harness.store import read_record, write_atomic, write_record
+from harness.core.errors import ResultFileError
+from harness.core.models import ModelInfo
+from harness.core.record import BackendInfo, RunRecord
+from harness.output.store import read_record, write_atomic, write_record
 
 
 def _record() -> RunRecord:
@@ -89,8 +89,8 @@ def test_every_part_of_a_result_file_name_is_slugged(tmp_path, field, value):
 @pytest.mark.parametrize("name", ["../victim.json", "/tmp/victim.json", "sub/x.json", ".hidden.json", "..", "",
                                   "a\\b.json"])
 def test_a_summary_naming_a_file_outside_its_folder_is_refused(tmp_path, name):
-    from harness.record import SweepCell, SweepRecord
-    from harness.store import read_sweep, write_sweep
+    from harness.core.record import SweepCell, SweepRecord
+    from harness.output.store import read_sweep, write_sweep
 
     cell = SweepCell(index=1, key="k", label="c", kind="perf", model_ref="m", model_sha256="0" * 64,
                      backend="llamacpp", timeout_s=1.0, status="ok", result_file=name)
