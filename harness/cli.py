@@ -226,7 +226,7 @@ def sweep(
     executor = None
     if ray_address is not None:
         from harness.execution.ray_sweep import connect
-        from harness.execution.sweep import cell_job
+        from harness.execution.cells import cell_job
 
         jobs = [cell_job(c, plan, command) for c in plan.cells if c.key not in plan.resume.kept]
         executor = connect(ray_address, jobs, {c.index: c.label for c in plan.cells}, log)
@@ -461,7 +461,8 @@ def trend(
     fmt: str = typer.Option("md", "--format", "-f", metavar="FORMAT", help=FORMAT_HELP),
 ) -> None:
     """Metric values per night from a history of results, newest last."""
-    from harness.output.compare import load_records, trend as trend_table
+    from harness.output.compare import load_records
+    from harness.output.trend import trend as trend_table
     from harness.output.printers import table_text
 
     _check_format(fmt)
@@ -470,7 +471,7 @@ def trend(
     records, _ = load_records(history, "history")
     header, rows = trend_table(records, last)
     if png is not None:
-        from harness.output.compare import trend_png
+        from harness.output.trend import trend_png
         from harness.output.store import write_atomic
 
         write_atomic(png, trend_png(records, last))

@@ -56,7 +56,7 @@ def node_info() -> dict[str, str]:
 
 def run_cell_on_node(job_json: str) -> str:
     """The body of a cell's Ray task: the local sweep's cell execution, on this node."""
-    from harness.execution.sweep import CellJob, execute_cell
+    from harness.execution.cells import CellJob, execute_cell
 
     result = execute_cell(CellJob.model_validate_json(job_json))  # no stop: ray.cancel interrupts it
     result.node = node_info()
@@ -137,7 +137,7 @@ class RayCells:
 
     def run(self, jobs: list, begin, stop: Callable[[], str | None],
             log: Callable[[str], None]) -> Iterator[tuple[Any, Any]]:
-        from harness.execution.sweep import CellResult, unrun_record
+        from harness.execution.cells import CellResult, unrun_record
 
         ray = self.ray
         task = ray.remote(run_cell_on_node)

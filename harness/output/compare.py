@@ -13,8 +13,7 @@ A change is flagged only when it is larger than a threshold AND significant:
   * accuracy: the change against the combined standard error of the two scores
     (z = delta / sqrt(se_base^2 + se_head^2)).
 Figures with a single value per side (peak memory of one run, say) cannot be tested;
-their change is shown as "untested" and never flagged.
-"""
+their change is shown as "untested" and never flagged."""
 
 from __future__ import annotations
 
@@ -28,8 +27,9 @@ from typing import Any, Literal
 
 from harness.core.environment import hardware_key
 from harness.core.errors import ConfigError, HarnessError
-from harness.output.printers import rows_to_csv
 from harness.core.record import DIRECTION, LOWER_IS_BETTER_ACCURACY, RunRecord
+from harness.output.printers import rows_to_csv
+
 
 Stat = Literal["mwu", "bootstrap"]
 
@@ -175,22 +175,23 @@ class Axis:
     def value(self, r: RunRecord) -> str:
         if self.kind == "setting":
             vals = [r.backend.settings.get(k) for k in self.keys]
-            shown = [_fmt_setting(v) for v in vals]
+            shown = [fmt_setting(v) for v in vals]
             return shown[0] if len(set(shown)) == 1 else "/".join(shown)
         if self.kind == "quantization":
             return str(r.model.quantization)
         if self.kind == "backend":
             return f"{r.backend.name} {r.backend.version or ''}".strip()
-        return _model_label(r)
+        return file_label(r)
 
 
-def _fmt_setting(v: Any) -> str:
+def fmt_setting(v: Any) -> str:
     if isinstance(v, bool):
         return "1" if v else "0"
     return "(unset)" if v is None else str(v)
 
 
-def _model_label(r: RunRecord) -> str:
+def file_label(r: RunRecord) -> str:
+    """The model's label with the start of its file's sha256: two files of one name differ."""
     from harness.output.printers import model_label
 
     short = (r.model.sha256 or "")[:8]
@@ -515,9 +516,9 @@ def _pool(ms: list[Measurement]) -> Measurement:
 
 def _label(m: Measurement) -> str:
     r = m.record
-    settings = ", ".join(f"{k}={_fmt_setting(v)}" for k, v in sorted(r.backend.settings.items()))
+    settings = ", ".join(f"{k}={fmt_setting(v)}" for k, v in sorted(r.backend.settings.items()))
     extra = f" filter={m.filter}" if m.filter else ""
-    return f"{_model_label(r)} · {r.backend.name} [{settings}] · {m.test} {m.metric}{extra}"
+    return f"{file_label(r)} · {r.backend.name} [{settings}] · {m.test} {m.metric}{extra}"
 
 
 def compare(base_records: list[RunRecord], head_records: list[RunRecord], *, base_paths: list[str] | None = None,
@@ -573,7 +574,7 @@ def compare(base_records: list[RunRecord], head_records: list[RunRecord], *, bas
 def _row(b: Measurement, h: Measurement, axis: Axis | None, head_label: str, threshold: Threshold,
          acc_threshold: Threshold, alpha: float, stat: Stat, gate: list[GateRule]) -> Row:
     r = b.record
-    settings = {k: _fmt_setting(v) for k, v in r.backend.settings.items()}
+    settings = {k: fmt_setting(v) for k, v in r.backend.settings.items()}
     if axis and axis.kind == "setting":
         for k in axis.keys:
             settings.pop(k, None)
@@ -582,7 +583,7 @@ def _row(b: Measurement, h: Measurement, axis: Axis | None, head_label: str, thr
     metric = b.metric + (f" ({b.filter})" if b.filter else "")
     row = Row(
         head_label=head_label, kind=b.kind,
-        model=_model_label(r) if not axis or axis.kind not in ("model", "quantization") else
+        model=file_label(r) if not axis or axis.kind not in ("model", "quantization") else
         (f"{r.model.architecture} {r.model.parameters}" if axis.kind == "quantization" else "(axis)"),
         backend=r.backend.name if not axis or axis.kind != "backend" else "(axis)",
         settings=settings, test=b.test, metric=metric, unit=b.unit, direction=b.direction,
@@ -598,7 +599,7 @@ def _row(b: Measurement, h: Measurement, axis: Axis | None, head_label: str, thr
         row.head_sd = h.stderr * scale if h.stderr is not None else None
         row.n_base, row.n_head = b.n or 1, h.n or 1
         row.change_unit = "pt" if fractions else "%"
-        row.change = (h.value - b.value) * 100 if fractions else _rel(b.value, h.value)
+        row.change = (h.value - b.value) * 100 if fractions else relative_change(b.value, h.value)
         sig = accuracy_significance(b, h, alpha)
         if sig.ci_low is not None and fractions:
             sig.ci_low, sig.ci_high = sig.ci_low * 100, sig.ci_high * 100
@@ -607,7 +608,7 @@ def _row(b: Measurement, h: Measurement, axis: Axis | None, head_label: str, thr
             row.note = "task config differs (prompts or data changed): not compared"
     else:
         row.base_sd, row.head_sd = _stddev(b.samples), _stddev(h.samples)
-        row.change = _rel(b.value, h.value)
+        row.change = relative_change(b.value, h.value)
         sig = perf_significance(b.samples, h.samples, alpha, stat)
         limit = rule.threshold if rule else threshold
     row.method, row.p, row.ci_low, row.ci_high = sig.method, sig.p, sig.ci_low, sig.ci_high
@@ -627,7 +628,7 @@ def _row(b: Measurement, h: Measurement, axis: Axis | None, head_label: str, thr
     return row
 
 
-def _rel(base: float, head: float) -> float | None:
+def relative_change(base: float, head: float) -> float | None:
     return (head - base) / abs(base) * 100 if base else None
 
 
@@ -669,7 +670,7 @@ def check_gate_matches(comparisons: list[Comparison], rules: list[GateRule]) -> 
 # ---------------------------------------------------------------------------- printing
 
 
-def _fmt_num(v: float | None) -> str:
+def fmt_num(v: float | None) -> str:
     if v is None:
         return ""
     a = abs(v)
@@ -677,7 +678,7 @@ def _fmt_num(v: float | None) -> str:
 
 
 def _fmt_value(v: float | None, sd: float | None) -> str:
-    return _fmt_num(v) + (f" ± {_fmt_num(sd)}" if sd is not None else "")
+    return fmt_num(v) + (f" ± {fmt_num(sd)}" if sd is not None else "")
 
 
 def _fmt_change(r: Row) -> str:
@@ -800,55 +801,3 @@ def json_text(comparisons: list[Comparison]) -> str:
 
 
 PRINTERS = {"md": markdown, "csv": csv_text, "json": json_text}
-
-
-# ---------------------------------------------------------------------------- trend (nightly history)
-
-
-def _trend_keys(backend: str) -> set[str]:
-    from harness.core.registry import settings_metadata
-
-    return {k for k, m in settings_metadata([backend]).items() if m.trend}
-
-
-def trend_series(records: list[RunRecord], last: int = 14) -> tuple[list[str], list[tuple[list[str], list[float | None]]]]:
-    """The nights (days records were created, the last ``last``) and, per series, its labels
-    (model, backend, settings, test, metric) and its mean value each night (None: not run)."""
-    series: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    labels: dict[tuple, list[str]] = {}
-    trend_keys: dict[str, set[str]] = {}  # by backend
-    for r in records:
-        day = r.created_at[:10]
-        for m in measurements(r):
-            if m.metric not in ("pp_tps", "tg_tps", "pg_tps", "ttft_ms", "peak_rss_mib", "peak_vram_mib") and m.kind != "accuracy":
-                continue
-            key = join_key(m, None)
-            series[key][day].extend(m.samples if m.kind != "accuracy" else [m.value * 100 if 0 <= m.value <= 1 else m.value])
-            settings = ", ".join(f"{k}={_fmt_setting(v)}" for k, v in sorted(r.backend.settings.items())
-                                 if k in trend_keys.setdefault(r.backend.name, _trend_keys(r.backend.name)))
-            labels[key] = [_model_label(r), r.backend.name, settings, m.test, m.metric + (f" ({m.filter})" if m.filter else "")]
-    days = sorted({d for s in series.values() for d in s})[-last:]
-    out = []
-    for key, by_day in sorted(series.items(), key=lambda kv: labels[kv[0]]):
-        out.append((labels[key], [(sum(by_day[d]) / len(by_day[d])) if by_day.get(d) else None for d in days]))
-    return days, out
-
-
-def trend(records: list[RunRecord], last: int = 14) -> tuple[list[str], list[list[str]]]:
-    """Metric values per night (the day each record was created), newest last."""
-    days, series = trend_series(records, last)
-    header = ["model", "backend", "settings", "test", "metric", *days, "last vs previous"]
-    rows = []
-    for labels, vals in series:
-        present = [v for v in vals if v is not None]
-        change = _rel(present[-2], present[-1]) if len(present) >= 2 else None
-        rows.append(labels + [_fmt_num(v) for v in vals] + [f"{change:+.1f}%" if change is not None else ""])
-    return header, rows
-
-
-def trend_png(records: list[RunRecord], last: int = 14) -> bytes:
-    """The trend as a plot: a panel per metric, a line per model/backend/settings/test, nights on x."""
-    from harness.output.plots import trend_lines
-
-    days, series = trend_series(records, last)
-    return trend_lines(days, [(" ".join(x for x in labels[:4] if x), labels[4], vals) for labels, vals in series])

@@ -386,7 +386,7 @@ def sweep_plan_text(plan, fmt: str) -> str:
 
 def sweep_plan_markdown(plan) -> str:
     """`harness sweep --dry-run`: every cell with its timeout, its estimate and what --resume does with it."""
-    from harness.execution.sweep import format_duration
+    from harness.execution.cell_estimates import format_duration
 
     rows = []
     for c in plan.cells:
