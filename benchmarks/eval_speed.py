@@ -57,7 +57,7 @@ def run_gguf(model_path: str, tasks: list[str], limit: int, threads: int | None,
 
     from harness.measurement.accuracy import accuracy_results, load_tasks, quiet_lm_eval
     from harness.backends.llamacpp import LlamaCppBackend
-    from harness.measurement.traffic import free_port, served
+    from harness.measurement.serving import free_port, served
     from harness.measurement.suites import bundled_tasks_dir
 
     quiet_lm_eval()

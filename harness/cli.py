@@ -339,8 +339,10 @@ def load(
 ) -> None:
     """Load-test an OpenAI-compatible server: throughput, TTFT, TPOT, ITL, latency, goodput."""
     from harness.core.config import parse_int_list
-    from harness.measurement.traffic import TrafficRequest, parse_goodput, parse_metric_percentiles, parse_percentile_metrics, \
-        parse_rates, parse_slo, run_traffic, server_backend
+    from harness.measurement.serving import server_backend
+    from harness.measurement.traffic import run_traffic
+    from harness.measurement.traffic_options import TrafficRequest, parse_goodput, parse_metric_percentiles, \
+        parse_percentile_metrics, parse_rates, parse_slo
     from harness.output.printers import PRINTERS, RECORD_FORMATS
 
     _check_format(fmt, RECORD_FORMATS)

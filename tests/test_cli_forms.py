@@ -91,7 +91,7 @@ def test_load_forms_of_vllm_bench_serve(cli, tmp_path):
 
 
 def test_goodput_parses_to_the_slo_form():
-    from harness.measurement.traffic import parse_goodput, parse_metric_percentiles, parse_percentile_metrics
+    from harness.measurement.traffic_options import parse_goodput, parse_metric_percentiles, parse_percentile_metrics
 
     assert parse_goodput(["ttft:500 tpot:50", "e2el:2000"]) == {"ttft_ms": 500.0, "tpot_ms": 50.0, "e2el_ms": 2000.0}
     assert parse_percentile_metrics("ttft,itl") == ["ttft_ms", "itl_ms"]
@@ -171,7 +171,7 @@ def test_record_printers_sql_and_jsonl(tmp_path):
 def test_arrival_gaps_follow_vllm_bench_serve_burstiness():
     import numpy as np
 
-    from harness.measurement.traffic import arrival_gap
+    from harness.measurement.traffic_send import arrival_gap
 
     rng = np.random.default_rng(0)
     for burstiness in (0.25, 1.0, 4.0):

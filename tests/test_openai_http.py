@@ -56,7 +56,7 @@ def test_streamed_completion_times_every_chunk(server_url):
 
 @pytest.mark.slow
 def test_chat_generation_and_server_tokenizer(server_url, smollm2_path):
-    from harness.measurement.traffic import LocalTokenizer
+    from harness.measurement.traffic_prompts import LocalTokenizer
 
     from harness.core.backend import serves
 

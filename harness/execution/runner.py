@@ -183,10 +183,15 @@ def _children() -> list[psutil.Process]:
         return []
 
 
+def child_pids() -> set[int]:
+    """This process's children now: what a ProcessTree started later must not take down."""
+    return {c.pid for c in _children()}
+
+
 _subreaper = False
 
 
-def _become_subreaper() -> None:
+def become_subreaper() -> None:
     """Orphaned descendants of our workers become our children (Linux), not init's."""
     global _subreaper
     if not _subreaper and _PRCTL is not None:
@@ -246,8 +251,8 @@ def run_worker(module: str, job_json: str, on_event: OnEvent, timeout_s: float |
     ended_by: str | None = None
     oom_before = oom_kill_count()
     with tempfile.TemporaryFile(mode="w+") as err:
-        _become_subreaper()
-        before = {c.pid for c in _children()}
+        become_subreaper()
+        before = child_pids()
         proc = subprocess.Popen(
             [sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=err, text=True, start_new_session=True, preexec_fn=_die_with_parent,
