@@ -55,7 +55,9 @@ def run_gguf(model_path: str, tasks: list[str], limit: int, threads: int | None,
 
     import lm_eval
 
-    from harness.measurement.accuracy import accuracy_results, load_tasks, quiet_lm_eval
+    from harness.measurement.eval_results import accuracy_results
+
+    from harness.measurement.eval_tasks import load_tasks, quiet_lm_eval
     from harness.backends.llamacpp import LlamaCppBackend
     from harness.measurement.serving import free_port, served
     from harness.measurement.suites import bundled_tasks_dir

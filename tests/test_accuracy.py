@@ -20,7 +20,11 @@ lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.model import CachingLM  # noqa: E402
 
-from harness.measurement.accuracy import BackendLM, ChatTemplate, EvalError, log_softmax  # noqa: E402
+from harness.measurement.accuracy import BackendLM, log_softmax
+
+from harness.measurement.chat_template import ChatTemplate
+
+from harness.core.errors import EvalError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -249,7 +253,7 @@ SMOL_TEMPLATE_SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named
 
 
 def test_chat_template_from_the_gguf(smollm2_path):
-    from harness.measurement.accuracy import gguf_special_ids, gguf_token_texts
+    from harness.measurement.chat_template import gguf_special_ids, gguf_token_texts
     from harness.core.models import read_chat_template
 
     ids = gguf_special_ids(smollm2_path)
@@ -274,7 +278,7 @@ def test_chat_template_is_sandboxed():
 
 
 def test_chat_format_requests_through_lm_eval(smollm2_path, engine):
-    from harness.measurement.accuracy import gguf_token_texts
+    from harness.measurement.chat_template import gguf_token_texts
     from harness.core.models import read_chat_template
 
     texts = gguf_token_texts(smollm2_path, [1, 2])
@@ -329,7 +333,7 @@ def test_a_cache_that_cannot_roll_back_gives_the_same_answers(smollm2, engine):
 
 
 def test_a_group_reports_the_shots_its_tasks_share():
-    from harness.measurement.accuracy import group_shots
+    from harness.measurement.eval_results import group_shots
 
     subtasks = {"mmlu": ["stem", "other"], "stem": ["algebra", "anatomy"], "other": ["marketing"]}
     assert group_shots("mmlu", {"algebra": 5, "anatomy": 5, "marketing": 5}, subtasks) == 5

@@ -16,7 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.measurement.accuracy import ChatTemplate, EvalError
+from harness.measurement.chat_template import ChatTemplate
+
+from harness.core.errors import EvalError
 
 USER = [{"role": "user", "content": "hi"}]
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
@@ -84,7 +86,7 @@ def test_the_sandbox_still_forbids_attribute_tricks():
 
 def test_the_child_dies_with_its_parent(tmp_path):
     # a parent that starts a render that never ends and is then killed
-    script = ("from harness.measurement.accuracy import ChatTemplate\n"
+    script = ("from harness.measurement.chat_template import ChatTemplate\n"
               "import sys\n"
               "c = ChatTemplate('{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}', timeout_s=600)\n"
               "print(c._renderer._proc.pid, flush=True)\n"

@@ -47,7 +47,7 @@ def test_bundled_tasks_load_offline(tmp_path):
     suite's fixed sample lists every leaf task (lm-eval runs a leaf missing from samples= in full)."""
     code = """
 import json
-from harness.measurement.accuracy import load_tasks, quiet_lm_eval
+from harness.measurement.eval_tasks import load_tasks, quiet_lm_eval
 from harness.measurement.suites import bundled_tasks_dir, get_suite
 quiet_lm_eval()
 lt = load_tasks(["mmlu_snapshot", "mmlu_snapshot_generative", "gsm8k", "truthfulqa_mc2", "humaneval"], [str(bundled_tasks_dir())])

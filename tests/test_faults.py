@@ -273,7 +273,8 @@ def test_no_source_trusts_remote_code():
 
 def test_chat_templates_render_in_a_sandbox():
     pytest.importorskip("lm_eval")
-    from harness.measurement.accuracy import ChatTemplate, EvalError
+    from harness.measurement.chat_template import ChatTemplate
+    from harness.core.errors import EvalError
 
     ok = ChatTemplate("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}")
     assert ok.render([{"role": "user", "content": "hi"}]) == "<user>hi"

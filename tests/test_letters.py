@@ -56,7 +56,7 @@ def test_choice_order_is_fixed_per_document_and_not_the_datasets():
 
 
 def _loaded(names):
-    from harness.measurement.accuracy import load_tasks, quiet_lm_eval
+    from harness.measurement.eval_tasks import load_tasks, quiet_lm_eval
 
     quiet_lm_eval()
     return load_tasks(names, [str(TASKS)])

@@ -297,7 +297,7 @@ class Backend(ABC):
         format reads its own."""
         if model.format != "gguf":
             return None
-        from harness.measurement.accuracy import gguf_special_ids, gguf_token_texts
+        from harness.measurement.chat_template import gguf_special_ids, gguf_token_texts
         from harness.core.models import read_chat_template
 
         source = read_chat_template(Path(model.path))
@@ -314,7 +314,7 @@ class Backend(ABC):
         GGUF keeps them in its metadata)."""
         if model.format != "gguf":
             return {}
-        from harness.measurement.accuracy import gguf_special_ids
+        from harness.measurement.chat_template import gguf_special_ids
 
         return gguf_special_ids(model.path)
 

@@ -76,3 +76,7 @@ class OutputFileError(HarnessError):
         super().__init__(describe_os_error(exc, path, doing))
         self.path = path
         self.errno = exc.errno
+
+
+class EvalError(HarnessError):
+    """An accuracy run cannot go on: a chat template that fails, a request the engine refuses."""

@@ -111,16 +111,16 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
     from harness.measurement.meters import MemorySampler, now_ns, rss_mib
 
     t_start = now_ns()
-    from harness.measurement import accuracy
+    from harness.measurement import accuracy, eval_results, eval_tasks
     from harness.core.record import EvalCost, EvalInfo, Failure, LoadResult
     from harness.core.record_factory import new_record
 
-    accuracy.quiet_lm_eval()
+    eval_tasks.quiet_lm_eval()
     if job.allow_code_execution:
         os.environ["HARNESS_ALLOW_CODE_EXECUTION"] = "1"  # the bundled humaneval scorer's gate
     # (no phase event yet: a refused run prints nothing but its one error line)
     try:
-        loaded = accuracy.load_tasks(job.selection.tasks, job.tasks_dirs)
+        loaded = eval_tasks.load_tasks(job.selection.tasks, job.tasks_dirs)
     except HarnessError as exc:
         channel.send(Refused(message=redact(str(exc))))
         return
@@ -242,7 +242,7 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
             record.backend.settings = lm.engine.effective_settings()
             lm.engine.close()
     c = lm.counters
-    requests_total = accuracy.requests_built(loaded.leaves) if results is not None else None
+    requests_total = eval_results.requests_built(loaded.leaves) if results is not None else None
     received = c.requests_loglikelihood + c.requests_rolling + c.requests_generate
     from harness.core.record import TaskUsage
 
@@ -252,17 +252,17 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
     if results is not None:
         from harness.measurement.letters import group_masses, protocol_for
 
-        record.accuracy = accuracy.accuracy_results(results, {
+        record.accuracy = eval_results.accuracy_results(results, {
             leaf: protocol_for(leaf, lm.letter_protocols, job.allow_generated_letters) for leaf in letter_leaves})
         if letter_leaves:
             record.accuracy += group_masses(record.accuracy, results)
-        info_hashes = accuracy.task_config_hashes(results)
+        info_hashes = eval_results.task_config_hashes(results)
         if job.log_samples and job.samples_path:
-            accuracy.write_samples(results, Path(job.samples_path), render=lm.rendered_prompt)
+            eval_results.write_samples(results, Path(job.samples_path), render=lm.rendered_prompt)
             samples_file = job.samples_path
     wall_s = (now_ns() - t_start) / 1e9
     record.evaluation = EvalInfo(
-        lm_eval_version=accuracy.lm_eval_version(), tasks=job.selection.tasks, suite=job.selection.suite,
+        lm_eval_version=eval_tasks.lm_eval_version(), tasks=job.selection.tasks, suite=job.selection.suite,
         limit=job.limit, samples={k: len(v) for k, v in samples.items()} if samples and job.limit is None else None,
         num_fewshot=job.num_fewshot, seed=job.seed, gen_kwargs=job.gen_kwargs, apply_chat_template=job.apply_chat_template,
         chat_template_sha256=chat.sha256 if chat else None, code_execution=job.allow_code_execution,
@@ -289,13 +289,13 @@ def run_eval_job(job: EvalJob, channel: Channel) -> None:
 
 
 def _chat_template(cls, model: ModelInfo):
-    from harness.measurement import accuracy
+    from harness.measurement import chat_template
 
     found = cls.chat_template_source(model)
     if not found:
         raise TaskRefused(f"{model.ref} has no chat template; run without --apply-chat-template")
     source, bos, eos = found
-    chat = accuracy.ChatTemplate(source, bos_token=bos, eos_token=eos)
+    chat = chat_template.ChatTemplate(source, bos_token=bos, eos_token=eos)
     chat.render([{"role": "user", "content": "Hello"}])  # a template that fails on this fails before the model loads
     return chat
 

@@ -15,19 +15,14 @@ do). Every number comes from the backend's logits, log-softmaxed in numpy:
   first stop sequence, reusing the prompt prefix already in the cache.
 
 lm-eval's metrics, filters, aggregation and standard errors do the rest. What the
-evaluation itself cost (tokens evaluated, tokens the reuse saved) is counted here.
-"""
+evaluation itself cost (tokens evaluated, tokens the reuse saved) is counted here."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -36,7 +31,9 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from harness.core.backend import Backend, StepDecoder, TextGenerator
-from harness.core.errors import BackendError, HarnessError
+from harness.core.errors import BackendError, EvalError
+from harness.measurement.chat_template import ChatTemplate
+
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +45,6 @@ CTX_ROUND = 256  # llama.cpp pads its context to 256 anyway
 # (context, continuation) pairs per batch-scorer call: enough for an engine to batch well,
 # few enough that progress and the request cache advance during a long task
 BATCH_SCORER_PAIRS = 1024
-
-
-class EvalError(HarnessError):
-    pass
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -102,107 +95,6 @@ class EvalCounters:
     @property
     def tokens_saved_by_reuse(self) -> int:
         return max(0, self.tokens_without_reuse - self.tokens_evaluated)
-
-
-# ----------------------------------------------------------------------------- chat template
-
-
-def gguf_token_texts(path: str | Path, ids: list[int]) -> dict[int, str]:
-    """The vocabulary strings of a few token ids, read from the GGUF file.
-
-    The harness's metadata reader steps over arrays without decoding them (the stock reader
-    makes a numpy view of every token of a vocabulary); this walks the token array once,
-    unpacking only lengths, and decodes just the ids asked for.
-    """
-    from harness.core.models import _open_reader
-
-    reader = _open_reader(Path(path))
-    f = reader.fields.get("tokenizer.ggml.tokens")
-    if f is None:
-        return {}
-    buf = reader.data
-    (key_len,) = struct.unpack_from("<Q", buf, f.offset)
-    o = f.offset + 8 + key_len + 4 + 4  # key, value type, element type
-    (n,) = struct.unpack_from("<Q", buf, o)
-    o += 8
-    wanted = {i for i in ids if i is not None and 0 <= i < n}
-    out: dict[int, str] = {}
-    last = max(wanted, default=-1)
-    for i in range(last + 1):
-        (length,) = struct.unpack_from("<Q", buf, o)
-        if i in wanted:
-            out[i] = bytes(buf[o + 8:o + 8 + length]).decode("utf-8", errors="replace")
-        o += 8 + length
-    return out
-
-
-def gguf_special_ids(path: str | Path) -> dict[str, int | None]:
-    from harness.core.models import _open_reader
-
-    fields = _open_reader(Path(path)).fields
-
-    def get(key: str) -> int | None:
-        f = fields.get(key)
-        return int(f.contents()) if f is not None else None
-
-    return {"bos": get("tokenizer.ggml.bos_token_id"), "eos": get("tokenizer.ggml.eos_token_id")}
-
-
-class ChatTemplate:
-    """A model's own Jinja chat template, rendered in a sandbox (it comes from a model file).
-
-    The environment follows transformers' apply_chat_template (an immutable sandbox,
-    trim_blocks/lstrip_blocks, loop controls, ``raise_exception``, ``strftime_now``), and
-    it runs in a child process with a memory limit and a per-render deadline
-    (harness/measurement/template_sandbox.py), so a hostile template fails with one line instead of
-    taking the machine's memory or time.
-    """
-
-    def __init__(self, source: str, bos_token: str = "", eos_token: str = "", *,
-                 memory_bytes: int | None = None, timeout_s: float | None = None):
-        from harness.measurement import template_sandbox as ts
-
-        self.source = source
-        self.sha256 = hashlib.sha256(source.encode()).hexdigest()
-        self.bos_token = bos_token
-        self.eos_token = eos_token
-        try:
-            self._renderer = ts.TemplateRenderer(source, bos_token, eos_token,
-                                                 memory_bytes=memory_bytes or ts.MEMORY_BYTES,
-                                                 timeout_s=timeout_s or ts.RENDER_TIMEOUT_S)
-        except ts.TemplateFailed as exc:
-            raise _template_error(exc) from None
-
-    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        from harness.measurement import template_sandbox as ts
-
-        try:
-            text = self._renderer.render(messages, add_generation_prompt)
-        except ts.TemplateFailed as exc:
-            raise _template_error(exc) from None
-        if not add_generation_prompt and messages:
-            # continue the final (assistant) message instead of closing it, as
-            # transformers' continue_final_message does for lm-eval's gen_prefix
-            final = messages[-1]["content"]
-            for piece in (final, final.strip()):
-                if piece and piece in text:
-                    return text[:text.rindex(piece) + len(piece)]
-        return text
-
-    def close(self) -> None:
-        self._renderer.close()
-
-
-def _template_error(exc) -> EvalError:
-    """One line for a chat template that failed (exc: template_sandbox.TemplateFailed)."""
-    if exc.kind == "syntax":
-        return EvalError(f"the model's chat template does not parse (line {exc.lineno}: {exc.message})")
-    if exc.kind == "security":
-        return EvalError(f"the model's chat template tried something the sandbox forbids: {exc.message}")
-    if exc.kind in ("memory", "time", "too long", "recursion"):
-        return EvalError(f"the model's chat template was stopped: {exc.message}; "
-                         "the model file's template is faulty or hostile (run without --apply-chat-template)")
-    return EvalError(f"the model's chat template failed: {exc.message}")
 
 
 # ----------------------------------------------------------------------------- the LM
@@ -755,276 +647,3 @@ class BackendLM(TemplateLM):
         return postprocess_generated_text(text, until, None)
 
 
-# ----------------------------------------------------------------------------- tasks
-
-
-def lm_eval_version() -> str:
-    from importlib.metadata import version
-
-    return version("lm_eval")
-
-
-def quiet_lm_eval() -> None:
-    """lm-eval logs a great deal at INFO/WARNING; the worker keeps errors only."""
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    for name in ("lm_eval", "lm-eval", "datasets", "httpx", "urllib3"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def stock_task_names() -> set[str]:
-    """Every task, group and tag name stock lm-eval knows, cached per lm-eval version.
-
-    Indexing lm-eval's own task files reads every one of its ~14k YAML files, so it happens
-    only when a name is not among the bundled tasks, and once per lm-eval version.
-    """
-    from lm_eval.tasks import TaskManager
-
-    from harness.core.paths import cache_dir
-    from harness.output.store import write_atomic
-
-    path = cache_dir() / f"lm-eval-{lm_eval_version()}-task-names.json"
-    try:
-        return set(json.loads(path.read_text()))
-    except (OSError, ValueError):
-        pass
-    names = set(TaskManager(include_defaults=True).all_tasks)
-    write_atomic(path, json.dumps(sorted(names)))
-    return names
-
-
-def task_manager_for(names: list[str], dirs: list[str]):
-    """A TaskManager that knows every name: the bundled and user folders alone when they
-    suffice (fast), with lm-eval's stock tasks under them otherwise. Later folders win."""
-    import difflib
-
-    from lm_eval.tasks import TaskManager
-
-    from harness.measurement.suites import TaskConfigError
-
-    tm = TaskManager(include_path=list(dirs), include_defaults=False)
-    missing = [n for n in names if n not in tm.all_tasks and not Path(n).is_file()]
-    if not missing:
-        return tm
-    stock = stock_task_names()
-    unknown = [n for n in missing if n not in stock]
-    if unknown:
-        known = sorted(set(tm.all_tasks) | stock)
-        parts = []
-        for n in unknown:
-            close = difflib.get_close_matches(n, known, n=5, cutoff=0.6)
-            parts.append(f"'{n}'" + (f" (close matches: {', '.join(close)})" if close else ""))
-        raise TaskConfigError(f"unknown task {'; '.join(parts)}; bundled tasks and suites: see tasks/README.md, "
-                              "or add a folder of task YAML files with --tasks-dir")
-    return TaskManager(include_path=list(dirs), include_defaults=True)
-
-
-@dataclass
-class LoadedTasks:
-    manager: Any
-    objects: list[Any]  # Task / Group objects, one per requested name (a tag gives several)
-    leaves: dict[str, Any]  # leaf task name -> Task
-    owner: dict[str, str] = field(default_factory=dict)  # leaf task name -> the requested name it came from
-
-    def output_types(self) -> dict[str, str]:
-        return {name: task.OUTPUT_TYPE for name, task in self.leaves.items()}
-
-    def needing_logprobs(self) -> list[str]:
-        return [n for n, t in self.output_types().items() if t != "generate_until"]
-
-    def executing_code(self) -> list[str]:
-        return [n for n, t in self.leaves.items() if getattr(t, "UNSAFE_CODE", False)]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
-
-
-def load_tasks(names: list[str], dirs: list[str]) -> LoadedTasks:
-    """Resolve and build the requested tasks (their data is read here): one clear error each."""
-    from harness.measurement.suites import TaskConfigError
-
-    tm = task_manager_for(names, dirs)
-    objects: list[Any] = []
-    leaves: dict[str, Any] = {}
-    owner: dict[str, str] = {}
-    for name in names:
-        try:
-            loaded = tm.load([name])
-        except FileNotFoundError as exc:
-            raise TaskConfigError(f"task '{name}': a data file is missing: {exc.filename or _first_line(exc)}") from None
-        except Exception as exc:  # lm-eval and datasets raise many kinds; the first line names the problem
-            hint = ""
-            if "hub" in str(exc).lower() or isinstance(exc, (ConnectionError, OSError)):
-                hint = ("; its data comes from the Hugging Face hub, which is not reachable (the bundled tasks "
-                        "need no network: mmlu_snapshot, gsm8k, truthfulqa_mc1, truthfulqa_mc2, humaneval)")
-            raise TaskConfigError(f"task '{name}' could not be loaded: {type(exc).__name__}: {_first_line(exc)}{hint}") from None
-        if name in loaded["groups"]:
-            objects.append(loaded["groups"][name])
-        elif name in loaded["tasks"]:
-            objects.append(loaded["tasks"][name])
-        else:  # a tag: its tasks
-            objects.extend(loaded["tasks"].values())
-        for leaf, task in loaded["tasks"].items():
-            if leaf in owner:
-                raise TaskConfigError(f"task '{leaf}' is asked for twice (in '{owner[leaf]}' and in '{name}'); give it once")
-            owner[leaf] = name
-            leaves[leaf] = task
-    return LoadedTasks(manager=tm, objects=objects, leaves=leaves, owner=owner)
-
-
-# ----------------------------------------------------------------------------- results
-
-
-def config_hash(config: dict) -> str:
-    """sha256 of a task config as lm-eval reports it, without where it was read from."""
-    cfg = json.loads(json.dumps(config, default=str))
-    meta = cfg.get("metadata")
-    if isinstance(meta, dict):
-        meta.pop("config_source", None)
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
-
-
-def task_config_hashes(results: dict) -> dict[str, str]:
-    hashes = {name: config_hash(cfg) for name, cfg in (results.get("configs") or {}).items()}
-    subtasks = results.get("group_subtasks") or {}
-
-    def group(name: str) -> str:
-        if name not in hashes:
-            children = {c: group(c) if c in subtasks else hashes.get(c, "") for c in subtasks.get(name, [])}
-            hashes[name] = hashlib.sha256(json.dumps(children, sort_keys=True).encode()).hexdigest()
-        return hashes[name]
-
-    for name in subtasks:
-        group(name)
-    return hashes
-
-
-def requests_built(leaves: dict[str, Any]) -> int | None:
-    """Requests lm-eval built for the tasks it just ran (each instance once per repeat):
-    with the request cache, the model receives only those the cache could not answer."""
-    try:
-        return sum(max(1, int(getattr(i, "repeats", 1) or 1)) for task in leaves.values() for i in (task.instances or []))
-    except Exception:  # an lm-eval whose tasks keep no instances: unknown, never a guess
-        return None
-
-
-SCORING = {"multiple_choice": "loglikelihood", "loglikelihood": "loglikelihood",
-           "generate_until": "generative", "loglikelihood_rolling": "perplexity"}
-
-
-def task_scorings(results: dict, overrides: dict[str, str] | None = None) -> dict[str, str]:
-    """Task or group -> how its answers were scored, from each task's output_type (or, for a
-    task scored another way, such as by letters, from ``overrides``)."""
-    out = {name: SCORING.get(str((cfg or {}).get("output_type")), str((cfg or {}).get("output_type")))
-           for name, cfg in (results.get("configs") or {}).items() if (cfg or {}).get("output_type")}
-    out.update(overrides or {})
-    subtasks = results.get("group_subtasks") or {}
-
-    def group(name: str, seen: frozenset = frozenset()) -> str | None:
-        if name in out:
-            return out[name]
-        kinds = {group(c, seen | {name}) for c in subtasks.get(name, []) if c not in seen} - {None}
-        if kinds:
-            out[name] = kinds.pop() if len(kinds) == 1 else "mixed"
-        return out.get(name)
-
-    for name in subtasks:
-        group(name)
-    return out
-
-
-def _number(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if f != f else f  # NaN: not computed
-
-
-SKIP_KEYS = {"alias", "name", "sample_len", "sample_count", "samples"}
-
-
-def accuracy_results(results: dict, scorings: dict[str, str] | None = None) -> list:
-    """lm-eval's results dict -> AccuracyResult records (tasks, then groups); ``scorings``
-    names the tasks scored otherwise than their output_type says."""
-    from harness.core.record import AccuracyResult
-
-    hashes = task_config_hashes(results)
-    scorings = task_scorings(results, scorings)
-    groups = set(results.get("groups") or {}) | set(results.get("group_subtasks") or {})
-    entries = dict(results.get("results") or {})
-    for name, entry in (results.get("groups") or {}).items():
-        entries.setdefault(name, entry)
-    parent = {child: g for g, children in (results.get("group_subtasks") or {}).items() for child in children}
-    n_samples = results.get("n-samples") or {}
-    n_shot = results.get("n-shot") or {}
-    hib = results.get("higher_is_better") or {}
-    versions = results.get("versions") or {}
-    out = []
-    for name, entry in entries.items():
-        for key, value in entry.items():
-            if key in SKIP_KEYS or "," not in key or "_stderr," in key:
-                continue
-            metric, _, filt = key.partition(",")
-            count = (entry.get("sample_count") or {}).get(key) if isinstance(entry.get("sample_count"), dict) else None
-            if count is None:
-                count = n_samples.get(name, {}).get("effective", entry.get("sample_len"))
-            shots = n_shot.get(name, group_shots(name, n_shot, results.get("group_subtasks") or {}))
-            out.append(AccuracyResult(
-                task=name, alias=entry.get("alias"), kind="group" if name in groups else "task", parent=parent.get(name),
-                metric=metric, filter=filt or "none", value=_number(value),
-                stderr=_number(entry.get(f"{metric}_stderr,{filt}")),
-                n=int(count) if count is not None else None,
-                n_total=n_samples.get(name, {}).get("original"),
-                num_fewshot=int(shots) if isinstance(shots, (int, float)) else None,
-                higher_is_better=(hib.get(name) or {}).get(metric),
-                task_version=None if versions.get(name) is None else str(versions.get(name)),
-                task_config_hash=hashes.get(name), scoring=scorings.get(name),
-            ))
-    return out
-
-
-def group_shots(name: str, n_shot: dict, subtasks: dict) -> int | None:
-    """A group's few-shot count: the one its tasks share (lm-eval reports none for a group)."""
-    def leaves(n: str, seen: frozenset = frozenset()) -> list[str]:
-        return [leaf for c in subtasks.get(n, []) if c not in seen for leaf in leaves(c, seen | {n})] \
-            if n in subtasks else [n]
-
-    counts = {n_shot.get(leaf) for leaf in leaves(name)}
-    return counts.pop() if len(counts) == 1 and name in subtasks else None
-
-
-def _first_text(value: Any) -> str | None:
-    """A logged request's context: the first string among its arguments."""
-    if isinstance(value, str):
-        return value
-    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
-    for v in items:
-        found = _first_text(v)
-        if found is not None:
-            return found
-    return None
-
-
-def write_samples(results: dict, path: Path, render: Callable[[str], str | None] | None = None) -> int:
-    """lm-eval's per-document samples (--log-samples) as JSON Lines, written atomically.
-
-    ``render`` gives the text a conversation was rendered to in process (the model's chat
-    template applied), logged as ``rendered_prompt`` beside the messages."""
-    from lm_eval.utils import handle_non_serializable
-
-    from harness.output.store import write_atomic
-
-    lines = []
-    for task, samples in (results.get("samples") or {}).items():
-        for s in samples:
-            extra = {}
-            if render is not None:
-                context = _first_text(s.get("arguments"))
-                text = render(context) if context is not None else None
-                if text is not None:
-                    extra["rendered_prompt"] = text
-            lines.append(json.dumps({"task": task, **s, **extra}, default=handle_non_serializable, ensure_ascii=False))
-    write_atomic(path, "\n".join(lines) + ("\n" if lines else ""))
-    return len(lines)
