@@ -48,6 +48,7 @@ from harness.core.models import ModelInfo
 from harness.core.paths import cache_dir
 from harness.core.record import EngineMemory
 from harness.core.record_factory import utc_now
+from harness.output.store import replacing
 
 GiB = 1 << 30
 MIB = 1 << 20
@@ -232,8 +233,6 @@ def convert_gguf(gguf: ModelInfo) -> tuple[Path, dict]:
         from transformers.utils import logging as hf_logging
 
         src = Path(gguf.path)
-        partial = target.with_name(target.name + f".partial-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
         print(f"[harness] converting {src.name} for vLLM (dequantized to float32, once; cached in {target})",
               file=sys.stderr, flush=True)
         hf_logging.disable_progress_bar()
@@ -251,29 +250,27 @@ def convert_gguf(gguf: ModelInfo) -> tuple[Path, dict]:
         finally:
             hf_logging.set_verbosity(verbosity)
             hf_logging.enable_progress_bar()
-        partial.mkdir(parents=True)
-        config = model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.architectures = [type(model).__name__]
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        if getattr(config, "tie_word_embeddings", False) and "model.embed_tokens.weight" in state:
-            state.pop("lm_head.weight", None)
-        save_file(state, str(partial / "model.safetensors"), metadata={"format": "pt"})
-        config.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-        info = {
-            "ref": gguf.ref, "path": gguf.path, "sha256": gguf.sha256, "format": "gguf",
-            "quantization": gguf.quantization, "source": gguf.source,
-            "source_sha256": gguf.sha256,
-            "method": f"dequantized to float32 by transformers {_pkg_version('transformers')} "
-                      f"(gguf {_pkg_version('gguf')}, torch {_pkg_version('torch')}), saved as safetensors",
-            "converted_at": utc_now(),
-        }
-        (partial / CONVERSION_MARKER).write_text(json.dumps(info, indent=1))
-        del model, state
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(partial, target)
+        with replacing(target, folder=True) as partial:
+            config = model.config
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            config.architectures = [type(model).__name__]
+            state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+            if getattr(config, "tie_word_embeddings", False) and "model.embed_tokens.weight" in state:
+                state.pop("lm_head.weight", None)
+            save_file(state, str(partial / "model.safetensors"), metadata={"format": "pt"})
+            config.save_pretrained(partial)
+            tokenizer.save_pretrained(partial)
+            info = {
+                "ref": gguf.ref, "path": gguf.path, "sha256": gguf.sha256, "format": "gguf",
+                "quantization": gguf.quantization, "source": gguf.source,
+                "source_sha256": gguf.sha256,
+                "method": f"dequantized to float32 by transformers {_pkg_version('transformers')} "
+                          f"(gguf {_pkg_version('gguf')}, torch {_pkg_version('torch')}), saved as safetensors",
+                "converted_at": utc_now(),
+            }
+            (partial / CONVERSION_MARKER).write_text(json.dumps(info, indent=1))
+            del model, state
     return target, info
 
 

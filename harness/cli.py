@@ -258,12 +258,8 @@ def show(
     from harness.output.store import load_records
 
     _check_format(fmt, RECORD_FORMATS)
-    for p in paths:
-        if not p.exists():
-            raise HarnessError(f"no such file or folder: {p}")
-    records, sweeps = load_records(paths)
-    if not records and not sweeps:
-        raise HarnessError(f"no result files in {', '.join(map(str, paths))}")
+    loaded = load_records(paths, summaries=True)
+    records, sweeps = loaded.records, loaded.sweeps
     if fmt == "json":  # always a list: the run records, then any sweep summaries (kind "sweep")
         print(json.dumps([json.loads(r.model_dump_json()) for r in records] +
                          [json.loads(s.model_dump_json()) for s in sweeps], indent=2))
@@ -397,6 +393,7 @@ def compare(
 ) -> None:
     """Compare runs: base, head and the change per metric, with noise told apart from change."""
     from harness.output import compare as cmp
+    from harness.output.store import load_records
 
     _check_format(fmt)
     if stat not in ("mwu", "bootstrap"):
@@ -406,11 +403,12 @@ def compare(
     if perf_limit.unit != "%" or acc_limit.unit != "pt":
         raise HarnessError("--threshold takes a percentage (5%), --acc-threshold points (1pt)")
     rules = cmp.parse_fail_on(fail_on) if fail_on else []
-    base_records, base_files = cmp.load_records([base], "base")
+    base_side = load_records([base], "base")
     comparisons = []
     for h in head:
-        head_records, head_files = cmp.load_records([h], "head")
-        comparisons.append(cmp.compare(base_records, head_records, base_paths=base_files, head_paths=head_files,
+        head_side = load_records([h], "head")
+        comparisons.append(cmp.compare(base_side.records, head_side.records, base_paths=list(map(str, base_side.files)),
+                                       head_paths=list(map(str, head_side.files)),
                                        head_label=str(h) if len(head) > 1 else "head", by=by, threshold=perf_limit,
                                        acc_threshold=acc_limit, alpha=alpha, stat=stat, gate=rules))  # type: ignore[arg-type]
     if rules:
@@ -443,13 +441,14 @@ def report(
 ) -> None:
     """One self-contained HTML report: tables, plots, open against closed, openness, cost."""
     from harness.measurement.cost import CostInputs, parse_api_price
-    from harness.output.report import build_report, load_runs, write_report
+    from harness.output.report import build_report, write_report
+    from harness.output.store import load_records
 
     inputs = CostInputs(kwh_price=kwh_price, hw_cost=hw_cost, hw_lifetime_h=hw_lifetime_h, power_w=power_w,
                         currency=currency).check()
     prices = [parse_api_price(p) for p in api_price]
-    records, files = load_runs(runs)
-    rep = build_report(records, files, inputs, prices, title=title, scores_path=reference, openness_path=openness,
+    loaded = load_records(runs)
+    rep = build_report(loaded.records, loaded.files, inputs, prices, title=title, scores_path=reference, openness_path=openness,
                        min_docs=min_docs, closed_models=closed_model)
     for path in write_report(rep, html, png_dir):
         print(f"[harness] wrote {path}", file=sys.stderr)
@@ -463,14 +462,14 @@ def trend(
     fmt: str = typer.Option("md", "--format", "-f", metavar="FORMAT", help=FORMAT_HELP),
 ) -> None:
     """Metric values per night from a history of results, newest last."""
-    from harness.output.compare import load_records
     from harness.output.trend import trend as trend_table
     from harness.output.printers import table_text
+    from harness.output.store import load_records
 
     _check_format(fmt)
     if last < 1:
         raise HarnessError("--last must be at least 1")
-    records, _ = load_records(history, "history")
+    records = load_records(history, "history").records
     header, rows = trend_table(records, last)
     if png is not None:
         from harness.output.trend import trend_png

@@ -18,14 +18,13 @@ from harness.output.compare import (
     csv_text,
     find_axis,
     gate_failures,
-    load_records,
     measurements,
     parse_fail_on,
     perf_significance,
 )
-from harness.core.errors import ConfigError, HarnessError
+from harness.core.errors import ConfigError, HarnessError, ResultFileError
 from harness.core.record import DIRECTION
-from harness.output.store import read_record
+from harness.output.store import load_records, read_record
 
 pytestmark = pytest.mark.slow
 
@@ -414,10 +413,10 @@ def test_damaged_and_missing_inputs(cli, real_runs, tmp_path):
     (bad / "cut.json").write_text(text[: len(text) // 2])
     res = cli("compare", str(real_runs.t1), str(bad))
     assert res.code == 2 and "not valid JSON" in res.stderr and "Traceback" not in res.stderr
-    with pytest.raises(CompareError, match="does not exist"):
+    with pytest.raises(ResultFileError, match="head .*nowhere does not exist"):
         load_records([tmp_path / "nowhere"], "head")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CompareError, match="holds no result files"):
+    with pytest.raises(ResultFileError, match="head .*empty holds no result files"):
         load_records([tmp_path / "empty"], "head")
     with pytest.raises(HarnessError):
         compare(_records(real_runs.t1), _records(real_runs.t2), alpha=2)

@@ -244,9 +244,11 @@ def test_the_report_compares_letter_scores_only_with_letter_scores(upstream, cli
     assert cli("eval", *same, "--out", str(runs)).code == 0
     assert cli("eval", "--tasks", task, "--limit", "4", "--no-cache", "--out", str(runs)).code == 0
     from harness.measurement.cost import CostInputs
-    from harness.output.report import build_report, load_runs
+    from harness.output.report import build_report
+    from harness.output.store import load_records
 
-    records, files = load_runs([runs])
+    loaded = load_records([runs])
+    records, files = loaded.records, loaded.files
     rep = build_report(records, files, CostInputs(), [], with_plots=False)
     r = cli("report", str(runs), "--html", str(tmp_path / "report.html"))
     assert r.code == 0, r.stderr[-2000:]

@@ -445,9 +445,11 @@ def test_headline_picks_group_scores_gaps_and_intervals(real_runs, tmp_path):
     from scipy.stats import binomtest
 
     from harness.measurement.cost import CostInputs
-    from harness.output.report import build_report, load_runs
+    from harness.output.report import build_report
+    from harness.output.store import load_records
 
-    records, files = load_runs([_fixture_runs(real_runs, tmp_path / "runs")])
+    loaded = load_records([_fixture_runs(real_runs, tmp_path / "runs")])
+    records, files = loaded.records, loaded.files
     rep = build_report(records, files, CostInputs(), [], with_plots=False)
     blocks = {b["benchmark"]: b for b in rep.sections["headline"]}
     mmlu = blocks["mmlu"]
@@ -562,7 +564,7 @@ def test_headline_page_reads_at_a_glance_at_desk_and_phone_widths(cli, real_runs
 def test_eval_table_shows_groups_first_and_labels_smoke_tests_and_recalled_runs(real_runs, tmp_path):
     from harness.output.labels import RECALLED_NOTE
     from harness.output.printers import accuracy_markdown, csv_text
-    from harness.output.report import load_runs
+    from harness.output.store import load_records
 
     runs = _fixture_runs(real_runs, tmp_path / "runs")
 
@@ -570,7 +572,7 @@ def test_eval_table_shows_groups_first_and_labels_smoke_tests_and_recalled_runs(
         d["evaluation"].update(requests_total=120, requests_recalled=120, cost={
             "wall_s": 1.5, "tokens_evaluated": 0, "tokens_without_reuse": 0, "tokens_saved_by_reuse": 0, "floor_tokens": 0})
     write_variant(real_runs.file(runs / "open-a"), tmp_path / "recalled", recalled)
-    (record,), _ = load_runs([tmp_path / "recalled"])
+    (record,) = load_records([tmp_path / "recalled"]).records
     md = accuracy_markdown([record])
     lines = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:]
     names = [line.split("|")[2].strip() for line in lines]
@@ -583,7 +585,7 @@ def test_eval_table_shows_groups_first_and_labels_smoke_tests_and_recalled_runs(
     assert f"{RECALLED_NOTE}; its eval wall (1.5 s) and token counts are not a speed" in md
     assert "tokens evaluated" not in md
     assert RECALLED_NOTE in csv_text([record])
-    (fresh,), _ = load_runs([runs / "open-a"])
+    (fresh,) = load_records([runs / "open-a"]).records
     assert RECALLED_NOTE not in accuracy_markdown([fresh]) + csv_text([fresh])
 
 
@@ -592,7 +594,7 @@ def test_a_rerun_from_the_request_cache_is_marked_recalled(cli, tmp_path):
     """The real lm-eval request cache: a second run of the same evaluation asks the model
     nothing, and every printer and the report say its answers were recalled."""
     from harness.output.labels import RECALLED_NOTE
-    from harness.output.report import load_runs
+    from harness.output.store import load_records
 
     env = {"HARNESS_CACHE_DIR": str(tmp_path / "cache")}
     args = ("eval", "--tasks", "truthfulqa_mc2", "--limit", "2")
@@ -602,9 +604,9 @@ def test_a_rerun_from_the_request_cache_is_marked_recalled(cli, tmp_path):
     assert again.code == 0, again.stderr
     fresh = cli(*args, "--no-cache", "-o", str(tmp_path / "fresh"), env=env)
     assert fresh.code == 0, fresh.stderr
-    (a,), _ = load_runs([tmp_path / "first"])
-    (b,), _ = load_runs([tmp_path / "again"])
-    (c,), _ = load_runs([tmp_path / "fresh"])
+    (a,) = load_records([tmp_path / "first"]).records
+    (b,) = load_records([tmp_path / "again"]).records
+    (c,) = load_records([tmp_path / "fresh"]).records
     assert a.evaluation.requests_total > 0 and a.evaluation.requests_recalled == 0
     assert b.evaluation.requests_recalled == b.evaluation.requests_total == a.evaluation.requests_total
     assert b.evaluation.cost.requests_loglikelihood == 0  # the model was asked nothing
@@ -621,7 +623,8 @@ def test_a_served_open_family_name_is_open_unless_named_closed(real_runs, tmp_pa
     """A chat proxy on this machine may serve a closed stand-in under an open family's name:
     --closed-model says which served models are closed."""
     from harness.measurement.cost import CostInputs
-    from harness.output.report import build_report, load_runs
+    from harness.output.report import build_report
+    from harness.output.store import load_records
 
     runs = _fixture_runs(real_runs, tmp_path / "runs")
 
@@ -629,7 +632,8 @@ def test_a_served_open_family_name_is_open_unless_named_closed(real_runs, tmp_pa
         d["model"].update(ref="openai:smollm2-135m", name="smollm2-135m", path="http://127.0.0.1:8011/v1")
         d["backend"]["settings"].update(base_url="http://127.0.0.1:8011/v1", model_name="smollm2-135m")
     write_variant(real_runs.file(runs / "closed"), runs / "closed", renamed)
-    records, files = load_runs([runs])
+    loaded = load_records([runs])
+    records, files = loaded.records, loaded.files
     by_kind = lambda rep: {r["model"]: r["kind"] for b in rep.sections["headline"] for r in b["measured"]}  # noqa: E731
     plain = by_kind(build_report(records, files, CostInputs(), [], with_plots=False))
     assert plain["smollm2-135m@127.0.0.1:8011 · openai"] == "best open measured here"  # an open family's name

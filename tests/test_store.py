@@ -103,3 +103,97 @@ def test_a_summary_naming_a_file_outside_its_folder_is_refused(tmp_path, name):
     write_sweep(summary.model_copy(update={"cells": [], "superseded_files": [name]}), path)
     with pytest.raises(ResultFileError, match=r"superseded_files .* is not a plain file name"):
         read_sweep(path)
+
+
+# ------------------------------------------------------------------ the one record loader
+
+
+def test_the_loader_reads_files_and_folders_once_each(tmp_path):
+    from harness.output.store import load_records
+
+    path = write_record(_record(), tmp_path / "runs")
+    loaded = load_records([tmp_path / "runs", path])
+    assert loaded.records == [_record()] and loaded.files == [path] and loaded.sweeps == []
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda text: text[:200], r"is not valid JSON \(truncated or damaged at line \d+\); rerun the benchmark"),
+    (lambda text: text.replace('"schema_version": "1.', '"schema_version": "9.'),
+     r"has schema 9\.\S+, newer than this harness reads \(\S+\); upgrade the harness"),
+    (lambda text: '{"hello": 1}', r"is not a harness result file \(no schema_version\)"),
+])
+def test_the_loader_refuses_a_bad_file_in_a_folder_by_its_name(tmp_path, damage, message):
+    from harness.output.store import load_records
+
+    good = write_record(_record(), tmp_path / "runs")
+    bad = tmp_path / "runs" / "zz-bad.json"
+    bad.write_text(damage(good.read_text()))
+    with pytest.raises(ResultFileError, match=f"^{re.escape(str(bad))} {message}") as err:
+        load_records([tmp_path / "runs"])
+    assert "\n" not in str(err.value)
+
+
+def test_the_loader_names_the_argument_that_is_missing_or_empty(tmp_path):
+    from harness.output.store import load_records
+
+    with pytest.raises(ResultFileError, match=f"^base {re.escape(str(tmp_path / 'nowhere'))} does not exist$"):
+        load_records([tmp_path / "nowhere"], "base")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ResultFileError, match=r"^result path .*empty holds no result files \(\*\.json\)$"):
+        load_records([tmp_path / "empty"])
+
+
+def test_a_folders_sweep_summary_is_read_only_when_asked_for(tmp_path):
+    """show reads the summaries in a folder (its cells' records once each); compare, report and
+    trend pass over them, since the records they list are in the folder already."""
+    from harness.core.record import SweepCell, SweepRecord
+    from harness.output.store import load_records, write_sweep
+
+    out = tmp_path / "sweep"
+    path = write_record(_record(), out)
+    cell = SweepCell(index=1, key="k", label="c", kind="perf", model_ref="m", model_sha256="0" * 64,
+                     backend="llamacpp", timeout_s=1.0, status="ok", result_file=path.name)
+    write_sweep(SweepRecord(sweep_id="s", created_at="t", updated_at="t", harness_version="0.1.0",
+                            matrix_file="m.yaml", matrix_sha256="0", cells=[cell]), out / "sweep.json")
+    shown = load_records([out], summaries=True)
+    assert shown.files == [path] and [s.sweep_id for s in shown.sweeps] == ["s"]
+    compared = load_records([out])
+    assert compared.files == [path] and compared.sweeps == []
+    assert load_records([out / "sweep.json"]).files == [path]  # a summary named stands for its cells
+
+
+# ------------------------------------------------------------------ the one atomic writer
+
+
+def test_written_files_and_folders_are_shared_like_any_other(tmp_path):
+    """mkstemp makes 0600 and mkdtemp 0700: the writer widens them to what the umask allows."""
+    import os
+
+    from harness.output.store import replacing
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "r.json", "{}")
+        with replacing(tmp_path / "converted", folder=True) as tmp:
+            (tmp / "config.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "converted").stat().st_mode & 0o777 == 0o755
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "r.json"]
+
+
+def test_a_failed_folder_write_leaves_the_old_folder(tmp_path):
+    from harness.output.store import replacing
+
+    target = tmp_path / "converted"
+    with replacing(target, folder=True) as tmp:
+        (tmp / "a").write_text("old")
+    with pytest.raises(RuntimeError):
+        with replacing(target, folder=True) as tmp:
+            (tmp / "a").write_text("new, half")
+            raise RuntimeError("the conversion failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["converted"] and (target / "a").read_text() == "old"
+    with replacing(target, folder=True) as tmp:  # a finished one replaces it whole
+        (tmp / "b").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["b"]

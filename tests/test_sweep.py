@@ -17,7 +17,7 @@ import pytest
 from sweep_helpers import FAULT_PLUGINS, LiveCli, all_files, gone, result_files, wait_file
 
 from harness.core.errors import ResultFileError
-from harness.output.store import expand_paths, load_records, read_record, read_sweep
+from harness.output.store import load_records, read_record, read_sweep
 
 TINY = "perf: {pp: [16], tg: [8], reps: 1}\n"
 PLUGINS = Path(__file__).parent / "plugins"
@@ -213,10 +213,10 @@ def test_printers_accept_the_sweep_summary(cli, interrupted):
     runs, sweeps = [x for x in js if x["kind"] == "run"], [x for x in js if x["kind"] == "sweep"]
     assert len(sweeps) == 1 and len(runs) == 2 and js[-1]["kind"] == "sweep"
     assert {r["run_id"] for r in runs} == {c.run_id for c in second["summary"].cells}
-    records, sweeps = load_records([out / "sweep.json"])
-    assert len(records) == 2 and sweeps[0].sweep_id == second["summary"].sweep_id
+    loaded = load_records([out / "sweep.json"])
+    assert len(loaded.records) == 2 and loaded.sweeps[0].sweep_id == second["summary"].sweep_id
     # every reader of run records takes a summary as its cells' files: compare does
-    assert sorted(expand_paths([out / "sweep.json"])) == result_files(out) == expand_paths([out])
+    assert sorted(loaded.files) == result_files(out) == load_records([out]).files
     cmp = cli("compare", str(out / "sweep.json"), str(out / "sweep.json"))
     assert cmp.code == 0 and "pp16" in cmp.stdout and "tg8" in cmp.stdout, cmp.stderr
 

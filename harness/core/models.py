@@ -94,13 +94,15 @@ def _locate_gemma3() -> Path:
 
     target = cache_dir() / "models" / pkg.MODEL_NAME
     if not target.exists():
-        try:
-            pkg.assemble(output_path=target.with_suffix(".partial"), overwrite=True)
-        except (FileNotFoundError, ModuleNotFoundError) as exc:
-            raise ModelError(f"gemma3-270m chunks are missing ({exc}); run: {hint}") from None
-        except ValueError as exc:
-            raise ModelError(f"gemma3-270m assembled with the wrong checksum ({exc}); reinstall: {hint}") from None
-        os.replace(target.with_suffix(".partial"), target)
+        from harness.output.store import replacing
+
+        with replacing(target) as partial:
+            try:
+                pkg.assemble(output_path=partial, overwrite=True)
+            except (FileNotFoundError, ModuleNotFoundError) as exc:
+                raise ModelError(f"gemma3-270m chunks are missing ({exc}); run: {hint}") from None
+            except ValueError as exc:
+                raise ModelError(f"gemma3-270m assembled with the wrong checksum ({exc}); reinstall: {hint}") from None
     return target
 
 
@@ -242,9 +244,9 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: fh.read(4 << 20), b""):
             digest.update(block)
     cache[real] = {**key, "sha256": digest.hexdigest()}
-    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cache, indent=1))
-    os.replace(tmp, cache_file)
+    from harness.output.store import write_atomic
+
+    write_atomic(cache_file, json.dumps(cache, indent=1))
     return digest.hexdigest()
 
 

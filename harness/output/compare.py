@@ -22,7 +22,6 @@ import math
 import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from harness.core.environment import hardware_key
@@ -443,18 +442,6 @@ class Comparison:
     only_base: list[str] = field(default_factory=list)
     only_head: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-def load_records(paths: list[Path], side: str) -> tuple[list[RunRecord], list[str]]:
-    from harness.output.store import expand_paths, read_record
-
-    files = expand_paths(paths)
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise CompareError(f"{side} {missing[0]} does not exist")
-    if not files:
-        raise CompareError(f"{side} {', '.join(map(str, paths))} holds no result files (*.json)")
-    return [read_record(f) for f in files], [str(f) for f in files]
 
 
 def _stddev(xs: list[float]) -> float | None:

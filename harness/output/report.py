@@ -675,7 +675,7 @@ def overview(records: list[RunRecord]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- build and write
 
 
-def build_report(records: list[RunRecord], sources: list[str], inputs: CostInputs, api_prices: list[ApiPrice],
+def build_report(records: list[RunRecord], sources: list[Path], inputs: CostInputs, api_prices: list[ApiPrice],
                  title: str = "Benchmark report", scores_path: Path | None = None,
                  openness_path: Path | None = None, with_plots: bool = True, min_docs: int | None = None,
                  closed_models: list[str] | None = None) -> Report:
@@ -691,7 +691,7 @@ def build_report(records: list[RunRecord], sources: list[str], inputs: CostInput
     openness = load_openness(openness_path) if openness_path else load_openness()
     varying = varying_settings(records)
     rep = Report(title=title, generated_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                 records=records, sources=sources)
+                 records=records, sources=list(map(str, sources)))
     speed = speed_section(records, varying)
     load = load_section(records, varying)
     closed = frozenset(n.strip().lower() for n in closed_models or [])
@@ -762,15 +762,3 @@ def write_report(rep: Report, html: Path, png_dir: Path | None = None) -> list[P
         written.append(path)
     write_atomic(html, render_html(rep))
     return [html, *written]
-
-
-def load_runs(paths: list[Path]) -> tuple[list[RunRecord], list[str]]:
-    from harness.output.store import expand_paths, read_record
-
-    for p in paths:
-        if not p.exists():
-            raise ConfigError(f"result path {p} does not exist")
-    files = expand_paths(paths)
-    if not files:
-        raise ConfigError(f"{', '.join(map(str, paths))} holds no result files (*.json)")
-    return [read_record(f) for f in files], [str(f) for f in files]

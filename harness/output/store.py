@@ -11,8 +11,11 @@ import errno
 import json
 import os
 import re
+import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from pydantic import ValidationError
 
@@ -21,32 +24,60 @@ from harness.core.errors import OutputFileError, ResultFileError
 from harness.core.record import SCHEMA_VERSION, SWEEP_SCHEMA_VERSION, RunRecord, SweepRecord
 
 
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write text or bytes to a temporary file in the same folder, flush to disk, then rename.
+@contextlib.contextmanager
+def replacing(path: Path, folder: bool = False) -> Iterator[Path]:
+    """A temporary file (or, with ``folder``, folder) beside ``path`` for the caller to fill;
+    when the block ends it takes the place of ``path`` in one rename, so a reader never sees
+    half of it. The one place the harness writes by temporary file and rename.
 
-    A file that cannot be written (a full disk, a read-only folder) is an OutputFileError
-    naming ``path``; whatever was at ``path`` before is left as it was.
+    A file is flushed to disk before the rename. Whatever was at ``path`` before is left as
+    it was when the block fails: the temporary is removed, and an OSError (a full disk, a
+    read-only folder) is an OutputFileError naming ``path``.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        if folder:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            tmp = Path(name)
     except OSError as exc:
         raise OutputFileError(path, exc) from None
     try:
+        yield tmp
         umask = os.umask(0)
         os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results and reports are for sharing
-        with (os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", encoding="utf-8")) as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        # mkstemp makes 0600 and mkdtemp 0700: results, reports and caches are for sharing
+        os.chmod(tmp, (0o777 if folder else 0o666) & ~umask)
+        if folder:
+            shutil.rmtree(path, ignore_errors=True)  # a folder replaces only an empty one or none
+        else:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(tmp)
         raise OutputFileError(path, exc) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _remove(tmp)
         raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write text or bytes to ``path`` through replacing(): all of it or, on failure, nothing."""
+    with replacing(path) as tmp:
+        if isinstance(text, bytes):
+            tmp.write_bytes(text)
+        else:
+            tmp.write_text(text, encoding="utf-8")
 
 
 def _slug(text: str, empty: str = "model") -> str:
@@ -179,29 +210,63 @@ def sweep_cell_records(summary: SweepRecord, summary_path: Path) -> list[tuple[P
     return out
 
 
-def load_records(paths: list[Path]) -> tuple[list[RunRecord], list[SweepRecord]]:
-    """Every run record the paths name: files, folders (their *.json), and sweep summaries
-    (the cells' result files they list). Each file is read once; a damaged one is refused."""
-    records: list[RunRecord] = []
-    sweeps: list[SweepRecord] = []
+@dataclass
+class LoadedRecords:
+    """What result paths hold: the run records, the file each was read from, and the sweep summaries read."""
+
+    records: list[RunRecord] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    sweeps: list[SweepRecord] = field(default_factory=list)
+
+
+def load_records(paths: list[Path], what: str = "result path", summaries: bool = False) -> LoadedRecords:
+    """Every run record the paths name: the one reader of result files for every command.
+
+    A path is a result file, a folder (its *.json at any depth) or a sweep summary, which
+    stands for its cells' result files. Each file is read once. A missing path, paths that
+    hold no result files and a damaged, foreign or newer-schema file are refused in one
+    line naming the path (``what`` says which argument it is: "base", "history").
+    With ``summaries`` (harness show) the sweep summaries inside folders are read too, and
+    a summary with no finished cell is something to show; otherwise a folder's summaries
+    are passed over, since the result files they list are in the folder already.
+    """
+    for p in paths:
+        if not p.exists():
+            raise ResultFileError(f"{what} {p} does not exist")
+    loaded = LoadedRecords()
     seen: set[Path] = set()
 
     def add(path: Path, record: RunRecord) -> None:
         real = path.resolve()
         if real not in seen:
             seen.add(real)
-            records.append(record)
+            loaded.records.append(record)
+            loaded.files.append(path)
 
-    for path in expand_paths(paths, summaries=True):
+    for path in expand_paths(paths, summaries):
         item = read_any(path)
         if isinstance(item, SweepRecord):
-            sweeps.append(item)
-            seen.add(path.resolve())
+            loaded.sweeps.append(item)
             for cell_path, record in sweep_cell_records(item, path):
                 add(cell_path, record)
         else:
             add(path, item)
-    return records, sweeps
+    if not loaded.records and not (summaries and loaded.sweeps):
+        raise ResultFileError(f"{what} {', '.join(map(str, paths))} holds no result files (*.json)")
+    return loaded
+
+
+def expand_paths(paths: list[Path], summaries: bool = False) -> list[Path]:
+    """Files named directly, and every *.json inside named folders (hidden files left out,
+    and the folders' sweep summaries, sweep.json, unless ``summaries``)."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*.json") if not q.name.startswith(".")
+                              and (summaries or q.name != SWEEP_SUMMARY_NAME)))
+        else:
+            out.append(p)
+    return out
 
 
 # ------------------------------------------------------------------ per-sample logs
@@ -260,34 +325,4 @@ def read_jsonl(path: Path) -> list[dict]:
             if n == len(lines):  # the last line, with no newline after it: torn by a crash
                 break
             raise ResultFileError(f"{path} line {n} is not valid JSON; the log is damaged") from None
-    return out
-
-
-def _sweep_summary(path: Path) -> SweepRecord | None:
-    """The sweep summary at path, or None when it is something else (or unreadable: the
-    caller's read_record then refuses it by name)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return read_sweep(path) if isinstance(data, dict) and data.get("kind") == "sweep" else None
-
-
-def expand_paths(paths: list[Path], summaries: bool = False) -> list[Path]:
-    """Result files named directly, and every *.json inside named folders.
-
-    A sweep summary named directly stands for the result files of its cells, so every
-    reader of run records (compare, report) accepts one. A folder's sweep summaries
-    (sweep.json) are left out: the run records they list are in the folder already. With
-    ``summaries`` both are kept as they are, for a caller that reads them itself.
-    """
-    out: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*.json") if not q.name.startswith(".")
-                              and (summaries or q.name != SWEEP_SUMMARY_NAME)))
-        elif not summaries and (summary := _sweep_summary(p)) is not None:
-            out.extend(p.parent / c.result_file for c in summary.cells if c.result_file)
-        else:
-            out.append(p)
     return out
