@@ -73,7 +73,7 @@ HISTORY_DIR ?= results/history
 
 .PHONY: nightly
 nightly: setup
-	$(BIN)/python -m harness.nightly --models "$(NIGHTLY_MODELS)" --backends "$(NIGHTLY_BACKENDS)" \
+	$(BIN)/python -m harness.commands.nightly --models "$(NIGHTLY_MODELS)" --backends "$(NIGHTLY_BACKENDS)" \
 		--bench-args "$(NIGHTLY_BENCH_ARGS)" --suite "$(NIGHTLY_SUITE)" --report-args "$(NIGHTLY_REPORT_ARGS)" \
 		--out "$(NIGHTLY_OUT)" --history "$(HISTORY_DIR)" --fail-on "$(NIGHTLY_FAIL_ON)"
 

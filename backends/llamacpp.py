@@ -22,11 +22,11 @@ import numpy as np
 import psutil
 from pydantic import field_validator, model_validator
 
-from harness.backend import (Backend, BackendSettings, BatchScorer, GenerationRequest, GenerationResult, LoadInfo,
+from harness.core.backend import (Backend, BackendSettings, BatchScorer, GenerationRequest, GenerationResult, LoadInfo,
                              LogitsWanted, ResultHook, StepDecoder, TextGenerator, generate_by_steps, python_distribution,
                              python_lacks, setting)
-from harness.errors import BackendError, BackendNotInstalled
-from harness.models import ModelInfo
+from harness.core.errors import BackendError, BackendNotInstalled
+from harness.core.models import ModelInfo
 
 
 # llama-bench's KV cache types (-ctk/-ctv) -> ggml type ids
@@ -194,12 +194,12 @@ class LlamaCppBackend(StepDecoder, BatchScorer, TextGenerator, Backend):
     @classmethod
     def serve_command(cls, model_path: str, *, python: str, name: str, host: str, port: int, n_ctx: int,
                       extra: list[str]) -> list[str]:
-        """llama-cpp-python's server (through backends.llamacpp_server, for the repack default)
+        """llama-cpp-python's server (through harness.backends.llamacpp_server, for the repack default)
         on every physical core."""
         threads = str(physical_cores())
         # interrupt_requests off: by default the server cuts a stream short when another
         # request arrives, which would turn every concurrent load point into truncated outputs
-        return [python, "-m", "backends.llamacpp_server", "--model", model_path, "--model_alias", name,
+        return [python, "-m", "harness.backends.llamacpp_server", "--model", model_path, "--model_alias", name,
                 "--host", host, "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", threads,
                 "--n_threads_batch", threads, "--interrupt_requests", "False", *extra]
 
@@ -228,7 +228,7 @@ class LlamaCppBackend(StepDecoder, BatchScorer, TextGenerator, Backend):
             import llama_cpp
         except ImportError:
             raise BackendError(f"llama-cpp-python is not installed; {self.install_hint}") from None
-        from harness.template_sandbox import TemplateFailed, check_model_templates
+        from harness.measurement.template_sandbox import TemplateFailed, check_model_templates
 
         try:  # llama-cpp-python compiles the file's chat templates in process as it loads
             check_model_templates(self.model.path)

@@ -20,8 +20,8 @@ import asyncio
 import contextlib
 from typing import Any
 
-from harness.backend import GenerationRequest, GenerationResult, ResultHook, prompt_form
-from harness.errors import BackendError
+from harness.core.backend import GenerationRequest, GenerationResult, ResultHook, prompt_form
+from harness.core.errors import BackendError
 
 # OpenAI's limit on stop sequences in one request; further ones are applied to the text here
 MAX_SERVER_STOPS = 4
@@ -75,7 +75,8 @@ def request_json(api: str, model: str, req: GenerationRequest, *, seed: int | No
 
 
 async def _one(client, http, path: str, api: str, body: dict, stops: tuple[str, ...]) -> GenerationResult:
-    from backends.openai_http import RETRY_STATUSES, StreamError, StreamTimer, _error_text, _transport_error, retry_after_s
+    from harness.backends.openai_http import (RETRY_STATUSES, StreamError, StreamTimer, _error_text, _transport_error,
+                                              retry_after_s)
 
     httpx = client._httpx
     attempt = 0

@@ -1,7 +1,7 @@
 """Any OpenAI-compatible server over HTTP: vLLM's, llama.cpp's, a hosted API.
 
 Requests are streamed (server-sent events) and every chunk's arrival is stamped with
-harness.meters.now_ns, so time to first token, the gaps between chunks and end-to-end
+harness.measurement.meters.now_ns, so time to first token, the gaps between chunks and end-to-end
 latency come from the same clock as every other figure. The definitions are vLLM's
 and are written out in results/README.md.
 
@@ -32,12 +32,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError, field_validator
 
-from harness.backend import (Backend, BackendSettings, GenerationRequest, GenerationResult, LoadInfo, ResultHook,
+from harness.core.backend import (Backend, BackendSettings, GenerationRequest, GenerationResult, LoadInfo, ResultHook,
                              TextGenerator, setting, setting_error)
-from harness.environment import redact
-from harness.errors import BackendError, BackendNotInstalled, ConfigError
-from harness.meters import now_ns
-from harness.models import ModelInfo
+from harness.core.environment import redact
+from harness.core.errors import BackendError, BackendNotInstalled, ConfigError
+from harness.measurement.meters import now_ns
+from harness.core.models import ModelInfo
 
 Api = Literal["chat", "completions"]
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504}) | frozenset(range(505, 600))
@@ -77,7 +77,7 @@ def api_key_from_env(name: str | None) -> str | None:
         raise ConfigError("--api-key-env: no environment variable of the name given is set (the name is not shown, "
                           "in case it is the key itself): export it, or drop --api-key-env")
     try:  # from here on every line the harness writes has this value removed
-        from harness.environment import register_secret
+        from harness.core.environment import register_secret
 
         register_secret(value.strip())
     except ImportError:
@@ -950,8 +950,8 @@ class OpenAIHttpBackend(TextGenerator, Backend):
     def generate(self, requests: list[GenerationRequest], *, concurrency: int | None = None,
                  on_result: ResultHook | None = None) -> list[GenerationResult]:
         """Every request, ``concurrency`` in flight at a time (1 when not given); see
-        backends.openai_generate."""
-        from backends.openai_generate import generate_all
+        harness.backends.openai_generate."""
+        from harness.backends.openai_generate import generate_all
 
         return generate_all(self._need(), self.served_name, self.settings.api, requests,
                             concurrency=concurrency or 1, on_result=on_result, seed=self.settings.seed,

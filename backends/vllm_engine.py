@@ -11,7 +11,7 @@ So this backend is a batch scorer and a text generator, not a step decoder:
   ``LLM.generate`` (prompt log-probabilities of context + continuation), which is how the
   lm-eval adapter sends log-likelihood requests; the pairs read the shared contexts from
   vLLM's prefix cache;
-* ``generate()`` submits requests together (vLLM batches them); harness.perf times ppN as
+* ``generate()`` submits requests together (vLLM batches them); harness.measurement.perf times ppN as
   one request of N prompt tokens with ``max_tokens=1`` (so the context holds N + 1),
   tgN as one request of one prompt token and N generated tokens with end-of-sequence
   ignored, and the batch test as many such requests at once, and reads vLLM's own
@@ -41,14 +41,14 @@ from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
-from harness.backend import (Backend, BackendSettings, BatchScorer, GenerationRequest, GenerationResult, LoadInfo,
+from harness.core.backend import (Backend, BackendSettings, BatchScorer, GenerationRequest, GenerationResult, LoadInfo,
                              ResultHook, TextGenerator, prompt_form, python_distribution, python_lacks, setting)
-from harness.errors import BackendError, BackendNotInstalled, MeasurementFailed, ModelError
-from harness.models import ModelInfo
-from harness.paths import cache_dir
-from harness.record import EngineMemory
-from harness.record_factory import utc_now
-from harness.store import replacing
+from harness.core.errors import BackendError, BackendNotInstalled, MeasurementFailed, ModelError
+from harness.core.models import ModelInfo
+from harness.core.paths import cache_dir
+from harness.core.record import EngineMemory
+from harness.core.record_factory import utc_now
+from harness.output.store import replacing
 
 GiB = 1 << 30
 MIB = 1 << 20
@@ -112,7 +112,7 @@ def import_vllm():
 
 
 def _sha256_file(path: Path) -> str:
-    from harness.models import sha256_of
+    from harness.core.models import sha256_of
 
     return sha256_of(path)
 
@@ -297,7 +297,7 @@ def _download_hf_repo(ref: str) -> Path:
 
 def resolve_vllm_model(ref: str) -> ModelInfo:
     """A reference -> a Hugging Face-format directory vLLM can load, described."""
-    from harness.models import resolve
+    from harness.core.models import resolve
 
     path = Path(ref).expanduser()
     if path.is_dir():
@@ -412,7 +412,7 @@ class VllmBackend(BatchScorer, TextGenerator, Backend):
 
     @classmethod
     def resolve_model(cls, ref: str | None, settings: Mapping[str, Any] | None = None) -> ModelInfo:
-        from harness.models import DEFAULT_MODEL
+        from harness.core.models import DEFAULT_MODEL
 
         return resolve_vllm_model(ref or DEFAULT_MODEL)
 
@@ -463,7 +463,7 @@ class VllmBackend(BatchScorer, TextGenerator, Backend):
         log(f"preparing {model.ref} for vLLM")
         if Path(model.path).is_dir():
             return model.path
-        code = ("import sys\nfrom harness.models import resolve\nfrom backends.vllm_engine import convert_gguf\n"
+        code = ("import sys\nfrom harness.core.models import resolve\nfrom harness.backends.vllm_engine import convert_gguf\n"
                 "print(convert_gguf(resolve(sys.argv[1]))[0])")
         root = Path(__file__).resolve().parent.parent
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}

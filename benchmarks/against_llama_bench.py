@@ -36,7 +36,7 @@ import tempfile
 
 
 def run_llama_bench(binary: str, model_path: str, args) -> dict[str, float]:
-    from backends.llamacpp import repack_default
+    from harness.backends.llamacpp import repack_default
 
     # the harness's weight-repacking default, so both run the same kernels
     no_repack = [] if repack_default() else ["--no-repack", "1"]
@@ -72,7 +72,7 @@ def main() -> int:
     parser.add_argument("--rounds-file", help="append each round here (JSON lines) and pool every round in it")
     args = parser.parse_args()
 
-    from harness.models import resolve
+    from harness.core.models import resolve
 
     model_path = resolve(args.model).path
     rounds: list[tuple[dict, dict]] = []

@@ -59,7 +59,7 @@ def main() -> None:
     args = ap.parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    gguf = Path(subprocess.run([args.harness_python, "-c", "import sys; from harness.models import resolve; "
+    gguf = Path(subprocess.run([args.harness_python, "-c", "import sys; from harness.core.models import resolve; "
                                 "print(resolve(sys.argv[1]).path)", args.model],
                                capture_output=True, text=True, check=True).stdout.strip())
 

@@ -97,10 +97,10 @@ def start_server(args, port: int, work: Path) -> subprocess.Popen:
         script.write_text(PACED_SERVER)
         cmd = [sys.executable, str(script), str(port), str(args.paced_ttft_ms), str(args.paced_itl_ms)]
     else:
-        from harness.models import BUNDLED
+        from harness.core.models import BUNDLED
 
         t = str(args.threads)
-        cmd = [sys.executable, "-m", "backends.llamacpp_server", "--model", str(BUNDLED["smollm2-135m"].locate()),
+        cmd = [sys.executable, "-m", "harness.backends.llamacpp_server", "--model", str(BUNDLED["smollm2-135m"].locate()),
                "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024",
                "--n_threads", t, "--n_threads_batch", t, "--interrupt_requests", "False"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=(work / "server.log").open("w"),

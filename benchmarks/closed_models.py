@@ -72,7 +72,7 @@ def answers(record: dict) -> dict[tuple[int, str], str]:
 
 def chat_vs_local(a) -> None:
     from chat_proxy import ChatProxy
-    from harness.models import BUNDLED
+    from harness.core.models import BUNDLED
     from loopback_servers import llamacpp_server
 
     out = Path(tempfile.mkdtemp(prefix="closed-vs-local-"))

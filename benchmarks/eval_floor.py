@@ -51,7 +51,7 @@ def run(code: Path, *args: str) -> tuple[dict | list, float]:
 
 def pp64(common: list[str], llama_bench: str | None, model_path: str | None, threads: int | None) -> float:
     if llama_bench:
-        from backends.llamacpp import repack_default
+        from harness.backends.llamacpp import repack_default
 
         cmd = [llama_bench, "-m", model_path, "-p", "64", "-n", "0", "-r", "5", "-o", "json"]
         if not repack_default():  # the harness's weight-repacking default: the same kernels
@@ -97,7 +97,7 @@ def main() -> None:
     model_path = None
     if args.llama_bench:
         sys.path.insert(0, str(REPO))
-        from harness.models import resolve
+        from harness.core.models import resolve
 
         model_path = resolve(args.model).path
     figures = []

@@ -55,10 +55,12 @@ def run_gguf(model_path: str, tasks: list[str], limit: int, threads: int | None,
 
     import lm_eval
 
-    from harness.accuracy import accuracy_results, load_tasks, quiet_lm_eval
-    from backends.llamacpp import LlamaCppBackend
-    from harness.load import free_port, served
-    from harness.suites import bundled_tasks_dir
+    from harness.measurement.eval_results import accuracy_results
+
+    from harness.measurement.eval_tasks import load_tasks, quiet_lm_eval
+    from harness.backends.llamacpp import LlamaCppBackend
+    from harness.measurement.serving import free_port, served
+    from harness.measurement.suites import bundled_tasks_dir
 
     quiet_lm_eval()
     logging.getLogger("lm_eval").setLevel(logging.ERROR)

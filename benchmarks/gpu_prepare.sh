@@ -48,6 +48,6 @@ for py in 3.10 3.11 3.12; do
         -d "$CARRY/wheels" $BINARY
 done
 PY="${PYTHON:-$(dirname "$PIP")/python}"
-smollm2=$(PYTHONPATH="$PWD" "$PY" -c "from harness.models import resolve; print(resolve('smollm2-135m').path)")
+smollm2=$(PYTHONPATH="$PWD" "$PY" -c "from harness.core.models import resolve; print(resolve('smollm2-135m').path)")
 PYTHONPATH="$PWD" "$PY" benchmarks/gguf_first_layers.py "$smollm2" "$CARRY/model.gguf" --layers 4
 du -sh "$CARRY" "$CARRY"/*

@@ -88,7 +88,7 @@ def main() -> None:
     from chat_proxy import ChatProxy
     from loopback_servers import llamacpp_server
 
-    from harness.models import locate
+    from harness.core.models import locate
 
     path, _ = locate(args.model)
     common = ["--tasks", args.tasks, "--limit", args.limit, "--log-samples", "--no-cache"]

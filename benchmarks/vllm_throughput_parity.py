@@ -81,7 +81,7 @@ def main() -> int:
     args = ap.parse_args()
     max_len = args.input_len + args.output_len + args.len_slack
     sys.path.insert(0, str(REPO))
-    from backends.vllm_engine import VllmBackend
+    from harness.backends.vllm_engine import VllmBackend
 
     model_dir = VllmBackend.resolve_model(args.model).path
     runs = []

@@ -15,9 +15,9 @@ from typing import Optional
 import typer
 from typer.exceptions import TyperException
 
-from harness import interrupts
-from harness.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_STATUS_HELP, HarnessError
-from harness.paths import DEFAULT_RESULTS_DIR
+from harness.execution import interrupts
+from harness.core.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_STATUS_HELP, HarnessError
+from harness.core.paths import DEFAULT_RESULTS_DIR
 
 app = typer.Typer(
     add_completion=False,
@@ -50,7 +50,7 @@ RECORD_FORMAT_HELP = "output format: md, csv, json, jsonl or sql"
 
 
 def _check_format(fmt: str, formats: tuple[str, ...] | None = None) -> str:
-    from harness.printers import FORMATS
+    from harness.output.printers import FORMATS
 
     formats = formats or FORMATS
     if fmt not in formats:
@@ -96,10 +96,10 @@ def bench(
     fmt: Optional[str] = typer.Option(None, "--format", "-f", metavar="FORMAT", help="the same as -o"),
 ) -> None:
     """Measure prompt processing (ppN), generation (tgN), time to first token and memory."""
-    from harness.bench import BenchRequest, parse_set_options, run_bench
-    from harness.config import parse_bool_list, parse_int_list, parse_pg_list, parse_split_list, parse_word_list
-    from harness.printers import PRINTERS, RECORD_FORMATS
-    from harness.registry import get as get_backend
+    from harness.commands.bench import BenchRequest, parse_set_options, run_bench
+    from harness.core.config import parse_bool_list, parse_int_list, parse_pg_list, parse_split_list, parse_word_list
+    from harness.output.printers import PRINTERS, RECORD_FORMATS
+    from harness.core.registry import get as get_backend
 
     if output is not None and fmt is not None and output != fmt:
         raise HarnessError(f"-o {output} and --format {fmt} disagree; give the format once")
@@ -143,7 +143,7 @@ def bench(
     if clash:
         raise HarnessError(f"--set {clash[0]} repeats an option given on its own; give it once")
     request.grid.update(extra)
-    from harness.progress import EventView
+    from harness.output.progress import EventView
 
     view = EventView("case")
     try:
@@ -161,8 +161,8 @@ def bench(
 @app.command()
 def models(fmt: str = typer.Option("md", "--format", "-f", metavar="FORMAT", help=FORMAT_HELP)) -> None:
     """List the bundled and local models, and those Ollama and LM Studio hold, with size, quantization and license."""
-    from harness.catalog import list_models
-    from harness.printers import _params_label, table_text
+    from harness.core.catalog import list_models
+    from harness.output.printers import _params_label, table_text
 
     rows = list_models()
     if _check_format(fmt) == "json":
@@ -177,8 +177,8 @@ def models(fmt: str = typer.Option("md", "--format", "-f", metavar="FORMAT", hel
 @app.command()
 def backends(fmt: str = typer.Option("md", "--format", "-f", metavar="FORMAT", help=FORMAT_HELP)) -> None:
     """List backends and whether each is installed."""
-    from harness import registry
-    from harness.printers import table_text
+    from harness.core import registry
+    from harness.output.printers import table_text
 
     _check_format(fmt)
     rows = []
@@ -202,13 +202,13 @@ def sweep(
     ray_address: Optional[str] = typer.Option(None, "--ray", help="run the cells as Ray tasks on a cluster: its ADDRESS (host:port), auto (the cluster this machine joined with ray start) or local (one started here for the sweep)"),
 ) -> None:
     """Run a matrix of models x backends x tests, each cell in its own process, surviving faults."""
-    from harness.environment import redact
-    from harness.printers import PRINTERS, SWEEP_PRINTERS, sweep_plan_text
-    from harness.sweep import SweepRequest, prepare, run_sweep
+    from harness.core.environment import redact
+    from harness.output.printers import PRINTERS, SWEEP_PRINTERS, sweep_plan_text
+    from harness.execution.sweep import SweepRequest, prepare, run_sweep
 
     _check_format(fmt)
     if ray_address is not None:
-        from harness.ray_sweep import import_ray
+        from harness.execution.ray_sweep import import_ray
 
         import_ray()  # not installed: one line saying how, before any work
     command = ["harness", *sys.argv[1:]]
@@ -220,13 +220,13 @@ def sweep(
     def log(line: str) -> None:
         print(redact(f"[harness] {line}"), file=sys.stderr, flush=True)
 
-    from harness.progress import EventView
+    from harness.output.progress import EventView
 
     on_event = EventView("cell", failures=False, live=False)
     executor = None
     if ray_address is not None:
-        from harness.ray_sweep import connect
-        from harness.sweep import cell_job
+        from harness.execution.ray_sweep import connect
+        from harness.execution.cells import cell_job
 
         jobs = [cell_job(c, plan, command) for c in plan.cells if c.key not in plan.resume.kept]
         executor = connect(ray_address, jobs, {c.index: c.label for c in plan.cells}, log)
@@ -254,8 +254,8 @@ def show(
     fmt: str = typer.Option("md", "--format", "-f", metavar="FORMAT", help=RECORD_FORMAT_HELP),
 ) -> None:
     """Print result files; a sweep summary prints its cells, then their results (as CSV: its cells)."""
-    from harness.printers import PRINTERS, RECORD_FORMATS, SWEEP_PRINTERS
-    from harness.store import load_records
+    from harness.output.printers import PRINTERS, RECORD_FORMATS, SWEEP_PRINTERS
+    from harness.output.store import load_records
 
     _check_format(fmt, RECORD_FORMATS)
     loaded = load_records(paths, summaries=True)
@@ -280,8 +280,8 @@ def show(
 @app.command()
 def env(fmt: str = typer.Option("json", "--format", "-f", metavar="FORMAT", help="output format: json (default), md or csv")) -> None:
     """Print the environment fingerprint stored with every result."""
-    from harness.environment import fingerprint
-    from harness.printers import table_text
+    from harness.core.environment import fingerprint
+    from harness.output.printers import table_text
 
     _check_format(fmt)
     info = fingerprint()
@@ -334,10 +334,12 @@ def load(
     fmt: str = typer.Option("md", "--format", "-f", help=FORMAT_HELP),
 ) -> None:
     """Load-test an OpenAI-compatible server: throughput, TTFT, TPOT, ITL, latency, goodput."""
-    from harness.config import parse_int_list
-    from harness.load import TrafficRequest, parse_goodput, parse_metric_percentiles, parse_percentile_metrics, \
-        parse_rates, parse_slo, run_traffic, server_backend
-    from harness.printers import PRINTERS, RECORD_FORMATS
+    from harness.core.config import parse_int_list
+    from harness.measurement.serving import server_backend
+    from harness.measurement.traffic import run_traffic
+    from harness.measurement.traffic_options import TrafficRequest, parse_goodput, parse_metric_percentiles, \
+        parse_percentile_metrics, parse_rates, parse_slo
+    from harness.output.printers import PRINTERS, RECORD_FORMATS
 
     _check_format(fmt, RECORD_FORMATS)
     if serve is not None:
@@ -390,8 +392,8 @@ def compare(
     fmt: str = typer.Option("md", "--format", "-f", help=FORMAT_HELP),
 ) -> None:
     """Compare runs: base, head and the change per metric, with noise told apart from change."""
-    from harness import compare as cmp
-    from harness.store import load_records
+    from harness.output import compare as cmp
+    from harness.output.store import load_records
 
     _check_format(fmt)
     if stat not in ("mwu", "bootstrap"):
@@ -438,9 +440,9 @@ def report(
     closed_model: list[str] = typer.Option([], "--closed-model", help="a served model NAME to treat as closed (e.g. behind a proxy on this machine); repeat"),
 ) -> None:
     """One self-contained HTML report: tables, plots, open against closed, openness, cost."""
-    from harness.cost import CostInputs, parse_api_price
-    from harness.report import build_report, write_report
-    from harness.store import load_records
+    from harness.measurement.cost import CostInputs, parse_api_price
+    from harness.output.report import build_report, write_report
+    from harness.output.store import load_records
 
     inputs = CostInputs(kwh_price=kwh_price, hw_cost=hw_cost, hw_lifetime_h=hw_lifetime_h, power_w=power_w,
                         currency=currency).check()
@@ -460,9 +462,9 @@ def trend(
     fmt: str = typer.Option("md", "--format", "-f", metavar="FORMAT", help=FORMAT_HELP),
 ) -> None:
     """Metric values per night from a history of results, newest last."""
-    from harness.compare import trend as trend_table
-    from harness.printers import table_text
-    from harness.store import load_records
+    from harness.output.trend import trend as trend_table
+    from harness.output.printers import table_text
+    from harness.output.store import load_records
 
     _check_format(fmt)
     if last < 1:
@@ -470,8 +472,8 @@ def trend(
     records = load_records(history, "history").records
     header, rows = trend_table(records, last)
     if png is not None:
-        from harness.compare import trend_png
-        from harness.store import write_atomic
+        from harness.output.trend import trend_png
+        from harness.output.store import write_atomic
 
         write_atomic(png, trend_png(records, last))
         print(f"[harness] wrote {png}", file=sys.stderr)
@@ -511,9 +513,9 @@ def eval_(
     allow_generated_letters: bool = typer.Option(False, "--allow-generated-letters", help="with --mc-scoring letters: where an API returns no log-probabilities, score the generated letter (labelled as its own protocol)"),
 ) -> None:
     """Measure accuracy with lm-eval on the bundled offline tasks (or any lm-eval task)."""
-    from harness.bench import parse_set_options
-    from harness.evaluation import EvalRequest, run_eval
-    from harness.printers import PRINTERS, RECORD_FORMATS
+    from harness.commands.bench import parse_set_options
+    from harness.commands.evaluation import EvalRequest, run_eval
+    from harness.output.printers import PRINTERS, RECORD_FORMATS
 
     _check_format(fmt, RECORD_FORMATS)
     settings: dict = {}
@@ -530,7 +532,7 @@ def eval_(
         if key in settings:
             raise HarnessError(f"--set {key} repeats {option}; give it once")
         settings[key] = value
-    from harness.config import parse_gen_kwargs, parse_limit, parse_seed
+    from harness.core.config import parse_gen_kwargs, parse_limit, parse_seed
 
     request = EvalRequest(
         model=model, backend=backend, settings=settings, tasks=tasks, suite=suite, tasks_dirs=tasks_dir,
@@ -541,7 +543,7 @@ def eval_(
         api_price=api_price, mc_scoring=mc_scoring, allow_generated_letters=allow_generated_letters,
         command=["harness", *sys.argv[1:]],
     )
-    from harness.progress import EventView
+    from harness.output.progress import EventView
 
     view = EventView()
     try:
@@ -654,7 +656,7 @@ def joined_goodput(argv: list[str]) -> list[str]:
 
 def main() -> None:
     """Run the CLI; every way out is one of the exit statuses in docs/exit-codes.md."""
-    from harness.environment import RedactingStream
+    from harness.core.environment import RedactingStream
 
     interrupts.install()
 
@@ -676,12 +678,12 @@ def main() -> None:
         code = 130
     except TyperException as exc:
         if exc.format_message():  # empty when the message is the help already shown
-            from harness.environment import redact  # a bad option's value may be a key
+            from harness.core.environment import redact  # a bad option's value may be a key
 
             print(f"error: {redact(exc.format_message())}", file=sys.stderr)
         code = EXIT_BAD_INPUT
     except HarnessError as exc:
-        from harness.environment import redact
+        from harness.core.environment import redact
 
         print(f"error: {redact(str(exc))}{redact(_kept(exc))}", file=sys.stderr)
         code = exc.exit_code
@@ -696,8 +698,8 @@ def main() -> None:
 
 def _os_error(exc: OSError) -> int:
     """A file the harness could not read or write (a full disk, a read-only folder): one line naming it."""
-    from harness.environment import redact
-    from harness.errors import describe_os_error
+    from harness.core.environment import redact
+    from harness.core.errors import describe_os_error
 
     if exc.filename is None:
         return _internal_error(exc)  # no path to name: treated as a bug, with its traceback kept
@@ -710,7 +712,7 @@ def _internal_error(exc: BaseException) -> int:
     import traceback
 
     from harness import __version__
-    from harness.environment import redact
+    from harness.core.environment import redact
 
     text = redact(f"harness {__version__}\ncommand: harness {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
     where = _write_crash_log(text)
@@ -731,7 +733,7 @@ def _write_crash_log(text: str) -> Path | None:
     import tempfile
     import time
 
-    from harness.paths import cache_dir
+    from harness.core.paths import cache_dir
 
     name = f"error-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}.log"
     for folder in (lambda: cache_dir() / "logs", lambda: Path(tempfile.gettempdir())):

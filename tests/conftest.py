@@ -29,14 +29,14 @@ def _records_match_the_published_schema():
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
-    from harness.models import BUNDLED
+    from harness.core.models import BUNDLED
 
     return BUNDLED["smollm2-135m"].locate()
 
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_path):
-    from harness.models import resolve
+    from harness.core.models import resolve
 
     return resolve("smollm2-135m")
 

@@ -45,7 +45,7 @@ def llamacpp_server(model_path: str, alias: str = "smollm2", n_ctx: int = 512,
     MMLU prompt's letter probability on SmolLM2 by 0.03."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "backends.llamacpp_server", "--model", model_path, "--model_alias", alias,
+        [sys.executable, "-m", "harness.backends.llamacpp_server", "--model", model_path, "--model_alias", alias,
          "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", "1", "--n_threads_batch", "1",
          "--interrupt_requests", "False", "--flash_attn", str(flash_attn)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -59,7 +59,7 @@ class LiveCli:
             kids = psutil.Process(self.proc.pid).children()
         except psutil.NoSuchProcess:
             return []
-        return [k for k in kids if "harness.worker" in " ".join(k.cmdline())]
+        return [k for k in kids if "harness.execution.worker" in " ".join(k.cmdline())]
 
     def finish(self, timeout: float = 300) -> tuple[int, str, str]:
         code = self.proc.wait(timeout=timeout)

@@ -20,7 +20,11 @@ lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.model import CachingLM  # noqa: E402
 
-from harness.accuracy import BackendLM, ChatTemplate, EvalError, log_softmax  # noqa: E402
+from harness.measurement.accuracy import BackendLM, log_softmax
+
+from harness.measurement.chat_template import ChatTemplate
+
+from harness.core.errors import EvalError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +34,7 @@ CHOICES = [" A", " B", " C", " D", " Paris, the capital and largest city of Fran
 
 @pytest.fixture(scope="module")
 def engine(smollm2):
-    from backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+    from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
 
     b = LlamaCppBackend(smollm2, LlamaCppSettings(n_ctx=1024, n_threads=1))
     b.load()
@@ -209,7 +213,7 @@ def test_request_cache_keeps_answers_finished_before_an_interruption(engine, tmp
 
 
 def test_context_grows_to_the_longest_request(smollm2, engine):
-    from backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+    from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
 
     made = []
 
@@ -232,8 +236,8 @@ def test_context_grows_to_the_longest_request(smollm2, engine):
 
 
 def test_thread_count_does_not_change_answers(smollm2):
-    # why the request-cache key leaves the thread count out (harness.evaluation)
-    from backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+    # why the request-cache key leaves the thread count out (harness.commands.evaluation)
+    from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
 
     toks = list(range(100, 164))
     out = []
@@ -249,8 +253,8 @@ SMOL_TEMPLATE_SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named
 
 
 def test_chat_template_from_the_gguf(smollm2_path):
-    from harness.accuracy import gguf_special_ids, gguf_token_texts
-    from harness.models import read_chat_template
+    from harness.measurement.chat_template import gguf_special_ids, gguf_token_texts
+    from harness.core.models import read_chat_template
 
     ids = gguf_special_ids(smollm2_path)
     texts = gguf_token_texts(smollm2_path, [ids["bos"], ids["eos"]])
@@ -274,8 +278,8 @@ def test_chat_template_is_sandboxed():
 
 
 def test_chat_format_requests_through_lm_eval(smollm2_path, engine):
-    from harness.accuracy import gguf_token_texts
-    from harness.models import read_chat_template
+    from harness.measurement.chat_template import gguf_token_texts
+    from harness.core.models import read_chat_template
 
     texts = gguf_token_texts(smollm2_path, [1, 2])
     lm = BackendLM(engine, max_length=1024, identity="test",
@@ -301,8 +305,8 @@ def test_chat_format_requests_through_lm_eval(smollm2_path, engine):
 def test_a_cache_that_cannot_roll_back_gives_the_same_answers(smollm2, engine):
     """Some caches (recurrent, some sliding-window ones) cannot drop a suffix: truncate()
     raises; the adapter then starts over from an empty cache and must answer the same."""
-    from backends.llamacpp import LlamaCppBackend, LlamaCppSettings
-    from harness.errors import BackendError
+    from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+    from harness.core.errors import BackendError
 
     class NoRollback(LlamaCppBackend):  # the real engine with rollback refused, as such a cache does
         def truncate(self, n_tokens):
@@ -329,7 +333,7 @@ def test_a_cache_that_cannot_roll_back_gives_the_same_answers(smollm2, engine):
 
 
 def test_a_group_reports_the_shots_its_tasks_share():
-    from harness.accuracy import group_shots
+    from harness.measurement.eval_results import group_shots
 
     subtasks = {"mmlu": ["stem", "other"], "stem": ["algebra", "anatomy"], "other": ["marketing"]}
     assert group_shots("mmlu", {"algebra": 5, "anatomy": 5, "marketing": 5}, subtasks) == 5

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.models import ModelInfo
-from harness.record import BackendInfo, PerfResult, RunRecord
-from harness.store import read_record, write_record
+from harness.core.models import ModelInfo
+from harness.core.record import BackendInfo, PerfResult, RunRecord
+from harness.output.store import read_record, write_record
 from cli_checks import assert_one_line_error
 
 META_PLUGINS = Path(__file__).parent / "meta_plugins"
@@ -30,10 +30,10 @@ def toy():
 
 
 def test_builtin_backends_declare_the_names_records_and_tables_use():
-    from backends.llamacpp import LlamaCppSettings
-    from backends.openai_http import OpenAISettings
-    from backends.vllm_engine import VllmSettings
-    from harness.registry import settings_metadata
+    from harness.backends.llamacpp import LlamaCppSettings
+    from harness.backends.openai_http import OpenAISettings
+    from harness.backends.vllm_engine import VllmSettings
+    from harness.core.registry import settings_metadata
 
     columns = {k: m.label for k, m in settings_metadata(["llamacpp", "vllm"]).items() if m.column}
     assert columns == {"n_threads": "threads", "n_threads_batch": "threads_batch", "n_gpu_layers": "ngl",

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.accuracy import log_softmax
-from harness.backend import score_by_steps
+from harness.measurement.accuracy import log_softmax
+from harness.core.backend import score_by_steps
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ FEWSHOT = "The following are multiple choice questions (with answers) about scie
 
 @pytest.fixture(scope="module")
 def engine(smollm2):
-    from backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+    from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
 
     b = LlamaCppBackend(smollm2, LlamaCppSettings(n_ctx=1024, n_threads=1))
     b.load()
@@ -124,7 +124,7 @@ def test_a_document_does_not_see_the_others_in_its_decode(engine, documents):
 
 def test_prefix_kept_between_batches(engine, documents, step, monkeypatch):
     """Small batches: the shared prefix crosses from one decode to the next as sequence 0."""
-    import backends.llamacpp as llamacpp
+    import harness.backends.llamacpp as llamacpp
 
     one_pass, noise = step
     pairs = pairs_of(documents)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from gpu_env import llama_cpp_offloads, nvidia_gpu
-from backends.llamacpp import repack_default
-from harness.store import read_record
+from harness.backends.llamacpp import repack_default
+from harness.output.store import read_record
 
 PLUGINS = Path(__file__).parent / "plugins"
 
@@ -114,7 +114,7 @@ def test_weight_repacking_is_a_load_setting_in_the_record(cli, tmp_path):
 def test_the_repack_setting_reaches_llama_cpp_and_multi_token_decodes_run(smollm2):
     import llama_cpp.llama_cpp as low
 
-    from backends.llamacpp import LlamaCppBackend
+    from harness.backends.llamacpp import LlamaCppBackend
 
     for repack in (None, False):
         backend = LlamaCppBackend(smollm2, LlamaCppBackend.Settings(n_ctx=64, repack=repack))
@@ -138,11 +138,11 @@ def test_csv_output(cli, tmp_path):
 
 def test_crash_in_one_configuration_is_recorded_and_others_run(cli, tmp_path, monkeypatch):
     """A worker that dies from SIGSEGV becomes a failed record; the next group still runs."""
-    from harness import registry
-    from harness.config import PerfTests
-    from harness.models import resolve
-    from harness.plan import build_plan
-    from harness.runner import run_plan
+    from harness.core import registry
+    from harness.core.config import PerfTests
+    from harness.core.models import resolve
+    from harness.execution.plan import build_plan
+    from harness.execution.runner import run_plan
 
     monkeypatch.syspath_prepend(str(PLUGINS))
     monkeypatch.setenv("PYTHONPATH", str(PLUGINS))

@@ -175,8 +175,8 @@ def test_concurrent_requests_overlap_on_a_slow_api(cli, tmp_path):
 
 
 def test_a_reasoning_model_is_timed_from_its_first_thought_and_scored_on_its_answer():
-    from backends.openai_http import OpenAIHttpBackend, OpenAISettings, remote_model_info
-    from harness.backend import GenerationRequest
+    from harness.backends.openai_http import OpenAIHttpBackend, OpenAISettings, remote_model_info
+    from harness.core.backend import GenerationRequest
 
     with PacedChatServer(delay_s=0.05, answer=" C", reasoning=("Let me", " think."), reasoning_gap_s=0.3) as srv:
         b = OpenAIHttpBackend(remote_model_info(srv.url, "paced-model"), OpenAISettings(base_url=srv.url))

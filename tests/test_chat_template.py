@@ -1,5 +1,5 @@
 """Chat templates from model files are hostile: they render under a memory limit and a
-deadline (harness/template_sandbox.py), and a hostile one gets one line, never a crash.
+deadline (harness/measurement/template_sandbox.py), and a hostile one gets one line, never a crash.
 
 The hostile GGUFs are real copies of the bundled model with only their chat template
 replaced, written by gguf's own gguf_new_metadata tool.
@@ -16,7 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.accuracy import ChatTemplate, EvalError
+from harness.measurement.chat_template import ChatTemplate
+
+from harness.core.errors import EvalError
 
 USER = [{"role": "user", "content": "hi"}]
 OFFLINE = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
@@ -84,7 +86,7 @@ def test_the_sandbox_still_forbids_attribute_tricks():
 
 def test_the_child_dies_with_its_parent(tmp_path):
     # a parent that starts a render that never ends and is then killed
-    script = ("from harness.accuracy import ChatTemplate\n"
+    script = ("from harness.measurement.chat_template import ChatTemplate\n"
               "import sys\n"
               "c = ChatTemplate('{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}', timeout_s=600)\n"
               "print(c._renderer._proc.pid, flush=True)\n"
@@ -108,7 +110,7 @@ def _gguf_with_template(src: Path, dst: Path, template: str) -> Path:
 
 
 def test_harness_eval_refuses_a_hostile_gguf_template_in_one_line(cli, tmp_path, smollm2_path):
-    from harness.models import read_chat_template
+    from harness.core.models import read_chat_template
 
     model = _gguf_with_template(smollm2_path, tmp_path / "hostile.gguf", "{{ 'x' * 10**10 }}")
     assert read_chat_template(model) == "{{ 'x' * 10**10 }}"

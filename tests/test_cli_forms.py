@@ -91,7 +91,7 @@ def test_load_forms_of_vllm_bench_serve(cli, tmp_path):
 
 
 def test_goodput_parses_to_the_slo_form():
-    from harness.load import parse_goodput, parse_metric_percentiles, parse_percentile_metrics
+    from harness.measurement.traffic_options import parse_goodput, parse_metric_percentiles, parse_percentile_metrics
 
     assert parse_goodput(["ttft:500 tpot:50", "e2el:2000"]) == {"ttft_ms": 500.0, "tpot_ms": 50.0, "e2el_ms": 2000.0}
     assert parse_percentile_metrics("ttft,itl") == ["ttft_ms", "itl_ms"]
@@ -127,7 +127,7 @@ ARM = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimddp sve i8mm\nCPU im
 
 
 def test_cpu_flags_from_cpuinfo():
-    from harness.environment import cpu_flags
+    from harness.core.environment import cpu_flags
 
     assert cpu_flags(X86) == ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "amx_tile", "amx_int8"]
     assert cpu_flags(ARM) == ["neon", "asimd", "asimddp", "i8mm", "sve"]
@@ -137,7 +137,7 @@ def test_cpu_flags_from_cpuinfo():
 
 
 def test_gpu_fields_carry_clocks_and_power_or_why_not():
-    from harness.environment import fingerprint
+    from harness.core.environment import fingerprint
 
     env = fingerprint()
     for gpu in env.get("gpus", []):
@@ -150,8 +150,8 @@ def test_gpu_fields_carry_clocks_and_power_or_why_not():
 def test_record_printers_sql_and_jsonl(tmp_path):
     import sqlite3
 
-    from harness.printers import PRINTERS
-    from harness.record import PerfResult
+    from harness.output.printers import PRINTERS
+    from harness.core.record import PerfResult
     from test_store import _record
 
     records = [_record(), _record()]
@@ -171,7 +171,7 @@ def test_record_printers_sql_and_jsonl(tmp_path):
 def test_arrival_gaps_follow_vllm_bench_serve_burstiness():
     import numpy as np
 
-    from harness.load import arrival_gap
+    from harness.measurement.traffic_send import arrival_gap
 
     rng = np.random.default_rng(0)
     for burstiness in (0.25, 1.0, 4.0):
@@ -191,8 +191,8 @@ def test_goodput_takes_several_words_as_vllm_bench_serve_does():
 
 
 def test_compare_names_a_pg_test_by_its_own_metric():
-    from harness.compare import measurements
-    from harness.record import PerfResult
+    from harness.output.compare import measurements
+    from harness.core.record import PerfResult
     from test_store import _record
 
     r = _record()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from compare_runs import real_runs, write_variant  # noqa: F401  (session fixture)
-from harness.compare import (
+from harness.output.compare import (
     CompareError,
     Threshold,
     accuracy_significance,
@@ -22,9 +22,9 @@ from harness.compare import (
     parse_fail_on,
     perf_significance,
 )
-from harness.errors import ConfigError, HarnessError, ResultFileError
-from harness.record import DIRECTION
-from harness.store import load_records, read_record
+from harness.core.errors import ConfigError, HarnessError, ResultFileError
+from harness.core.record import DIRECTION
+from harness.output.store import load_records, read_record
 
 pytestmark = pytest.mark.slow
 
@@ -292,7 +292,7 @@ def test_accuracy_change_against_combined_stderr(cli, real_runs, tmp_path):
 
 def test_accuracy_significance_arithmetic(real_runs):
     r = _records(real_runs.t1)[0]
-    from harness.compare import Measurement
+    from harness.output.compare import Measurement
 
     def m(value, se):
         return Measurement("accuracy", "t", "acc", [value], +1, "", r, "", stderr=se)

@@ -47,8 +47,8 @@ def test_bundled_tasks_load_offline(tmp_path):
     suite's fixed sample lists every leaf task (lm-eval runs a leaf missing from samples= in full)."""
     code = """
 import json
-from harness.accuracy import load_tasks, quiet_lm_eval
-from harness.suites import bundled_tasks_dir, get_suite
+from harness.measurement.eval_tasks import load_tasks, quiet_lm_eval
+from harness.measurement.suites import bundled_tasks_dir, get_suite
 quiet_lm_eval()
 lt = load_tasks(["mmlu_snapshot", "mmlu_snapshot_generative", "gsm8k", "truthfulqa_mc2", "humaneval"], [str(bundled_tasks_dir())])
 docs = {n: len(list(t.eval_docs)) for n, t in lt.leaves.items()}
@@ -166,7 +166,7 @@ RUN = ["--tasks", "truthfulqa_mc2,mmlu_snapshot_anatomy,mmlu_snapshot_generative
 
 @pytest.mark.slow
 def test_small_real_eval_run_and_cached_rerun(cli, tmp_path):
-    from harness.store import read_record
+    from harness.output.store import read_record
 
     out = tmp_path / "out"
     res = cli("eval", *RUN, "--format", "json", "--out", str(out), env=OFFLINE)

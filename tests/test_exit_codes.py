@@ -101,7 +101,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_the_finished_point(tm
     whole, as the last successful write left it."""
     import shlex
 
-    from harness.store import read_record
+    from harness.output.store import read_record
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("hello\n")

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from sweep_helpers import FAULT_PLUGINS, LiveCli, all_files, gone, result_files, wait_file
 
-from harness.store import read_record, read_sweep
+from harness.output.store import read_record, read_sweep
 
 SECRETS = {
     "OPENAI_API_KEY": "sk-test-4f9a8b7c6d5e4f3a2b1c",
@@ -199,7 +199,7 @@ def test_sigterm_ends_a_bench_and_every_process_it_started(tmp_path):
 
 
 def test_exit_causes_tell_oom_from_other_deaths():
-    from harness.runner import exit_cause
+    from harness.execution.runner import exit_cause
 
     assert exit_cause(-9) == "worker died from SIGKILL (killed from outside, or out of memory)"
     assert exit_cause(-9, oom_killed=True).startswith("out of memory: the kernel's OOM killer")
@@ -211,7 +211,7 @@ def test_exit_causes_tell_oom_from_other_deaths():
 
 
 def test_redact_catches_keys_and_spares_ordinary_text(monkeypatch):
-    from harness.environment import redact, register_secret
+    from harness.core.environment import redact, register_secret
 
     monkeypatch.setenv("ACME_API_KEY", "plainvalue123")
     register_secret("named-by-the-user-42")
@@ -236,8 +236,8 @@ def test_redact_catches_keys_and_spares_ordinary_text(monkeypatch):
 
 
 def test_per_sample_log_survives_a_torn_last_line(tmp_path, monkeypatch):
-    from harness.errors import ResultFileError
-    from harness.store import JsonlLog, read_jsonl
+    from harness.core.errors import ResultFileError
+    from harness.output.store import JsonlLog, read_jsonl
 
     monkeypatch.setenv("SOME_TOKEN", "t0psecretvalue")
     path = tmp_path / "samples.jsonl"
@@ -273,7 +273,8 @@ def test_no_source_trusts_remote_code():
 
 def test_chat_templates_render_in_a_sandbox():
     pytest.importorskip("lm_eval")
-    from harness.accuracy import ChatTemplate, EvalError
+    from harness.measurement.chat_template import ChatTemplate
+    from harness.core.errors import EvalError
 
     ok = ChatTemplate("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}")
     assert ok.render([{"role": "user", "content": "hi"}]) == "<user>hi"

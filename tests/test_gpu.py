@@ -48,7 +48,7 @@ def on_cpu(tmp_path_factory):
 
 
 def _n_layers() -> int:
-    from harness.models import resolve, read_gguf_metadata
+    from harness.core.models import resolve, read_gguf_metadata
 
     meta = read_gguf_metadata(Path(resolve(MODEL).path))
     arch = meta["general.architecture"]

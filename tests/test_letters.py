@@ -1,4 +1,4 @@
-"""Letter scoring of multiple-choice tasks (harness/letters.py, `harness eval --mc-scoring letters`).
+"""Letter scoring of multiple-choice tasks (harness/measurement/letters.py, `harness eval --mc-scoring letters`).
 
 The agreement tests run the same documents two ways on the bundled SmolLM2: through the
 chat-only proxy (tests/chat_proxy.py) in front of llama-cpp-python's real server, which
@@ -23,7 +23,7 @@ from loopback_servers import llamacpp_server
 
 pytest.importorskip("lm_eval")
 
-from harness import letters as L  # noqa: E402
+from harness.measurement import letters as L  # noqa: E402
 
 KEY = "sk-closedlab-LETTERS-0123456789abcdef"
 TASK = "mmlu_snapshot_marketing"
@@ -56,7 +56,7 @@ def test_choice_order_is_fixed_per_document_and_not_the_datasets():
 
 
 def _loaded(names):
-    from harness.accuracy import load_tasks, quiet_lm_eval
+    from harness.measurement.eval_tasks import load_tasks, quiet_lm_eval
 
     quiet_lm_eval()
     return load_tasks(names, [str(TASKS)])
@@ -243,9 +243,9 @@ def test_the_report_compares_letter_scores_only_with_letter_scores(upstream, cli
         assert cli(*_api(proxy.url, runs, *same), env=key_env).code == 0
     assert cli("eval", *same, "--out", str(runs)).code == 0
     assert cli("eval", "--tasks", task, "--limit", "4", "--no-cache", "--out", str(runs)).code == 0
-    from harness.cost import CostInputs
-    from harness.report import build_report
-    from harness.store import load_records
+    from harness.measurement.cost import CostInputs
+    from harness.output.report import build_report
+    from harness.output.store import load_records
 
     loaded = load_records([runs])
     records, files = loaded.records, loaded.files

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from harness.store import read_record
+from harness.output.store import read_record
 from cli_checks import assert_one_line_error
 from loopback_servers import REPO_ROOT, ScriptedServer, Stream, free_port, llamacpp_server, port_open, text_events
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from harness.meters import EnergyMeter, GpuMeter, MemorySampler, RaplMeter, now_ns
+from harness.measurement.meters import EnergyMeter, GpuMeter, MemorySampler, RaplMeter, now_ns
 
 
 def test_memory_sampler_sees_a_real_allocation():

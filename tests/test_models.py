@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from harness.errors import ModelError
-from harness.models import resolve, sha256_of
-from harness.paths import cache_dir
+from harness.core.errors import ModelError
+from harness.core.models import resolve, sha256_of
+from harness.core.paths import cache_dir
 
 
 def test_bundled_default_metadata(smollm2, smollm2_path):
@@ -94,13 +94,13 @@ def test_hub_reference_resolves_from_local_hub_cache(tmp_path, smollm2_path):
     (repo_dir / "refs").mkdir()
     (repo_dir / "refs" / "main").write_text("a" * 40)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
-    code = "from harness.models import resolve; m = resolve('hf:example/tiny-gguf:tiny.gguf'); print(m.sha256, m.source)"
+    code = "from harness.core.models import resolve; m = resolve('hf:example/tiny-gguf:tiny.gguf'); print(m.sha256, m.source)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     sha, source = out.stdout.split()
     assert sha == hashlib.sha256(smollm2_path.read_bytes()).hexdigest()
     assert source == "hf:example/tiny-gguf"
-    missing = "from harness.models import resolve; resolve('hf:example/tiny-gguf:other.gguf')"
+    missing = "from harness.core.models import resolve; resolve('hf:example/tiny-gguf:other.gguf')"
     out = subprocess.run([sys.executable, "-c", missing], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode != 0 and "offline and not in the local hub cache" in out.stderr
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cli_checks import assert_one_line_error
-from harness.errors import ModelError
+from harness.core.errors import ModelError
 from model_stores import make_lmstudio_store, make_ollama_store
 
 
@@ -19,7 +19,7 @@ def ollama_store(tmp_path_factory, smollm2_path):
 
 
 def test_ollama_reference_resolves_to_the_blob_in_place(ollama_store, smollm2, monkeypatch):
-    from harness.models import resolve
+    from harness.core.models import resolve
 
     root, made = ollama_store
     monkeypatch.setenv("OLLAMA_MODELS", str(root))
@@ -34,7 +34,7 @@ def test_ollama_reference_resolves_to_the_blob_in_place(ollama_store, smollm2, m
 
 
 def test_ollama_refusals_name_the_problem(ollama_store, tmp_path, monkeypatch):
-    from harness.models import resolve
+    from harness.core.models import resolve
 
     root, made = ollama_store
     monkeypatch.setenv("OLLAMA_MODELS", str(root))
@@ -72,7 +72,7 @@ def test_ollama_refusals_name_the_problem(ollama_store, tmp_path, monkeypatch):
 
 
 def test_lmstudio_reference(tmp_path, smollm2_path, smollm2, monkeypatch):
-    from harness.models import resolve
+    from harness.core.models import resolve
 
     dest = make_lmstudio_store(tmp_path / "lms", smollm2_path)
     monkeypatch.setenv("LMSTUDIO_MODELS_DIR", str(tmp_path / "lms"))
@@ -97,7 +97,7 @@ def test_harness_models_lists_what_ollama_and_lm_studio_hold(cli, ollama_store, 
 
 
 def test_split_gguf_parts_are_checked(tmp_path):
-    from harness.models import split_parts
+    from harness.core.models import split_parts
 
     first = tmp_path / "m-00001-of-00003.gguf"
     first.write_bytes(b"GGUF")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from compare_runs import BENCH, real_runs, write_variant  # noqa: F401  (session fixture)
-from harness.nightly import unattended_backends
+from harness.commands.nightly import unattended_backends
 
 REPO = Path(__file__).resolve().parent.parent
 VENV = Path(sys.prefix)
@@ -75,7 +75,7 @@ def test_nightly_fails_on_a_regression_against_the_previous_night(real_runs, tmp
     write_variant(real_runs.file(real_runs.t1), history / "20260101T030000Z", faster_last_night)
     out = tmp_path / "nightly"
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.nightly", "--models", "smollm2-135m", "--backends", "llamacpp",
+        [sys.executable, "-m", "harness.commands.nightly", "--models", "smollm2-135m", "--backends", "llamacpp",
          "--bench-args", f"{' '.join(BENCH)} --threads 1", "--out", str(out), "--history", str(history),
          "--fail-on", "tg_tps:-10%,accuracy:-2pt"],
         cwd=REPO, capture_output=True, text=True, timeout=600)

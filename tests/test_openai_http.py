@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from backends.openai_http import (OpenAIClient, OpenAIHttpBackend, OpenAISettings, RetryPolicy, api_key_from_env,
+from harness.backends.openai_http import (OpenAIClient, OpenAIHttpBackend, OpenAISettings, RetryPolicy, api_key_from_env,
                                   remote_model_info, request_body, retry_after_s, safe_url)
-from harness.errors import BackendError, ConfigError
+from harness.core.errors import BackendError, ConfigError
 from cli_checks import assert_one_line_error
 from loopback_servers import ScriptedServer, Stream, llamacpp_server, text_events
 
@@ -56,9 +56,9 @@ def test_streamed_completion_times_every_chunk(server_url):
 
 @pytest.mark.slow
 def test_chat_generation_and_server_tokenizer(server_url, smollm2_path):
-    from harness.load import LocalTokenizer
+    from harness.measurement.traffic_prompts import LocalTokenizer
 
-    from harness.backend import serves
+    from harness.core.backend import serves
 
     b = _backend(server_url, api="chat")
     try:
@@ -177,11 +177,11 @@ def test_generate_applies_stops_beyond_the_servers_four():
 
 @pytest.mark.slow
 def test_lm_eval_adapter_generate_until_runs_on_the_http_backend(server_url):
-    """harness.accuracy's BackendLM drives generation through the text generator, no tokenizer asked."""
+    """harness.measurement.accuracy's BackendLM drives generation through the text generator, no tokenizer asked."""
     pytest.importorskip("lm_eval")
     from lm_eval.api.instance import Instance
 
-    from harness.accuracy import BackendLM
+    from harness.measurement.accuracy import BackendLM
 
     b = _backend(server_url, api="completions", n_ctx=512)  # llama-cpp-python's model list has no context length
     try:
@@ -202,7 +202,7 @@ def test_harness_eval_runs_a_generative_task_on_a_server(server_url, cli, tmp_pa
     name at its server; on the same GGUF behind llama-cpp-python's server the greedy answers
     are the ones the in-process backend gives."""
     pytest.importorskip("lm_eval")
-    from harness.store import read_record
+    from harness.output.store import read_record
 
     task = "mmlu_snapshot_generative_elementary_mathematics"
     same = ["--tasks", task, "--limit", "2", "--num-fewshot", "2", "--log-samples", "--no-cache", "--format", "json"]
@@ -251,7 +251,7 @@ def _stream_once(srv, api="completions", retries=3, timeout_s=30.0):
 
 
 async def _astream_once(srv, deadline_s=None, retries=3, timeout_s=30.0):
-    from harness.meters import now_ns
+    from harness.measurement.meters import now_ns
 
     client = OpenAIClient(srv.url, timeout_s=timeout_s, retry=RetryPolicy(max_retries=retries, backoff_s=0.01))
     async with client.async_client() as http:
@@ -286,7 +286,7 @@ MALFORMED = [
 def test_first_token_alternatives_are_read_once_each():
     """top_logprobs of the first answer token, the chosen token counted once whether or not the
     API lists it among them; later chunks' logprobs belong to later tokens."""
-    from backends.openai_http import RequestResult, StreamParser
+    from harness.backends.openai_http import RequestResult, StreamParser
 
     def first_chunk(top):
         return {"choices": [{"delta": {"content": "A"}, "finish_reason": None, "logprobs": {"content": [

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sweep_helpers import FAULT_PLUGINS, result_files
 
-from harness.store import read_record, read_sweep
+from harness.output.store import read_record, read_sweep
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from compare_runs import real_runs, write_variant  # noqa: F401  (session fixture)
-from harness.cost import CostInputs, cost_per_mtok, hours_per_mtok, measured_power_w, parse_api_price
-from harness.errors import ConfigError
-from harness.reference import (
+from harness.measurement.cost import CostInputs, cost_per_mtok, hours_per_mtok, measured_power_w, parse_api_price
+from harness.core.errors import ConfigError
+from harness.output.reference import (
     Protocol,
     load_openness,
     load_published_scores,
@@ -363,8 +363,8 @@ def test_trend_table_over_nights(cli, real_runs, tmp_path):
 
 
 def test_one_label_names_file_quantization_backend_and_server(cli, real_runs, tmp_path):
-    from harness.labels import model_label
-    from harness.store import read_record
+    from harness.output.labels import model_label
+    from harness.output.store import read_record
 
     local = read_record(real_runs.file(real_runs.t1))
     assert model_label(local) == "smollm2-135m Q4_1 · llamacpp"
@@ -444,9 +444,9 @@ def _fixture_runs(real_runs, root: Path) -> Path:
 def test_headline_picks_group_scores_gaps_and_intervals(real_runs, tmp_path):
     from scipy.stats import binomtest
 
-    from harness.cost import CostInputs
-    from harness.report import build_report
-    from harness.store import load_records
+    from harness.measurement.cost import CostInputs
+    from harness.output.report import build_report
+    from harness.output.store import load_records
 
     loaded = load_records([_fixture_runs(real_runs, tmp_path / "runs")])
     records, files = loaded.records, loaded.files
@@ -562,9 +562,9 @@ def test_headline_page_reads_at_a_glance_at_desk_and_phone_widths(cli, real_runs
 
 
 def test_eval_table_shows_groups_first_and_labels_smoke_tests_and_recalled_runs(real_runs, tmp_path):
-    from harness.labels import RECALLED_NOTE
-    from harness.printers import accuracy_markdown, csv_text
-    from harness.store import load_records
+    from harness.output.labels import RECALLED_NOTE
+    from harness.output.printers import accuracy_markdown, csv_text
+    from harness.output.store import load_records
 
     runs = _fixture_runs(real_runs, tmp_path / "runs")
 
@@ -593,8 +593,8 @@ def test_eval_table_shows_groups_first_and_labels_smoke_tests_and_recalled_runs(
 def test_a_rerun_from_the_request_cache_is_marked_recalled(cli, tmp_path):
     """The real lm-eval request cache: a second run of the same evaluation asks the model
     nothing, and every printer and the report say its answers were recalled."""
-    from harness.labels import RECALLED_NOTE
-    from harness.store import load_records
+    from harness.output.labels import RECALLED_NOTE
+    from harness.output.store import load_records
 
     env = {"HARNESS_CACHE_DIR": str(tmp_path / "cache")}
     args = ("eval", "--tasks", "truthfulqa_mc2", "--limit", "2")
@@ -622,9 +622,9 @@ def test_a_rerun_from_the_request_cache_is_marked_recalled(cli, tmp_path):
 def test_a_served_open_family_name_is_open_unless_named_closed(real_runs, tmp_path):
     """A chat proxy on this machine may serve a closed stand-in under an open family's name:
     --closed-model says which served models are closed."""
-    from harness.cost import CostInputs
-    from harness.report import build_report
-    from harness.store import load_records
+    from harness.measurement.cost import CostInputs
+    from harness.output.report import build_report
+    from harness.output.store import load_records
 
     runs = _fixture_runs(real_runs, tmp_path / "runs")
 

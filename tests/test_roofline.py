@@ -2,7 +2,7 @@
 
 import json
 
-from harness import roofline
+from harness.measurement import roofline
 
 
 def test_a_cached_bandwidth_that_reads_low_is_measured_again(tmp_path, monkeypatch):

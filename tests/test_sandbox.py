@@ -1,4 +1,4 @@
-"""The code-execution sandbox (harness/sandbox.py) against programs that try to get out.
+"""The code-execution sandbox (harness/measurement/sandbox.py) against programs that try to get out.
 
 Each escape program catches its own attempt's error and asserts the attempt failed, so a
 pass means "tried and was stopped"; the test then also looks on the host for any trace of
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import sandbox
+from harness.measurement import sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 HUMANEVAL = REPO / "tasks" / "data" / "humaneval" / "HumanEval.jsonl.gz"
@@ -462,7 +462,7 @@ def test_no_bwrap_refuses_in_one_line(monkeypatch):
 def test_where_namespaces_cannot_be_created_it_refuses_in_one_line(tmp_path):
     # the harness itself inside a bwrap that forbids further user namespaces: its own
     # sandbox cannot be made, so it must refuse rather than run the code unsandboxed
-    script = ("from harness import sandbox\n"
+    script = ("from harness.measurement import sandbox\n"
               "try:\n    sandbox.run_python('open(\"/tmp/ran\", \"w\")')\n"
               "except sandbox.SandboxUnavailable as exc:\n    print('REFUSED', exc)\n")
     proc = subprocess.run(

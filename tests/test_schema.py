@@ -10,21 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ResultFileError
-from harness.schema import SCHEMA_FILE, check_record, schema_text
+from harness.core.errors import ResultFileError
+from harness.core.schema import SCHEMA_FILE, check_record, schema_text
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_committed_schema_is_what_the_models_generate():
     assert SCHEMA_FILE == REPO / "results" / "schema" / "run.schema.json"
-    assert SCHEMA_FILE.read_text() == schema_text(), "stale: run python -m harness.schema and commit the file"
-    check = subprocess.run([sys.executable, "-m", "harness.schema", "--check"], cwd=REPO, capture_output=True, text=True)
+    assert SCHEMA_FILE.read_text() == schema_text(), "stale: run python -m harness.core.schema and commit the file"
+    check = subprocess.run([sys.executable, "-m", "harness.core.schema", "--check"], cwd=REPO, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
 
 
 def test_check_says_when_the_file_is_stale(tmp_path, monkeypatch):
-    import harness.schema as schema
+    import harness.core.schema as schema
 
     stale = tmp_path / "run.schema.json"
     stale.write_text(schema_text().replace('"n_depth"', '"n_depth_old"', 1))
@@ -33,8 +33,8 @@ def test_check_says_when_the_file_is_stale(tmp_path, monkeypatch):
 
 
 def test_a_written_record_validates_and_a_broken_one_does_not(tmp_path):
-    from harness.record import PerfResult
-    from harness.store import write_record
+    from harness.core.record import PerfResult
+    from harness.output.store import write_record
     from test_store import _record
 
     r = _record()

@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from harness.errors import ResultFileError
-from harness.models import ModelInfo
-from harness.record import BackendInfo, RunRecord
-from harness.store import read_record, write_atomic, write_record
+from harness.core.errors import ResultFileError
+from harness.core.models import ModelInfo
+from harness.core.record import BackendInfo, RunRecord
+from harness.output.store import read_record, write_atomic, write_record
 
 
 def _record() -> RunRecord:
@@ -89,8 +89,8 @@ def test_every_part_of_a_result_file_name_is_slugged(tmp_path, field, value):
 @pytest.mark.parametrize("name", ["../victim.json", "/tmp/victim.json", "sub/x.json", ".hidden.json", "..", "",
                                   "a\\b.json"])
 def test_a_summary_naming_a_file_outside_its_folder_is_refused(tmp_path, name):
-    from harness.record import SweepCell, SweepRecord
-    from harness.store import read_sweep, write_sweep
+    from harness.core.record import SweepCell, SweepRecord
+    from harness.output.store import read_sweep, write_sweep
 
     cell = SweepCell(index=1, key="k", label="c", kind="perf", model_ref="m", model_sha256="0" * 64,
                      backend="llamacpp", timeout_s=1.0, status="ok", result_file=name)
@@ -109,7 +109,7 @@ def test_a_summary_naming_a_file_outside_its_folder_is_refused(tmp_path, name):
 
 
 def test_the_loader_reads_files_and_folders_once_each(tmp_path):
-    from harness.store import load_records
+    from harness.output.store import load_records
 
     path = write_record(_record(), tmp_path / "runs")
     loaded = load_records([tmp_path / "runs", path])
@@ -123,7 +123,7 @@ def test_the_loader_reads_files_and_folders_once_each(tmp_path):
     (lambda text: '{"hello": 1}', r"is not a harness result file \(no schema_version\)"),
 ])
 def test_the_loader_refuses_a_bad_file_in_a_folder_by_its_name(tmp_path, damage, message):
-    from harness.store import load_records
+    from harness.output.store import load_records
 
     good = write_record(_record(), tmp_path / "runs")
     bad = tmp_path / "runs" / "zz-bad.json"
@@ -134,7 +134,7 @@ def test_the_loader_refuses_a_bad_file_in_a_folder_by_its_name(tmp_path, damage,
 
 
 def test_the_loader_names_the_argument_that_is_missing_or_empty(tmp_path):
-    from harness.store import load_records
+    from harness.output.store import load_records
 
     with pytest.raises(ResultFileError, match=f"^base {re.escape(str(tmp_path / 'nowhere'))} does not exist$"):
         load_records([tmp_path / "nowhere"], "base")
@@ -146,8 +146,8 @@ def test_the_loader_names_the_argument_that_is_missing_or_empty(tmp_path):
 def test_a_folders_sweep_summary_is_read_only_when_asked_for(tmp_path):
     """show reads the summaries in a folder (its cells' records once each); compare, report and
     trend pass over them, since the records they list are in the folder already."""
-    from harness.record import SweepCell, SweepRecord
-    from harness.store import load_records, write_sweep
+    from harness.core.record import SweepCell, SweepRecord
+    from harness.output.store import load_records, write_sweep
 
     out = tmp_path / "sweep"
     path = write_record(_record(), out)
@@ -169,7 +169,7 @@ def test_written_files_and_folders_are_shared_like_any_other(tmp_path):
     """mkstemp makes 0600 and mkdtemp 0700: the writer widens them to what the umask allows."""
     import os
 
-    from harness.store import replacing
+    from harness.output.store import replacing
 
     old = os.umask(0o022)
     try:
@@ -184,7 +184,7 @@ def test_written_files_and_folders_are_shared_like_any_other(tmp_path):
 
 
 def test_a_failed_folder_write_leaves_the_old_folder(tmp_path):
-    from harness.store import replacing
+    from harness.output.store import replacing
 
     target = tmp_path / "converted"
     with replacing(target, folder=True) as tmp:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from sweep_helpers import FAULT_PLUGINS, LiveCli, all_files, gone, result_files, wait_file
 
-from harness.errors import ResultFileError
-from harness.store import load_records, read_record, read_sweep
+from harness.core.errors import ResultFileError
+from harness.output.store import load_records, read_record, read_sweep
 
 TINY = "perf: {pp: [16], tg: [8], reps: 1}\n"
 PLUGINS = Path(__file__).parent / "plugins"

@@ -38,14 +38,14 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def vllm_model(smollm2):
     _need_vllm()
-    from backends.vllm_engine import VllmBackend
+    from harness.backends.vllm_engine import VllmBackend
 
     return VllmBackend.resolve_model("smollm2-135m")
 
 
 @pytest.fixture(scope="module")
 def engine(vllm_model):
-    from backends.vllm_engine import VllmBackend
+    from harness.backends.vllm_engine import VllmBackend
 
     backend = VllmBackend(vllm_model, VllmBackend.Settings(**ENGINE_SETTINGS))
     backend.load()
@@ -55,7 +55,7 @@ def engine(vllm_model):
 
 @pytest.fixture(scope="module")
 def llama(smollm2):
-    from backends.llamacpp import LlamaCppBackend
+    from harness.backends.llamacpp import LlamaCppBackend
 
     backend = LlamaCppBackend(smollm2, LlamaCppBackend.Settings(n_ctx=512))
     backend.load()
@@ -75,8 +75,8 @@ def _no_results(out: Path) -> bool:
 def test_gguf_is_converted_once_into_a_cached_hf_directory(vllm_model, smollm2):
     from safetensors import safe_open
 
-    from backends.vllm_engine import CONVERSION_MARKER, VllmBackend, converted_dir_for
-    from harness.paths import cache_dir
+    from harness.backends.vllm_engine import CONVERSION_MARKER, VllmBackend, converted_dir_for
+    from harness.core.paths import cache_dir
 
     path = Path(vllm_model.path)
     assert path == converted_dir_for(smollm2) and cache_dir() in path.parents
@@ -110,7 +110,7 @@ def test_gguf_is_converted_once_into_a_cached_hf_directory(vllm_model, smollm2):
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_continuation_scores_use_prompt_logprobs_and_agree_with_llamacpp(engine, llama):
-    from harness.backend import score_by_steps
+    from harness.core.backend import score_by_steps
 
     assert engine.tokenize(TEXT, add_special=False) == llama.tokenize(TEXT, add_special=False)
     assert engine.bos_token == llama.bos_token and engine.eos_token == llama.eos_token
@@ -163,8 +163,8 @@ def test_first_token_logprobs_give_the_letter_distribution_llamacpp_gives(engine
     """Letter scoring on vLLM reads the generated token's logprobs; llama.cpp its logits."""
     import math
 
-    from harness import letters as L
-    from harness.backend import GenerationRequest
+    from harness.measurement import letters as L
+    from harness.core.backend import GenerationRequest
 
     prompt = engine.tokenize("Which of these is a fruit?\nA. a car\nB. an apple\nC. a road\nD. a chair\n"
                              "Answer with the letter of the correct choice.\nAnswer:", add_special=False)
@@ -190,7 +190,7 @@ def test_first_token_logprobs_give_the_letter_distribution_llamacpp_gives(engine
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_generation_is_batched_greedy_and_sized(engine, llama):
-    from harness.backend import GenerationRequest, serves
+    from harness.core.backend import GenerationRequest, serves
 
     cls = type(engine)
     assert cls.capability_names(engine.settings) == {"batch_scorer", "text_generator", "tokenizer"}
@@ -222,7 +222,7 @@ def test_engine_memory_and_settings_are_recorded_for_what_they_are(engine, vllm_
     s = engine.effective_settings()
     assert s["dtype"] == "float32" and s["compilation_mode"] == 0 and s["compilation_mode_name"] == "NONE"
     assert s["enable_prefix_caching"] is True and s["n_ctx"] == 512 and s["device"] == "cpu"
-    from harness.backend import BatchScorer, StepDecoder, TextGenerator
+    from harness.core.backend import BatchScorer, StepDecoder, TextGenerator
 
     assert isinstance(engine, BatchScorer) and isinstance(engine, TextGenerator) and not isinstance(engine, StepDecoder)
 

@@ -6,7 +6,7 @@ otherwise `process_results` raises CodeExecutionNotAllowed. The task YAML is als
 `unsafe_code: true`, so lm-eval itself refuses to start it unless the caller passes
 `confirm_run_unsafe_code=True`; both gates come from the same user opt-in.
 
-Each program runs in the bubblewrap sandbox of harness/sandbox.py (docs/security.md): a
+Each program runs in the bubblewrap sandbox of harness/measurement/sandbox.py (docs/security.md): a
 read-only root of system folders, a private tmpfs working directory, no network, no view of
 the user's home, the results or the environment, no fork, limits on memory, CPU time and
 file size, and the whole sandbox killed at its timeout. A program passes only when the
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import datasets
 
-from harness import sandbox
-from harness.sandbox import Outcome
+from harness.measurement import sandbox
+from harness.measurement.sandbox import Outcome
 
 
 DATA_FILE = Path(__file__).resolve().parent.parent / "data" / "humaneval" / "HumanEval.jsonl.gz"

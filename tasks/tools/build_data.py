@@ -310,7 +310,7 @@ SUITES_HEADER = """\
 #   suites.<name>.requires_loglikelihood  true when some task scores log-likelihoods (a chat
 #                                       API without logprobs cannot run the suite)
 #   suites.<name>.letter_tasks          (optional) multiple-choice tasks or groups of the suite
-#                                       scored by letters (harness/letters.py), as with
+#                                       scored by letters (harness/measurement/letters.py), as with
 #                                       `harness eval --mc-scoring letters`
 #   suites.<name>.sample                (optional) how `samples` was drawn: seed, sizes
 #   suites.<name>.samples               (optional) leaf task name -> sorted, distinct doc
@@ -399,7 +399,7 @@ def write_suites(mmlu_counts: dict[str, int], n_tqa: int, n_gsm: int) -> None:
   # open-vs-closed: what a chat API can run, the same way on both sides: the generative
   # forms (the same prompts and answer extraction), and the multiple-choice sets scored by
   # letters (lettered choices through the chat template, the letters' probabilities at the
-  # first generated token: harness/letters.py). HumanEval joins only with --allow-code-execution.
+  # first generated token: harness/measurement/letters.py). HumanEval joins only with --allow-code-execution.
   open-vs-closed:
     description: "What chat APIs can run: mmlu_snapshot_generative, gsm8k, mmlu_snapshot and truthfulqa_mc1 scored by letters, humaneval (if code execution is allowed)"
     tasks: [mmlu_snapshot_generative, gsm8k, mmlu_snapshot, truthfulqa_mc1, humaneval]

@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 import signal
 
-from backends.llamacpp import LlamaCppBackend, LlamaCppSettings
-from harness.backend import Backend, TextGenerator
+from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+from harness.core.backend import Backend, TextGenerator
 
 
 class NoLogprobsBackend(TextGenerator, Backend):

@@ -16,9 +16,9 @@ import urllib.request
 from pathlib import Path
 from typing import Literal
 
-from backends.llamacpp import LlamaCppBackend, LlamaCppSettings
-from harness.backend import setting
-from harness.errors import BackendError
+from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+from harness.core.backend import setting
+from harness.core.errors import BackendError
 
 # A server that accepts every connection and never answers: the shape of a wedged
 # inference server (its socket is open, its engine is stuck).

@@ -9,8 +9,8 @@ matrices, ``--threads`` and ``harness load --serve`` come from a backend's decla
 
 from __future__ import annotations
 
-from harness.backend import Backend, BackendSettings, TextGenerator, setting
-from harness.errors import BackendError
+from harness.core.backend import Backend, BackendSettings, TextGenerator, setting
+from harness.core.errors import BackendError
 
 
 class ToySettings(BackendSettings):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import signal
 
-from backends.llamacpp import LlamaCppBackend, LlamaCppSettings
-from harness.backend import setting
+from harness.backends.llamacpp import LlamaCppBackend, LlamaCppSettings
+from harness.core.backend import setting
 
 
 class CrashSettings(LlamaCppSettings):

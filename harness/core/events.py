@@ -1,0 +1,106 @@
+"""What a worker process tells the harness while it runs: one typed event per line.
+
+A worker (harness.execution.worker for speed, harness.execution.eval_worker for accuracy) writes each event
+as one JSON line on its own channel; the parent (harness.execution.runner.run_worker) parses it
+back into the same type. Commands render these events (harness.output.progress) and turn them
+into records (harness.execution.runner.WorkerReport); neither looks inside an untyped dict.
+
+``index`` names the case of a load group, or the cell of a sweep; an accuracy run has
+one case and leaves it None.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from harness.core.record import RunRecord
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: int | None = None
+
+
+class Loading(_Event):
+    """The worker starts loading its model."""
+
+    event: Literal["loading"] = "loading"
+    model: str
+
+
+class Phase(_Event):
+    """A step of an accuracy run begins ("loading model", "scoring", a context resize)."""
+
+    event: Literal["phase"] = "phase"
+    what: str
+
+
+class RepDone(_Event):
+    """A speed test finished repetition ``rep`` of ``reps`` (0 is the warm-up)."""
+
+    event: Literal["rep"] = "rep"
+    test: str
+    rep: int
+    reps: int
+
+
+class RequestsDone(_Event):
+    """An accuracy run has answered ``done`` of ``total`` requests of one kind."""
+
+    event: Literal["requests"] = "requests"
+    kind: str
+    done: int
+    total: int
+
+
+class CaseFailed(_Event):
+    """A case ends without a record of its own; the parent records this failure for it."""
+
+    event: Literal["failed"] = "failed"
+    cause: str
+    detail: str | None = None
+
+
+class Refused(_Event):
+    """Bad input found in the worker before anything was measured: no record is written."""
+
+    event: Literal["refused"] = "refused"
+    message: str
+
+
+class RecordDone(_Event):
+    """A case's record, finished (a partial or failed one is a record too)."""
+
+    event: Literal["record"] = "record"
+    record: RunRecord
+
+
+Event = Annotated[Union[Loading, Phase, RepDone, RequestsDone, CaseFailed, Refused, RecordDone],
+                  Field(discriminator="event")]
+_EVENT = TypeAdapter(Event)
+
+
+def parse_event(line: str) -> Event:
+    """One channel line as its event; pydantic's ValidationError when it is none."""
+    return _EVENT.validate_json(line)
+
+
+class Channel:
+    """The worker's side: events go to the process's original stdout, one JSON line each.
+
+    Everything else written to stdout from then on (an engine's C code printing to fd 1)
+    is moved to stderr, so it can never corrupt the channel."""
+
+    def __init__(self) -> None:
+        self._out = os.fdopen(os.dup(1), "w", buffering=1)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+
+    def send(self, event: _Event) -> None:
+        self._out.write(event.model_dump_json() + "\n")
+        self._out.flush()
