@@ -57,14 +57,11 @@ bench: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The nightly job (.github/workflows/nightly.yml, self-hosted GPU runner): the bundled models
-# on every installed backend that runs unattended, appended to HISTORY_DIR, with a trend
-# table, a comparison with the previous night and the HTML report under NIGHTLY_OUT.
-# The defaults are the GPU night; tests/test_nightly.py shrinks it to seconds on a CPU.
-NIGHTLY_MODELS ?= smollm2-135m gemma3-270m
-NIGHTLY_BACKENDS ?= auto
-NIGHTLY_BENCH_ARGS ?= --pp 512 --tg 128 --reps 5
-NIGHTLY_SUITE ?= quick
+# The nightly job (.github/workflows/nightly.yml, self-hosted GPU runner): NIGHTLY_MATRIX run as a
+# sweep (the bundled models on every installed backend that runs unattended, speed and the quick
+# suite), appended to HISTORY_DIR, with a trend table, a comparison with the previous night and the
+# HTML report under NIGHTLY_OUT. tests/test_nightly.py gives it a smaller matrix to run on a CPU.
+NIGHTLY_MATRIX ?= benchmarks/nightly.yaml
 NIGHTLY_REPORT_ARGS ?=
 # a flagged regression against the previous night fails the job (harness compare --fail-on)
 NIGHTLY_FAIL_ON ?= pp_tps:-10%,tg_tps:-10%,accuracy:-2pt
@@ -73,8 +70,7 @@ HISTORY_DIR ?= results/history
 
 .PHONY: nightly
 nightly: setup
-	$(BIN)/python -m harness.commands.nightly --models "$(NIGHTLY_MODELS)" --backends "$(NIGHTLY_BACKENDS)" \
-		--bench-args "$(NIGHTLY_BENCH_ARGS)" --suite "$(NIGHTLY_SUITE)" --report-args "$(NIGHTLY_REPORT_ARGS)" \
+	$(BIN)/python -m harness.commands.nightly --matrix "$(NIGHTLY_MATRIX)" --report-args "$(NIGHTLY_REPORT_ARGS)" \
 		--out "$(NIGHTLY_OUT)" --history "$(HISTORY_DIR)" --fail-on "$(NIGHTLY_FAIL_ON)"
 
 clean:

@@ -222,6 +222,8 @@ def sweep(
 
     from harness.output.progress import EventView
 
+    for name, why in plan.skipped_backends.items():
+        log(f"backend {name} left out of auto: {why}")
     on_event = EventView("cell", failures=False, live=False)
     executor = None
     if ray_address is not None:

@@ -101,15 +101,16 @@ def test_make_nightly_on_the_gpu(tmp_path):
     pytest.importorskip("scipy")
     pytest.importorskip("matplotlib")
     out, history = tmp_path / "nightly", tmp_path / "history"
+    matrix = tmp_path / "nightly.yaml"
+    matrix.write_text(f"models: {MODEL}\nbackends: [{{name: llamacpp, ngl: 99}}]\nperf: {{pp: 128, tg: 32, reps: 3}}\n")
     proc = subprocess.run(
         ["make", "--no-print-directory", "-o", str(VENV / "bin" / "harness"), "nightly", f"VENV={VENV}",
-         f"NIGHTLY_MODELS={MODEL}", "NIGHTLY_BACKENDS=llamacpp", "NIGHTLY_BENCH_ARGS=--pp 128 --tg 32 --reps 3 -ngl 99",
-         "NIGHTLY_SUITE=", f"NIGHTLY_OUT={out}", f"HISTORY_DIR={history}"],
+         f"NIGHTLY_MATRIX={matrix}", f"NIGHTLY_OUT={out}", f"HISTORY_DIR={history}"],
         cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (night,) = history.iterdir()
-    (record_file,) = night.glob("*.json")
+    (record_file,) = [f for f in night.glob("*.json") if f.name != "sweep.json"]
     record = json.loads(record_file.read_text())
     assert record["status"] == "ok" and record["backend"]["device"] == "gpu"
     assert all(p["peak_vram_mib"] and p["gpu_energy_j"] for p in record["perf"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from compare_runs import BENCH, real_runs, write_variant  # noqa: F401  (session fixture)
-from harness.commands.nightly import unattended_backends
+from harness.core.registry import unattended
 
 REPO = Path(__file__).resolve().parent.parent
 VENV = Path(sys.prefix)
@@ -19,11 +19,27 @@ pytestmark = pytest.mark.slow
 
 
 def test_backends_that_need_a_server_are_skipped():
-    # what NIGHTLY_BACKENDS=auto runs (the CPU test below names llamacpp, so that a vLLM
-    # someone installed into the venv does not make it slow)
-    ok, skipped = unattended_backends()
+    # what `backends: [auto]` in benchmarks/nightly.yaml runs (the CPU test below names
+    # llamacpp, so that a vLLM someone installed into the venv does not make it slow)
+    ok, skipped = unattended()
     assert "llamacpp" in ok
     assert "openai" not in ok and "base_url" in skipped["openai"]
+
+
+def tonights_matrix(tmp_path: Path) -> Path:
+    """benchmarks/nightly.yaml shrunk to seconds: the configuration of real_runs.t1."""
+    pp, tg, reps = BENCH[1], BENCH[3], BENCH[5]
+    path = tmp_path / "nightly.yaml"
+    path.write_text(f"models: smollm2-135m\nbackends: [{{name: llamacpp, threads: 1}}]\n"
+                    f"perf: {{pp: {pp}, tg: {tg}, reps: {reps}}}\n")
+    return path
+
+
+def test_the_nightly_matrix_is_a_valid_sweep():
+    from harness.execution.matrix import load_matrix
+
+    matrix, _, _ = load_matrix(REPO / "benchmarks" / "nightly.yaml")
+    assert [b.name for b in matrix.backends] == ["auto"] and matrix.suites and matrix.cache is False
 
 
 def test_make_nightly_on_cpu(real_runs, tmp_path):
@@ -36,8 +52,7 @@ def test_make_nightly_on_cpu(real_runs, tmp_path):
     summary = tmp_path / "step-summary.md"
     proc = subprocess.run(
         ["make", "--no-print-directory", "-o", str(VENV / "bin" / "harness"), "nightly", f"VENV={VENV}",
-         "NIGHTLY_MODELS=smollm2-135m", "NIGHTLY_BACKENDS=llamacpp", f"NIGHTLY_BENCH_ARGS={' '.join(BENCH)} --threads 1",
-         "NIGHTLY_SUITE=", "NIGHTLY_REPORT_ARGS=--power-w 20 --kwh-price 0.3", "NIGHTLY_FAIL_ON=",
+         f"NIGHTLY_MATRIX={tonights_matrix(tmp_path)}", "NIGHTLY_REPORT_ARGS=--power-w 20 --kwh-price 0.3", "NIGHTLY_FAIL_ON=",
          f"NIGHTLY_OUT={out}", f"HISTORY_DIR={history}"],
         cwd=REPO, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "GITHUB_STEP_SUMMARY": str(summary)},
     )
@@ -45,8 +60,9 @@ def test_make_nightly_on_cpu(real_runs, tmp_path):
     nights = sorted(d.name for d in history.iterdir())
     assert len(nights) == 2 and nights[0] == "20260101T030000Z"
     tonight = sorted((history / nights[1]).glob("*.json"))
-    assert len(tonight) == 1
-    record = json.loads(tonight[0].read_text())
+    assert sorted(f.name for f in tonight)[-1] == "sweep.json" and len(tonight) == 2  # the cell's record, the summary
+    (record_file,) = [f for f in tonight if f.name != "sweep.json"]
+    record = json.loads(record_file.read_text())
     assert record["backend"]["name"] == "llamacpp" and record["status"] == "ok"
     # last night's file is kept as it was: the history only grows
     assert (history / nights[0] / real_runs.file(real_runs.t1).name).exists()
@@ -57,8 +73,7 @@ def test_make_nightly_on_cpu(real_runs, tmp_path):
     assert (out / "trend.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the trend as a plot too
     assert (out / "report.html").exists() and list(out.glob("report-*.png"))
     text = (out / "summary.md").read_text()
-    assert "bench smollm2-135m on llamacpp: ok" in text
-    assert "accuracy suite" not in text  # no suite asked for
+    assert f"- smollm2-135m llamacpp n_threads=1 pp{BENCH[1]},tg{BENCH[3]} x{BENCH[5]}: ok" in text
     assert summary.read_text() == text
 
 
@@ -75,8 +90,8 @@ def test_nightly_fails_on_a_regression_against_the_previous_night(real_runs, tmp
     write_variant(real_runs.file(real_runs.t1), history / "20260101T030000Z", faster_last_night)
     out = tmp_path / "nightly"
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.commands.nightly", "--models", "smollm2-135m", "--backends", "llamacpp",
-         "--bench-args", f"{' '.join(BENCH)} --threads 1", "--out", str(out), "--history", str(history),
+        [sys.executable, "-m", "harness.commands.nightly", "--matrix", str(tonights_matrix(tmp_path)),
+         "--out", str(out), "--history", str(history),
          "--fail-on", "tg_tps:-10%,accuracy:-2pt"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr[-3000:]
@@ -85,6 +100,18 @@ def test_nightly_fails_on_a_regression_against_the_previous_night(real_runs, tmp
     assert "**Failed:** regression" in text
     # everything else was still written: the comparison, the trend table and plot, the report
     assert "tg_tps" in (out / "compare.md").read_text() and (out / "trend.png").exists() and (out / "report.html").exists()
+
+
+def test_a_refused_matrix_is_reported_and_fails_the_night(tmp_path):
+    bad = tmp_path / "nightly.yaml"
+    bad.write_text("models: smollm2-135m\nbackends: [llamacp]\nperf: {pp: 16, tg: 8, reps: 1}\n")
+    out = tmp_path / "nightly"
+    proc = subprocess.run([sys.executable, "-m", "harness.commands.nightly", "--matrix", str(bad), "--out", str(out),
+                           "--history", str(tmp_path / "history")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    text = (out / "summary.md").read_text()
+    assert f"- matrix {bad} refused, nothing run: " in text and "did you mean llamacpp" in text
+    assert "No results tonight" in text and "**Failed:** matrix" in text
 
 
 def _workflow(name: str) -> dict:

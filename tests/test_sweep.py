@@ -367,6 +367,52 @@ def test_suite_cells_are_planned_and_checked_before_running(cli, tmp_path):
         assert_refused(cli("sweep", str(bad), "--out", str(out)), out, needle)
 
 
+def test_auto_stands_for_every_installed_backend_that_runs_unattended(cli, tmp_path):
+    from harness.core.registry import unattended
+    from harness.execution.matrix import backend_entries, load_matrix
+
+    m = matrix(tmp_path, "models: [smollm2-135m]\nbackends:\n  - auto\n  - {name: llamacpp, threads: [1, 2]}\n" + TINY)
+    entries, skipped = backend_entries(load_matrix(m)[0], m)
+    ok, why = unattended()
+    assert "llamacpp" in ok and "base_url" in why["openai"]
+    # llamacpp is named with its settings, so auto leaves it to that entry: each cell once
+    assert [(e, entry.name) for e, entry in entries] == [(0, name) for name in ok if name != "llamacpp"] + [(1, "llamacpp")]
+    assert entries[-1][1].grid({}) == {"threads": [1, 2]}
+    assert skipped == why
+    res = cli("sweep", str(matrix(tmp_path, "models: [smollm2-135m]\nbackends: [{name: auto, threads: 1}]\n" + TINY)),
+              "--out", str(tmp_path / "out"), "--dry-run")
+    assert_refused(res, tmp_path / "out", "backends.0", "takes none (here: threads)")
+
+
+@pytest.mark.slow
+def test_auto_in_a_dry_run_lists_its_cells_and_what_it_left_out(cli, tmp_path):
+    m = matrix(tmp_path, "models: [smollm2-135m]\nbackends: [auto]\n" + TINY)
+    res = cli("sweep", str(m), "--out", str(tmp_path / "out"), "--dry-run", env={"PYTHONPATH": str(PLUGINS)})
+    assert res.code == 0, res.stderr
+    assert "| smollm2-135m llamacpp pp16,tg8 x1 " in res.stdout and "| smollm2-135m queued pp16,tg8 x1 " in res.stdout
+    assert "backend openai left out of auto: needs base_url (not run unattended)" in res.stdout
+    assert "backend uninstalled left out of auto: not installed" in res.stdout
+
+
+@pytest.mark.slow
+def test_a_suite_cell_without_the_cache_sends_every_request(cli, tmp_path):
+    """`cache: false` (the nightly's): the suite cell's record names no request cache, and
+    the cell is a different cell from the same one with the cache."""
+    pytest.importorskip("lm_eval")
+    from harness.execution.matrix import expand, load_matrix
+
+    text = "models: [smollm2-135m]\nbackends:\n  - name: llamacpp\n    threads: 1\nsuites:\n  - tasks: [truthfulqa_mc2]\n    limit: 2\n"
+    cached, uncached = matrix(tmp_path, text), matrix(tmp_path, text + "cache: false\n", name="uncached.yaml")
+    keys = [expand(load_matrix(m)[0], m)[0].key for m in (cached, uncached)]
+    assert keys[0] != keys[1]
+    out = tmp_path / "out"
+    res = cli("sweep", str(uncached), "--out", str(out))
+    assert res.code == 0, res.stderr
+    [c] = read_sweep(out / "sweep.json").cells
+    record = read_record(out / c.result_file)
+    assert c.status == "ok" and record.accuracy and record.evaluation.request_cache is None
+
+
 @pytest.mark.slow
 def test_suite_cell_runs_in_the_eval_worker_under_the_cell_timeout(cli, tmp_path):
     """A suite cell is harness eval's own worker process, with the cell's wall-clock limit:

@@ -1,22 +1,23 @@
-"""`make nightly`: the bundled models on every available backend, kept as a history.
+"""`make nightly`: a matrix file run as a sweep, kept as a history, compared and reported.
 
-    python -m harness.commands.nightly --models "smollm2-135m gemma3-270m" --backends auto \\
-        --bench-args "--pp 512 --tg 128 --reps 5" --suite quick \\
-        --out results/nightly --history results/history
+    python -m harness.commands.nightly --matrix benchmarks/nightly.yaml \\
+        --out results/nightly --history results/history --fail-on tg_tps:-10%
 
-Steps, each run as the user would run it (the harness CLI in a subprocess), so one
-failing model or backend never stops the others and the artifacts always exist:
-  1. `harness bench` for every model on every backend that is installed and can run
-     unattended (a backend whose settings need a value, such as a server URL, cannot);
-  2. `harness eval --suite SUITE --no-cache` for the same pairs, where the eval command exists
-     (a night measures; it never recalls answers from an earlier night's request cache);
-  3. tonight's result files copied into HISTORY/<UTC stamp>/ (files are only added);
-  4. `harness compare` against the previous night (gated by --fail-on, when given),
+Steps:
+  1. the matrix (benchmarks/nightly.yaml: the bundled models on every installed backend that
+     runs unattended, `backends: [auto]`, their speed and the quick suite with `cache: false`,
+     since a night measures and never recalls an earlier night's answers) run as
+     `harness sweep` runs it: each cell in its own worker process, a failing cell that
+     cell's failure, into OUT/runs/<UTC stamp>/;
+  2. tonight's result files and the sweep's summary copied into HISTORY/<UTC stamp>/ (files
+     are only added);
+  3. `harness compare` against the previous night (gated by --fail-on, when given),
      `harness trend` over the history (a table and trend.png), `harness report` on
-     tonight's results (HTML and PNGs);
-  5. summary.md, also appended to $GITHUB_STEP_SUMMARY when that is set.
-Exit status 1 when a bench or eval failed, or the comparison flagged a regression that
---fail-on names, after everything else has been written.
+     tonight's results (HTML and PNGs), each in its own process so that one failing never
+     loses the others;
+  4. summary.md, also appended to $GITHUB_STEP_SUMMARY when that is set.
+Exit status 1 when a cell failed, the matrix was refused, or the comparison flagged a
+regression that --fail-on names, after everything else has been written.
 """
 
 from __future__ import annotations
@@ -29,28 +30,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.core import registry
-from harness.output.store import write_atomic
-
-
-def unattended_backends() -> tuple[list[str], dict[str, str]]:
-    """Backends that are installed and need no value the nightly cannot give; and why others are skipped."""
-    ok, skipped = [], {}
-    for name in sorted(registry.available()):
-        try:
-            cls = registry.get(name)
-            if cls.installed_version() is None:
-                skipped[name] = "not installed"
-                continue
-        except Exception as exc:  # a broken plugin must not stop the others
-            skipped[name] = f"cannot load: {exc}"
-            continue
-        required = [k for k, f in cls.Settings.model_fields.items() if f.is_required()]
-        if required:
-            skipped[name] = f"needs {', '.join(required)} (not run unattended)"
-            continue
-        ok.append(name)
-    return ok, skipped
+from harness.core.environment import redact
+from harness.core.errors import HarnessError
+from harness.core.record import RunRecord
+from harness.output.store import SWEEP_SUMMARY_NAME, write_atomic
 
 
 def _harness(args: list[str], log: Path | None = None) -> subprocess.CompletedProcess:
@@ -65,50 +48,52 @@ def _harness(args: list[str], log: Path | None = None) -> subprocess.CompletedPr
     return proc
 
 
-def _has_command(name: str) -> bool:
-    return subprocess.run([sys.executable, "-m", "harness.cli", name, "--help"], capture_output=True).returncode == 0
+def _sweep(matrix_file: Path, runs: Path, command: list[str], lines: list[str]) -> tuple[list[str], list[RunRecord]]:
+    """Run the matrix into ``runs``, adding the summary's lines for it; what failed, and the records."""
+    from harness.execution.sweep import SweepRequest, prepare, run_sweep
+    from harness.output.progress import EventView
 
+    def log(line: str) -> None:
+        print(redact(f"[nightly] {line}"), file=sys.stderr, flush=True)
 
-def run(models: list[str], backends: list[str], bench_args: list[str], suite: str | None, report_args: list[str],
-        out: Path, history: Path, stamp: str, fail_on: str | None = None) -> int:
-    runs = out / "runs" / stamp  # a folder per night, so a reused --out never mixes nights
-    runs.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Nightly {stamp}", ""]
-    if backends == ["auto"]:
-        backends, skipped = unattended_backends()
-        for name, why in skipped.items():
-            lines.append(f"- backend {name} skipped: {why}")
+    try:
+        plan = prepare(SweepRequest(matrix_file=matrix_file, out_dir=runs, command=command))
+    except HarnessError as exc:
+        lines.append(f"- matrix {matrix_file} refused, nothing run: {redact(str(exc))}")
+        return ["matrix"], []
+    for name, why in plan.skipped_backends.items():
+        lines.append(f"- backend {name} skipped: {why}")
+    outcome = run_sweep(plan, command, log, EventView("cell", failures=False, live=False))
     failed = []
-    eval_ok = bool(suite) and _has_command("eval")
-    if suite and not eval_ok:
-        lines.append(f"- accuracy suite {suite} skipped: this harness has no eval command")
-    for backend in backends:
-        for model in models:
-            res = _harness(["bench", "--model", model, "--backend", backend, *bench_args, "--out", str(runs)])
-            lines.append(f"- bench {model} on {backend}: {'ok' if res.returncode == 0 else f'FAILED (exit {res.returncode})'}")
-            if res.returncode:
-                failed.append(f"bench {model} {backend}")
-            if eval_ok:
-                # --no-cache: a night measures its accuracy; answers recalled from an earlier
-                # night's request cache would hide a scoring regression
-                res = _harness(["eval", "--model", model, "--backend", backend, "--suite", str(suite), "--no-cache",
-                                "--out", str(runs)])
-                lines.append(f"- eval {suite} {model} on {backend}: {'ok' if res.returncode == 0 else f'FAILED (exit {res.returncode})'}")
-                if res.returncode:
-                    failed.append(f"eval {model} {backend}")
-    tonight = sorted(runs.glob("*.json"))
+    for cell in outcome.summary.cells:
+        if cell.status == "ok":
+            lines.append(f"- {cell.label}: ok")
+        else:
+            lines.append(f"- {cell.label}: FAILED ({cell.status}" + (f": {cell.cause}" if cell.cause else "") + ")")
+            failed.append(f"cell {cell.index}")
+    return failed, outcome.records
+
+
+def run(matrix_file: Path, report_args: list[str], out: Path, history: Path, stamp: str,
+        fail_on: str | None = None) -> int:
+    runs = out / "runs" / stamp  # a folder per night, so a reused --out never mixes nights
+    lines = [f"# Nightly {stamp}", ""]
+    command = ["python", "-m", "harness.commands.nightly", *sys.argv[1:]]
+    failed, records = _sweep(matrix_file, runs, command, lines)
+    tonight = sorted(runs.glob("*.json")) if runs.is_dir() else []
     night_dir = history / stamp
     previous = sorted(d for d in history.iterdir() if d.is_dir() and d.name < stamp) if history.exists() else []
     for f in tonight:
         write_atomic(night_dir / f.name, f.read_text())
-    lines.append(f"- {len(tonight)} result file(s) appended to {night_dir}")
+    lines.append(f"- {sum(f.name != SWEEP_SUMMARY_NAME for f in tonight)} result file(s) and the sweep's "
+                 f"summary appended to {night_dir}" if tonight else "- nothing appended to the history")
     lines.append("")
-    if not tonight:
+    if not records:
         lines.append("No results tonight: nothing to compare or report.")
     else:
         if previous:
             rules = [r for r in (fail_on or "").split(",") if r.strip()]
-            if not eval_ok:  # no accuracy tonight: an accuracy rule would match nothing, which compare refuses
+            if not any(r.accuracy for r in records):  # an accuracy rule would match nothing, which compare refuses
                 rules = [r for r in rules if r.strip().partition(":")[0] != "accuracy"]
             gate = ["--fail-on", ",".join(rules)] if rules else []
             res = _harness(["compare", str(previous[-1]), str(night_dir), *gate], log=out / "compare.md")
@@ -143,23 +128,15 @@ def run(models: list[str], backends: list[str], bench_args: list[str], suite: st
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.commands.nightly", description=__doc__.splitlines()[0])
-    p.add_argument("--models", required=True, help="space-separated model references")
-    p.add_argument("--backends", default="auto", help="space-separated backend names, or auto")
-    p.add_argument("--bench-args", default="", help="arguments for every harness bench")
-    p.add_argument("--suite", default="", help="accuracy suite for harness eval; empty to skip")
+    p.add_argument("--matrix", type=Path, required=True, help="the matrix file to run (make nightly: benchmarks/nightly.yaml)")
     p.add_argument("--report-args", default="", help="arguments for harness report (e.g. --power-w 300 --kwh-price 0.3)")
     p.add_argument("--out", type=Path, required=True, help="folder for tonight's results and artifacts")
     p.add_argument("--history", type=Path, required=True, help="the history folder results are appended to")
     p.add_argument("--fail-on", default="", help="harness compare's --fail-on against the previous night, "
                                                    "e.g. pp_tps:-10%%,tg_tps:-10%%,accuracy:-2pt; empty: report only")
     a = p.parse_args(argv)
-    models = a.models.split()
-    if not models:
-        print("error: --models is empty; name at least one model", file=sys.stderr)
-        return 2
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return run(models, a.backends.split() or ["auto"], shlex.split(a.bench_args), a.suite or None,
-               shlex.split(a.report_args), a.out, a.history, stamp, fail_on=a.fail_on or None)
+    return run(a.matrix, shlex.split(a.report_args), a.out, a.history, stamp, fail_on=a.fail_on or None)
 
 
 if __name__ == "__main__":

@@ -64,3 +64,24 @@ def settings_metadata(backend_names: Iterable[str]) -> dict[str, SettingMeta]:
         for key, meta in metadata.items():
             merged.setdefault(key, meta)
     return merged
+
+
+def unattended() -> tuple[list[str], dict[str, str]]:
+    """The backends that can run with no one there (installed, and no setting without a
+    default, such as a server's URL), and why each other known backend cannot."""
+    ok, skipped = [], {}
+    for name in sorted(available()):
+        try:
+            cls = get(name)
+            if cls.installed_version() is None:
+                skipped[name] = "not installed"
+                continue
+        except Exception as exc:  # a broken plugin must not stop the others
+            skipped[name] = f"cannot load: {exc}"
+            continue
+        required = [k for k, f in cls.Settings.model_fields.items() if f.is_required()]
+        if required:
+            skipped[name] = f"needs {', '.join(required)} (not run unattended)"
+            continue
+        ok.append(name)
+    return ok, skipped

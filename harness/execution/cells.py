@@ -40,6 +40,7 @@ class CellJob(BaseModel):
     tests: PerfTests | None = None
     suite: SuiteSpec | None = None
     allow_code_execution: bool = False
+    cache: bool = True  # a suite cell answers a request asked before from the request cache
     command: list[str] = []
 
 
@@ -56,7 +57,8 @@ class CellResult(BaseModel):
 def cell_job(cell: Cell, plan: "SweepPlan", command: list[str]) -> CellJob:
     return CellJob(index=cell.index, kind=cell.kind, model=cell.model, backend=cell.backend,
                    settings=cell.settings.model_dump(mode="json"), timeout_s=cell.timeout_s, tests=cell.tests,
-                   suite=cell.suite, allow_code_execution=plan.matrix.allow_code_execution, command=command)
+                   suite=cell.suite, allow_code_execution=plan.matrix.allow_code_execution, cache=cell.cache,
+                   command=command)
 
 
 def unrun_record(job: CellJob, failure: Failure | str, run_id: str | None = None) -> RunRecord:
@@ -99,7 +101,7 @@ def _execute_suite_cell(job: CellJob, on_event: OnEvent | None, stop: Callable[[
     request = EvalRequest(model=job.model.path, backend=job.backend, suite=spec.suite,
                           tasks=",".join(spec.tasks) if spec.tasks else None, limit=spec.limit,
                           out_dir=scratch_dir, allow_code_execution=job.allow_code_execution,
-                          command=job.command, timeout_s=job.timeout_s)
+                          use_cache=job.cache, command=job.command, timeout_s=job.timeout_s)
     try:
         eval_job = prepare_eval(request)
     except HarnessError as exc:

@@ -24,6 +24,7 @@ from harness.execution.plan import build_plan, expand_settings
 
 
 DEFAULT_TIMEOUT_S = 3600.0
+AUTO_BACKENDS = "auto"  # a backend entry standing for every installed backend that runs unattended
 
 # ------------------------------------------------------------------ the matrix file
 
@@ -88,6 +89,13 @@ class BackendEntry(BaseModel):
             raise ValueError("timeout_s must be positive")
         return v
 
+    @model_validator(mode="after")
+    def _auto_takes_no_settings(self) -> "BackendEntry":
+        if self.name == AUTO_BACKENDS and self.model_extra:
+            raise ValueError(f"'{AUTO_BACKENDS}' stands for several backends, each with settings of its own, so it "
+                             f"takes none (here: {', '.join(self.model_extra)}); name the backend to set them")
+        return self
+
     def grid(self, aliases: dict[str, str]) -> dict[str, list[Any]]:
         """Every setting's values, a key in the backend's short names (``aliases``: threads,
         ngl) naming the setting it stands for."""
@@ -110,6 +118,7 @@ class Matrix(BaseModel):
     perf: PerfTests | None = None  # `harness bench`'s tests, by its option names
     suites: list[SuiteSpec] = Field(default_factory=list)  # a name, or {suite|tasks, limit}
     allow_code_execution: bool = False  # suites' code-execution tasks run only with this
+    cache: bool = True  # suites answer a request asked before from the request cache; false sends every one
     timeout_s: float = DEFAULT_TIMEOUT_S  # wall-clock limit of one cell
     min_free_disk_mib: float = 100.0  # refuse to start with less free space in the results folder
 
@@ -202,6 +211,7 @@ class Cell:
     tests: PerfTests | None = None
     suite: SuiteSpec | None = None
     suite_definition: dict | None = None  # the suite as defined, and the tasks selected from it
+    cache: bool = True  # a suite cell's request cache
     key: str = ""
     estimate_s: float | None = None
     estimate_source: str = ""
@@ -220,6 +230,10 @@ class Cell:
         """Everything the cell's result depends on that the harness knows before running it."""
         work = {"perf": self.tests.model_dump()} if self.kind == "perf" else {
             "suite": self.suite.model_dump(), "suite_definition": suite_hash(self.suite_definition or {})}
+        if self.kind == "suite" and not self.cache:
+            # answers recalled from the cache are not measurements: a cell run with it is a
+            # different cell (and a matrix that keeps the cache keeps its cells' keys)
+            work["cache"] = False
         return {
             "kind": self.kind, "model_sha256": self.model.sha256, "backend": self.backend,
             "backend_version": self.backend_version, "settings": self.settings.model_dump(mode="json"),
@@ -249,6 +263,26 @@ class _Spec:
     suite: SuiteSpec | None
 
 
+def backend_entries(matrix: Matrix, source: Path) -> tuple[list[tuple[int, BackendEntry]], dict[str, str]]:
+    """The matrix's backend entries by their index in the file, ``auto`` replaced by every
+    installed backend that runs unattended and is not named elsewhere in the matrix; and
+    why each known backend ``auto`` left out was left out."""
+    if not any(e.name == AUTO_BACKENDS for e in matrix.backends):
+        return list(enumerate(matrix.backends)), {}
+    named = {e.name for e in matrix.backends if e.name != AUTO_BACKENDS}
+    unattended, skipped = registry.unattended()
+    entries: list[tuple[int, BackendEntry]] = []
+    for e, entry in enumerate(matrix.backends):
+        if entry.name != AUTO_BACKENDS:
+            entries.append((e, entry))
+            continue
+        entries += [(e, entry.model_copy(update={"name": name})) for name in unattended if name not in named]
+    if not entries:
+        why = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+        raise ConfigError(f"{source}: backends: '{AUTO_BACKENDS}' found no installed backend that runs unattended ({why})")
+    return entries, {name: why for name, why in skipped.items() if name not in named}
+
+
 def expand(matrix: Matrix, source: Path) -> list[Cell]:
     """Every cell of the matrix, validated: the whole pre-flight except the results folder."""
     specs: list[_Spec] = []
@@ -272,7 +306,7 @@ def expand(matrix: Matrix, source: Path) -> list[Cell]:
         # what the suite evaluates is part of the cell's content: a changed sample reruns it
         known_suites[spec.name] = {"suite": get_suite(spec.suite).model_dump() if spec.suite else None,
                                    "selected": selection.model_dump(), "limit": spec.limit}
-    for e, entry in enumerate(matrix.backends):
+    for e, entry in backend_entries(matrix, source)[0]:
         where = f"{source}: backends.{e} ({entry.name})"
         try:
             backend_cls = registry.get(entry.name)
@@ -341,7 +375,7 @@ def expand(matrix: Matrix, source: Path) -> list[Cell]:
         cell = Cell(index=i, kind="perf" if spec.tests else "suite", model=model, backend=backend_cls.name,
                     backend_version=backend_cls.installed_version(), settings=settings, user_settings=spec.values,
                     timeout_s=spec.timeout_s, tests=spec.tests, suite=spec.suite,
-                    suite_definition=suite_def)
+                    suite_definition=suite_def, cache=matrix.cache)
         cell.key = _cell_key(cell.content())
         if cell.key in seen:
             raise ConfigError(f"{what}: repeats cell {seen[cell.key]} exactly; remove one of them")

@@ -28,7 +28,7 @@ result per cell; results of cells no longer in the matrix are kept and listed in
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,7 +42,7 @@ from harness.core.record import RunRecord, SweepCell, SweepRecord
 from harness.core.record_factory import new_run_id, utc_now
 from harness.execution.cell_estimates import measured_speeds, estimate
 from harness.execution.cells import CellJob, CellResult, LocalCells, cell_job, unrun_record
-from harness.execution.matrix import Cell, Matrix, expand, load_matrix
+from harness.execution.matrix import Cell, Matrix, backend_entries, expand, load_matrix
 from harness.execution.runner import OnEvent
 from harness.execution.sweep_folder import ResumeState, check_out_dir, default_out_dir, plan_resume
 from harness.output.store import SWEEP_SUMMARY_NAME as SUMMARY_NAME, read_record, write_record, write_sweep
@@ -98,6 +98,7 @@ class SweepPlan:
     out_dir: Path
     resume: ResumeState
     model_stamps: dict[str, tuple[int, int]]  # model path -> (size, mtime) as pre-flight saw it
+    skipped_backends: dict[str, str] = field(default_factory=dict)  # what `auto` left out, and why
 
     @property
     def total_estimate_s(self) -> float:
@@ -137,7 +138,8 @@ def prepare(request: SweepRequest) -> SweepPlan:
     measured = measured_speeds(out_dir)
     for cell in cells:
         cell.estimate_s, cell.estimate_source = estimate(cell, measured)
-    return SweepPlan(request.matrix_file, matrix, sha, data, cells, out_dir, resume, stamps)
+    skipped = backend_entries(matrix, request.matrix_file)[1]
+    return SweepPlan(request.matrix_file, matrix, sha, data, cells, out_dir, resume, stamps, skipped)
 
 
 def _summary_cell(cell: Cell) -> SweepCell:

@@ -405,4 +405,5 @@ def sweep_plan_markdown(plan) -> str:
     notes = [f"{len(plan.cells)} cells, {to_run} to run, {total}; results in {plan.out_dir}",
              "* estimated from the model's size and the thread count (rough); measured speeds from earlier "
              "results in the folder replace the guess"]
+    notes += [f"backend {name} left out of auto: {why}" for name, why in plan.skipped_backends.items()]
     return table + "\n\n" + "\n".join(notes)
