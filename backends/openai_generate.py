@@ -75,8 +75,8 @@ def request_json(api: str, model: str, req: GenerationRequest, *, seed: int | No
 
 
 async def _one(client, http, path: str, api: str, body: dict, stops: tuple[str, ...]) -> GenerationResult:
-    from harness.backends.openai_http import (RETRY_STATUSES, StreamError, StreamTimer, _error_text, _transport_error,
-                                              retry_after_s)
+    from harness.backends.openai_client import (RETRY_STATUSES, StreamError, StreamTimer, error_text, retry_after_s,
+                                                transport_error)
 
     httpx = client._httpx
     attempt = 0
@@ -88,7 +88,7 @@ async def _one(client, http, path: str, api: str, body: dict, stops: tuple[str, 
         try:
             async with contextlib.aclosing(await http.send(request, stream=True)) as resp:
                 if resp.status_code >= 400:
-                    detail = _error_text(await resp.aread())
+                    detail = error_text(await resp.aread())
                     problem = f"HTTP {resp.status_code}: {detail}"
                     if resp.status_code not in RETRY_STATUSES:
                         raise BackendError(client.scrub(f"{client.shown_url} refused a generation request ({problem})"))
@@ -102,7 +102,7 @@ async def _one(client, http, path: str, api: str, body: dict, stops: tuple[str, 
                     result.text = cut_at_stops(result.text, stops)
                     return result
         except httpx.TransportError as exc:
-            problem = _transport_error(exc)
+            problem = transport_error(exc)
         except StreamError as exc:
             if exc.kind != "cut short":  # a malformed answer is not sent again: it would cost as much
                 raise BackendError(client.scrub(f"{client.shown_url} sent a malformed stream ({exc.kind}): {exc}")) from None

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.backends.openai_http import (OpenAIClient, OpenAIHttpBackend, OpenAISettings, RetryPolicy, api_key_from_env,
-                                  remote_model_info, request_body, retry_after_s, safe_url)
+from harness.backends.openai_client import (OpenAIClient, RetryPolicy, api_key_from_env, request_body, retry_after_s,
+                                            safe_url)
+from harness.backends.openai_http import OpenAIHttpBackend, OpenAISettings, remote_model_info
 from harness.core.errors import BackendError, ConfigError
 from cli_checks import assert_one_line_error
 from loopback_servers import ScriptedServer, Stream, llamacpp_server, text_events
@@ -286,7 +287,7 @@ MALFORMED = [
 def test_first_token_alternatives_are_read_once_each():
     """top_logprobs of the first answer token, the chosen token counted once whether or not the
     API lists it among them; later chunks' logprobs belong to later tokens."""
-    from harness.backends.openai_http import RequestResult, StreamParser
+    from harness.backends.openai_client import RequestResult, StreamParser
 
     def first_chunk(top):
         return {"choices": [{"delta": {"content": "A"}, "finish_reason": None, "logprobs": {"content": [

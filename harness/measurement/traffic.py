@@ -48,8 +48,9 @@ def _resolve_model(ref: str | None):
 
 
 def run_traffic(req: TrafficRequest, log: Log = lambda s: None) -> TrafficOutcome:
-    from harness.backends.openai_http import OpenAIClient, RetryPolicy, api_key_from_env, normalize_base_url, \
-        remote_model_info, request_body, safe_url
+    from harness.backends.openai_client import (OpenAIClient, RetryPolicy, api_key_from_env, normalize_base_url,
+                                                request_body, safe_url)
+    from harness.backends.openai_http import remote_model_info
 
     if req.serve and not req.model:  # as bench: the bundled default model
         from harness.core.models import DEFAULT_MODEL
@@ -207,7 +208,7 @@ def _new_record(req: TrafficRequest, client, model, settings: dict, engine_versi
 
 
 def _safe_command(command: list[str]) -> list[str]:
-    from harness.backends.openai_http import safe_url
+    from harness.backends.openai_client import safe_url
 
     return [safe_url(c) if c.startswith(("http://", "https://")) else c for c in command]
 
