@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Literal, Union
+import traceback
+from typing import Annotated, Callable, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from harness.core.environment import redact
 from harness.core.record import RunRecord
 
 
@@ -104,3 +106,24 @@ class Channel:
     def send(self, event: _Event) -> None:
         self._out.write(event.model_dump_json() + "\n")
         self._out.flush()
+
+
+JobT = TypeVar("JobT", bound=BaseModel)
+
+
+def serve_job(job_type: type[JobT], run: Callable[[JobT, Channel], None],
+              answer: Callable[[Exception], "_Event | None"] = lambda exc: None) -> int:
+    """A worker process's main: the job from stdin, run with the channel's events. An error
+    ``answer`` turns into an event ends the job with that event (exit 0: the harness reads
+    it); any other is a crash, its traceback (secrets removed) on stderr, exit 3."""
+    channel = Channel()
+    job = job_type.model_validate_json(sys.stdin.read())
+    try:
+        run(job, channel)
+    except Exception as exc:
+        event = answer(exc)
+        if event is None:
+            sys.stderr.write(redact(traceback.format_exc()))
+            return 3
+        channel.send(event)
+    return 0

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from harness.core import registry
 from harness.core.environment import fingerprint, redact
 from harness.core.errors import HarnessError
-from harness.core.events import CaseFailed, Channel, Phase, RecordDone, Refused, RequestsDone
+from harness.core.events import CaseFailed, Channel, Phase, RecordDone, Refused, RequestsDone, serve_job
 from harness.measurement.letters import LetterScoringError
 from harness.core.models import ModelInfo
 from harness.measurement.suites import TaskSelection
@@ -300,19 +300,17 @@ def _chat_template(cls, model: ModelInfo):
     return chat
 
 
+def _answer(exc: Exception) -> Refused | CaseFailed | None:
+    """A refused task and bad input end the evaluation with an event; anything else is a crash."""
+    if isinstance(exc, TaskRefused):
+        return Refused(message=str(exc))
+    if isinstance(exc, HarnessError):
+        return CaseFailed(cause="evaluation failed", detail=redact(str(exc)))
+    return None
+
+
 def main() -> int:
-    channel = Channel()
-    job = EvalJob.model_validate_json(sys.stdin.read())
-    try:
-        run_eval_job(job, channel)
-    except TaskRefused as exc:
-        channel.send(Refused(message=str(exc)))
-    except HarnessError as exc:
-        channel.send(CaseFailed(cause="evaluation failed", detail=redact(str(exc))))
-    except Exception:
-        sys.stderr.write(redact(traceback.format_exc()))
-        return 3
-    return 0
+    return serve_job(EvalJob, run_eval_job, _answer)
 
 
 if __name__ == "__main__":

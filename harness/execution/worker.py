@@ -7,7 +7,6 @@ the harness what happens as typed events (harness.core.events) on its channel.
 from __future__ import annotations
 
 import sys
-import traceback
 from typing import Any
 
 from pydantic import BaseModel
@@ -16,7 +15,7 @@ from harness.core import registry
 from harness.core.config import PerfTests, perf_test_name
 from harness.core.environment import fingerprint, redact
 from harness.core.errors import HarnessError
-from harness.core.events import CaseFailed, Channel, Loading, RecordDone, RepDone
+from harness.core.events import CaseFailed, Channel, Loading, RecordDone, RepDone, serve_job
 from harness.measurement.meters import GpuMeter, MemorySampler, now_ns, rss_mib
 from harness.core.models import ModelInfo
 from harness.measurement.perf import run_batch_test, run_test
@@ -94,14 +93,7 @@ def run_job(job: Job, channel: Channel) -> None:
 
 
 def main() -> int:
-    channel = Channel()
-    job = Job.model_validate_json(sys.stdin.read())
-    try:
-        run_job(job, channel)
-    except Exception:
-        sys.stderr.write(redact(traceback.format_exc()))
-        return 3
-    return 0
+    return serve_job(Job, run_job)
 
 
 if __name__ == "__main__":
