@@ -70,7 +70,7 @@ def test_lm_eval_underscore_spellings_are_aliases(cli, tmp_path):
 
 
 def test_hyphen_rewrite_touches_only_real_options():
-    from harness.cli import _command_tree, with_hyphens
+    from harness.cli.main import _command_tree, with_hyphens
 
     root = _command_tree()
     argv = ["eval", "--num_fewshot", "5", "--set", "max_num_seqs=2", "--output_path=/x_y", "--", "--log_samples"]
@@ -182,7 +182,7 @@ def test_arrival_gaps_follow_vllm_bench_serve_burstiness():
 
 
 def test_goodput_takes_several_words_as_vllm_bench_serve_does():
-    from harness.cli import joined_goodput
+    from harness.cli.main import joined_goodput
 
     assert joined_goodput(["load", "--goodput", "ttft:500", "tpot:50", "--rate", "2"]) == \
         ["load", "--goodput", "ttft:500 tpot:50", "--rate", "2"]
