@@ -20,11 +20,9 @@ import asyncio
 import contextlib
 from typing import Any
 
+from harness.backends.openai_client import MAX_SERVER_STOPS
 from harness.core.backend import GenerationRequest, GenerationResult, ResultHook, prompt_form
 from harness.core.errors import BackendError
-
-# OpenAI's limit on stop sequences in one request; further ones are applied to the text here
-MAX_SERVER_STOPS = 4
 
 
 def _generation_result(r, retries: int) -> GenerationResult:
