@@ -53,13 +53,13 @@ class LiveCli:
                 return line
         raise AssertionError(f"never saw /{pattern}/ on stderr; got:\n{''.join(self.lines)}")
 
-    def workers(self) -> list[psutil.Process]:
-        """The cell worker processes this sweep runs now."""
+    def workers(self, module: str = "harness.execution.worker") -> list[psutil.Process]:
+        """The worker processes (``python -m module``) this command runs now."""
         try:
             kids = psutil.Process(self.proc.pid).children()
         except psutil.NoSuchProcess:
             return []
-        return [k for k in kids if "harness.execution.worker" in " ".join(k.cmdline())]
+        return [k for k in kids if module in k.cmdline()]
 
     def finish(self, timeout: float = 300) -> tuple[int, str, str]:
         code = self.proc.wait(timeout=timeout)

@@ -362,6 +362,49 @@ def test_killed_outright_the_finished_points_stay_marked_incomplete(cli, tmp_pat
     assert f"run {record.run_id} is incomplete" in compared.stderr
 
 
+def test_a_worker_that_dies_after_a_point_leaves_it_kept(cli, tmp_path):
+    """The load test's own process is killed while the second point runs: the harness says
+    how it ended, in one line, and the first point is on disk as a partial record."""
+    from sweep_helpers import LiveCli
+
+    out = tmp_path / "out"
+    slow = Stream(text_events(600), gap_s=0.1)
+    with ScriptedServer([None, None, slow]) as srv:
+        live = LiveCli("load", "--base-url", srv.url, "--dataset", str(_one_prompt(tmp_path)), "-c", "1,2",
+                       "--requests", "1", "--output-len", "2", "--out", str(out))
+        live.wait_for(r"load point c=2")
+        [worker] = live.workers("harness.execution.traffic_worker")
+        worker.kill()
+        code, _, stderr = live.finish(timeout=30)
+    lines = [ln for ln in stderr.splitlines() if not ln.startswith("[harness]")]
+    assert code == 1 and len(lines) == 1, stderr
+    assert lines[0].startswith("error: the load test's worker ended without its record: worker died from SIGKILL")
+    record, _ = _only_record(out)
+    assert lines[0].endswith(f"; the 1 finished load point is kept in {sorted(out.glob('*.json'))[0]}")
+    assert record.status == "partial" and [p.label for p in record.load] == ["c=1"]
+    assert record.failures[0].cause.startswith("stopped after 1 load point: the load test's worker ended")
+
+
+@pytest.mark.slow
+def test_killed_outright_with_serve_its_server_goes_too(tmp_path):
+    """SIGKILL to the harness: nothing of it can clean up, yet the server its worker started
+    does not outlive it (each child dies with the process that started it)."""
+    from sweep_helpers import LiveCli
+
+    live = LiveCli("load", "--serve", "llamacpp", "--model", "smollm2-135m", "--duration", "60", "-c", "1",
+                   "--input-len", "8", "--output-len", "16", "--warmup", "0",
+                   "--serve-arg=--n_threads", "--serve-arg=1", "--out", str(tmp_path))
+    port = int(re.search(r"127\.0\.0\.1:(\d+)", live.wait_for(r"starting the llamacpp server")).group(1))
+    live.wait_for(r"load point c=1")
+    assert port_open(port)
+    live.proc.send_signal(signal.SIGKILL)
+    live.finish(timeout=30)
+    deadline = time.monotonic() + 20
+    while port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not port_open(port)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupt_after_a_point_keeps_it(tmp_path, sig, code):

@@ -1,4 +1,4 @@
-"""`harness load`: a load test's options, parsed into a TrafficRequest for harness.measurement.traffic."""
+"""`harness load`: a load test's options, parsed into a TrafficRequest for harness.commands.traffic."""
 
 from __future__ import annotations
 
@@ -49,11 +49,12 @@ def load(
 ) -> None:
     """Load-test an OpenAI-compatible server: throughput, TTFT, TPOT, ITL, latency, goodput."""
     from harness.core.config import parse_int_list
+    from harness.commands.traffic import run_traffic
     from harness.measurement.serving import server_backend
-    from harness.measurement.traffic import run_traffic
     from harness.measurement.traffic_options import TrafficRequest, parse_goodput, parse_metric_percentiles, \
         parse_percentile_metrics, parse_rates, parse_slo
     from harness.output.printers import PRINTERS, RECORD_FORMATS
+    from harness.output.progress import EventView
 
     check_format(fmt, RECORD_FORMATS)
     if serve is not None:
@@ -80,8 +81,9 @@ def load(
         retries=retries, timeout_s=timeout, serve_python=serve_python, serve_args=serve_arg,
         serve_timeout_s=serve_timeout, out_dir=out, command=["harness", *sys.argv[1:]],
     )
+    view = EventView()
     try:
-        outcome = run_traffic(request, log=lambda line: print(f"[harness] {line}", file=sys.stderr, flush=True))
+        outcome = run_traffic(request, view)
     except KeyboardInterrupt as exc:
         # typer would turn this into a silent exit 130; say what happened (any server started is stopped by now)
         kept = getattr(exc, "kept", None)
@@ -89,6 +91,8 @@ def load(
                              (f" (the {serve} server started for the run is stopped)" if serve else ""))
         error.exit_code = interrupts.exit_code(exc)
         raise error from None
+    finally:
+        view.close()
     print(PRINTERS[fmt]([outcome.record]))
     print(f"[harness] wrote {outcome.path}", file=sys.stderr)
 

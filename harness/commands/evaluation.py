@@ -179,7 +179,7 @@ def run_eval(request: EvalRequest, on_event: OnEvent | None = None) -> Outcome:
     keep = outcome.keeper(request.out_dir)
     report = run_job("harness.execution.eval_worker", job, on_event, request.timeout_s, on_record=keep)
     if report.refused:
-        raise TaskConfigError(report.refused)
+        raise TaskConfigError(report.refused.message)
     if report.stopped:
         outcome.stopped = report.stopped
         return outcome

@@ -1,6 +1,7 @@
 """What a worker process tells the harness while it runs: one typed event per line.
 
-A worker (harness.execution.worker for speed, harness.execution.eval_worker for accuracy) writes each event
+A worker (harness.execution.worker for speed, harness.execution.eval_worker for accuracy,
+harness.execution.traffic_worker for a load test) writes each event
 as one JSON line on its own channel; the parent (harness.execution.runner.run_worker) parses it
 back into the same type. Commands render these events (harness.output.progress) and turn them
 into records (harness.execution.runner.WorkerReport); neither looks inside an untyped dict.
@@ -19,6 +20,7 @@ from typing import Annotated, Callable, Literal, TypeVar, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from harness.core.environment import redact
+from harness.core.errors import EXIT_BAD_INPUT
 from harness.core.record import RunRecord
 
 
@@ -69,10 +71,13 @@ class CaseFailed(_Event):
 
 
 class Refused(_Event):
-    """Bad input found in the worker before anything was measured: no record is written."""
+    """The job cannot go on, for a reason the user can fix (bad input, a server that fails
+    every request): the worker sends no more records, and the command ends with ``exit_code``
+    (harness.core.errors)."""
 
     event: Literal["refused"] = "refused"
     message: str
+    exit_code: int = EXIT_BAD_INPUT
 
 
 class RecordDone(_Event):
@@ -82,7 +87,15 @@ class RecordDone(_Event):
     record: RunRecord
 
 
-Event = Annotated[Union[Loading, Phase, RepDone, RequestsDone, CaseFailed, Refused, RecordDone],
+class PointDone(_Event):
+    """A load test's record after one more finished load point, still "incomplete": the
+    parent rewrites its file, so a run cut off later keeps every point finished so far."""
+
+    event: Literal["point"] = "point"
+    record: RunRecord
+
+
+Event = Annotated[Union[Loading, Phase, RepDone, RequestsDone, CaseFailed, Refused, RecordDone, PointDone],
                   Field(discriminator="event")]
 _EVENT = TypeAdapter(Event)
 

@@ -119,7 +119,7 @@ def _execute_suite_cell(job: CellJob, on_event: OnEvent | None, stop: Callable[[
     if report.records:
         return CellResult(record=report.records[0])
     if report.refused and report.exit.ended_by is None:
-        failure = Failure(cause=f"evaluation refused: {report.refused}", stderr_tail=report.exit.stderr_tail)
+        failure = Failure(cause=f"evaluation refused: {report.refused.message}", stderr_tail=report.exit.stderr_tail)
     else:
         failure = report.failure()
     return CellResult(record=unrun_record(job, failure, run_id=eval_job.run_id))

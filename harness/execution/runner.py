@@ -216,10 +216,11 @@ _PRCTL = _prctl()
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the worker, before exec: if the harness itself is killed (SIGKILL leaves it no
-    chance to clean up), the kernel kills the worker too instead of leaving it running
-    in its own session. Linux only; elsewhere a no-op."""
+def die_with_parent() -> None:
+    """In a child (a worker, a server), before exec: if the process that started it is killed
+    (SIGKILL leaves it no chance to clean up), the kernel kills the child too instead of
+    leaving it running in its own session. The thread that started the child must outlive
+    it. Linux only; elsewhere a no-op."""
     if _PRCTL is not None:
         _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
@@ -255,7 +256,7 @@ def run_worker(module: str, job_json: str, on_event: OnEvent, timeout_s: float |
         before = child_pids()
         proc = subprocess.Popen(
             [sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=err, text=True, start_new_session=True, preexec_fn=_die_with_parent,
+            stderr=err, text=True, start_new_session=True, preexec_fn=die_with_parent,
         )
         tree = ProcessTree(proc, before)
         lines: queue.Queue[str | None] = queue.Queue()
@@ -323,7 +324,7 @@ class WorkerReport:
     timeout_s: float | None
     records: list[RunRecord] = field(default_factory=list)
     failures: dict[int | None, Failure] = field(default_factory=dict)  # by case index
-    refused: str | None = None
+    refused: Refused | None = None  # the first refusal
     exit: WorkerExit | None = None
 
     def failure(self, index: int | None = None) -> Failure:
@@ -356,7 +357,7 @@ def run_job(module: str, job: BaseModel, on_event: OnEvent | None = None, timeou
         elif isinstance(event, CaseFailed):
             report.failures.setdefault(event.index, Failure(cause=event.cause, detail=event.detail))
         elif isinstance(event, Refused):
-            report.refused = report.refused or event.message
+            report.refused = report.refused or event
         if on_event:
             on_event(event)
 

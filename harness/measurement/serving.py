@@ -57,12 +57,13 @@ def served(kind: str, command: list[str], port: int, timeout_s: float, log: Log)
     url = f"http://127.0.0.1:{port}/v1"
     with tempfile.TemporaryFile(mode="w+") as errlog:
         log(f"starting the {kind} server on 127.0.0.1:{port}")
-        from harness.execution.runner import ProcessTree, become_subreaper, child_pids
+        from harness.execution.runner import ProcessTree, become_subreaper, child_pids, die_with_parent
 
         become_subreaper()
         before = child_pids()
+        # die_with_parent: a harness killed outright takes its worker down, and the worker its server
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=errlog, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=die_with_parent)
         tree = ProcessTree(proc, before)
         previous = signal.getsignal(signal.SIGTERM)
         if threading_main():  # SIGTERM unwinds through the finally below, which stops the server

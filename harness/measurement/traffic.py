@@ -1,4 +1,5 @@
-"""`harness load`: load-test an OpenAI-compatible server the way serving engineers do.
+"""A load test of an OpenAI-compatible server, the way serving engineers do one; it runs in
+harness.execution.traffic_worker, and harness.commands.traffic writes its record.
 
 The server is one the user names (--base-url) or one this module starts on loopback
 and always stops (--serve llamacpp | vllm). Load profiles are fixed concurrencies
@@ -10,33 +11,24 @@ are written out in results/README.md.
 
 Everything a user can get wrong is checked before the first timed request: the URL,
 the key variable, the model name, the profile values, the server's first answer (the
-warm-up). A run that cannot measure anything leaves no result file; once a load point
-has finished, it is on disk (PointStore), whatever happens to the rest of the run."""
+warm-up). The record goes out after every finished load point (``on_point``), so the
+points measured so far outlive whatever happens to the rest of the run."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from harness.core.errors import ConfigError, HarnessError
-from harness.execution import interrupts
+from harness.core.errors import ConfigError
+from harness.core.record import RunRecord
 from harness.measurement.serving import free_port, served, server_backend
 from harness.measurement.traffic_options import Log, Profile, TrafficError, TrafficRequest, validate
 from harness.measurement.traffic_prompts import LocalTokenizer, build_prompts
 from harness.measurement.traffic_send import run_point, summarize
-
-
-# ------------------------------------------------------------------ the run
-
-
-@dataclass
-class TrafficOutcome:
-    record: object
-    path: Path
 
 
 def _resolve_model(ref: str | None):
@@ -47,7 +39,10 @@ def _resolve_model(ref: str | None):
     return resolve(ref)
 
 
-def run_traffic(req: TrafficRequest, log: Log = lambda s: None) -> TrafficOutcome:
+def measure_traffic(req: TrafficRequest, on_point: Callable[[RunRecord], None],
+                    log: Log = lambda s: None) -> RunRecord:
+    """Every load point of ``req``; the record so far (status "incomplete") goes to
+    ``on_point`` after each, and the finished one is returned."""
     from harness.backends.openai_client import (OpenAIClient, RetryPolicy, api_key_from_env, normalize_base_url,
                                                 request_body, safe_url)
     from harness.backends.openai_http import remote_model_info
@@ -126,77 +121,19 @@ def run_traffic(req: TrafficRequest, log: Log = lambda s: None) -> TrafficOutcom
                         "seed": req.seed, "dataset": str(req.dataset) if req.dataset else None,
                         "serve_args": req.serve_args or None,
                         "served_model_path": served_path}
-            store = PointStore(_new_record(req, client, model, settings, engine_version, served_by), req.out_dir)
+            record = _new_record(req, client, model, settings, engine_version, served_by)
             count_tokens = (lambda text: len(tok.tokenize(text))) if tok is not None else None
             rng = np.random.default_rng(req.seed + 1)
-            try:
-                for profile in _profile_order(profiles, req):
-                    chosen = profile(store.points) if callable(profile) else [profile]  # a sweep's middle rates
-                    for p in chosen:
-                        store.add(_measure(client, req, bodies, p, prompts, count_tokens, rng, log))
-                path = store.finish()
-            except BaseException as exc:
-                store.stopped(exc)
-                raise
+            for profile in _profile_order(profiles, req):
+                chosen = profile(record.load) if callable(profile) else [profile]  # a sweep's middle rates
+                for p in chosen:
+                    record.load.append(_measure(client, req, bodies, p, prompts, count_tokens, rng, log))
+                    record.wall_s = sum(point.duration_s for point in record.load)
+                    on_point(record)
         finally:
             client.close()
-    return TrafficOutcome(store.record, path)
-
-
-class PointStore:
-    """The run record of a load test on disk, rewritten (atomically) after every load point.
-
-    Until the last point it has status "incomplete", so a harness killed outright leaves
-    every finished point behind in a file that says what it is. A failure or an interrupt
-    after the first point rewrites it as "partial" with the cause; before the first point
-    there is nothing to keep and no file is written.
-    """
-
-    def __init__(self, record, out_dir: Path):
-        self.record = record
-        self.out_dir = out_dir
-        self.path: Path | None = None  # set by the first write that succeeds
-        self.points_on_disk = 0
-
-    @property
-    def points(self) -> list:
-        return self.record.load
-
-    def add(self, point) -> None:
-        self.record.load.append(point)
-        self._write("incomplete")
-
-    def stopped(self, exc: BaseException) -> None:
-        """The run ends early: the finished points stay, with why the rest are missing."""
-        from harness.core.record import Failure
-
-        if not self.record.load:
-            return
-        if isinstance(exc, KeyboardInterrupt):
-            cause = f"interrupted ({'SIGTERM' if isinstance(exc, interrupts.Terminated) else 'SIGINT'})"
-        else:
-            cause = str(exc) or type(exc).__name__
-        n = len(self.record.load)
-        self.record.failures.append(Failure(cause=f"stopped after {n} load point{'s' if n > 1 else ''}: {cause}"))
-        try:
-            self._write("partial")
-        except (OSError, HarnessError):
-            pass  # the file as the last write left it ("incomplete") stays; the first error is the one shown
-        if self.path is not None:  # the CLI's one line says where the finished work is
-            n = self.points_on_disk
-            exc.kept = f"the {n} finished load point{'s are' if n > 1 else ' is'} kept in {self.path}"
-
-    def finish(self) -> Path:
-        self._write("partial" if any(p.errors for p in self.record.load) else "ok")
-        return self.path
-
-    def _write(self, status: str) -> None:
-        from harness.output.store import write_record
-
-        self.record.status = status
-        self.record.wall_s = sum(p.duration_s for p in self.record.load)
-        self.path = write_record(self.record, self.out_dir)
-        self.points_on_disk = len(self.record.load)
+    record.status = "partial" if any(p.errors for p in record.load) else "ok"
+    return record
 
 
 def _new_record(req: TrafficRequest, client, model, settings: dict, engine_version: str | None, served_by: str | None):

@@ -136,7 +136,8 @@ class Profile:
 
 
 class TrafficRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # a rate of inf (all at once) crosses to the worker as JSON's Infinity, not null
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
     base_url: str | None = None
     serve: str | None = None  # a backend that starts a server of its own (Backend.serve_command)
