@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -338,18 +339,25 @@ def test_finished_points_are_kept_when_a_later_point_fails(cli, tmp_path):
     assert shown.code == 0 and "c=1" in shown.stdout and "FAILED" in shown.stdout
 
 
-@pytest.mark.slow
-def test_killed_outright_the_finished_points_stay_marked_incomplete(cli, tmp_path):
-    """SIGKILL while the second point runs: nothing can clean up, and the first point is
-    still on disk, whole, in a record that says it is incomplete."""
+@contextlib.contextmanager
+def _in_second_point(tmp_path, out):
+    """`harness load -c 1,2` in the background, once point c=1 is done and c=2 streams slowly."""
     from sweep_helpers import LiveCli
 
-    out = tmp_path / "out"
     slow = Stream(text_events(600), gap_s=0.1)
     with ScriptedServer([None, None, slow]) as srv:
         live = LiveCli("load", "--base-url", srv.url, "--dataset", str(_one_prompt(tmp_path)), "-c", "1,2",
                        "--requests", "1", "--output-len", "2", "--out", str(out))
         live.wait_for(r"load point c=2")
+        yield live
+
+
+@pytest.mark.slow
+def test_killed_outright_the_finished_points_stay_marked_incomplete(cli, tmp_path):
+    """SIGKILL while the second point runs: nothing can clean up, and the first point is
+    still on disk, whole, in a record that says it is incomplete."""
+    out = tmp_path / "out"
+    with _in_second_point(tmp_path, out) as live:
         live.proc.send_signal(signal.SIGKILL)
         live.finish(timeout=30)
     record, _ = _only_record(out)
@@ -365,14 +373,8 @@ def test_killed_outright_the_finished_points_stay_marked_incomplete(cli, tmp_pat
 def test_a_worker_that_dies_after_a_point_leaves_it_kept(cli, tmp_path):
     """The load test's own process is killed while the second point runs: the harness says
     how it ended, in one line, and the first point is on disk as a partial record."""
-    from sweep_helpers import LiveCli
-
     out = tmp_path / "out"
-    slow = Stream(text_events(600), gap_s=0.1)
-    with ScriptedServer([None, None, slow]) as srv:
-        live = LiveCli("load", "--base-url", srv.url, "--dataset", str(_one_prompt(tmp_path)), "-c", "1,2",
-                       "--requests", "1", "--output-len", "2", "--out", str(out))
-        live.wait_for(r"load point c=2")
+    with _in_second_point(tmp_path, out) as live:
         [worker] = live.workers("harness.execution.traffic_worker")
         worker.kill()
         code, _, stderr = live.finish(timeout=30)
