@@ -191,7 +191,7 @@ def test_goodput_takes_several_words_as_vllm_bench_serve_does():
 
 
 def test_compare_names_a_pg_test_by_its_own_metric():
-    from harness.output.compare import measurements
+    from harness.output.measurements import measurements
     from harness.core.record import PerfResult
     from test_store import _record
 

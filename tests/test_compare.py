@@ -9,19 +9,10 @@ from pathlib import Path
 import pytest
 
 from compare_runs import real_runs, write_variant  # noqa: F401  (session fixture)
-from harness.output.compare import (
-    CompareError,
-    Threshold,
-    accuracy_significance,
-    check_gate_matches,
-    compare,
-    csv_text,
-    find_axis,
-    gate_failures,
-    measurements,
-    parse_fail_on,
-    perf_significance,
-)
+from harness.output.compare import CompareError, Threshold, check_gate_matches, compare, find_axis, parse_fail_on
+from harness.output.compare_printers import csv_text, gate_failures
+from harness.output.measurements import measurements
+from harness.output.significance import accuracy_significance, perf_significance
 from harness.core.errors import ConfigError, HarnessError, ResultFileError
 from harness.core.record import DIRECTION
 from harness.output.store import load_records, read_record
@@ -292,7 +283,7 @@ def test_accuracy_change_against_combined_stderr(cli, real_runs, tmp_path):
 
 def test_accuracy_significance_arithmetic(real_runs):
     r = _records(real_runs.t1)[0]
-    from harness.output.compare import Measurement
+    from harness.output.measurements import Measurement
 
     def m(value, se):
         return Measurement("accuracy", "t", "acc", [value], +1, "", r, "", stderr=se)

@@ -9,7 +9,6 @@ from typing import Optional
 import typer
 
 from harness.cli.app import FORMAT_HELP, check_format
-from harness.cli.sweep import sweep
 from harness.core.errors import HarnessError
 from harness.core.paths import DEFAULT_RESULTS_DIR
 from harness.execution import interrupts

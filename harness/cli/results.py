@@ -54,6 +54,7 @@ def compare(
 ) -> None:
     """Compare runs: base, head and the change per metric, with noise told apart from change."""
     from harness.output import compare as cmp
+    from harness.output import compare_printers
     from harness.output.store import load_records
 
     check_format(fmt)
@@ -74,11 +75,11 @@ def compare(
                                        acc_threshold=acc_limit, alpha=alpha, stat=stat, gate=rules))  # type: ignore[arg-type]
     if rules:
         cmp.check_gate_matches(comparisons, rules)
-    print(cmp.PRINTERS[fmt](comparisons), end="" if fmt == "md" else "\n")
+    print(compare_printers.PRINTERS[fmt](comparisons), end="" if fmt == "md" else "\n")
     for c in comparisons:
         for w in c.warnings:
             print(f"warning: {w}", file=sys.stderr)
-    failures = cmp.gate_failures(comparisons)
+    failures = compare_printers.gate_failures(comparisons)
     if failures:
         raise cmp.GateFailed(f"--fail-on: {len(failures)} flagged regression(s): " + "; ".join(failures))
 

@@ -18,23 +18,19 @@ their change is shown as "untested" and never flagged."""
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from harness.core.environment import hardware_key
 from harness.core.errors import ConfigError, HarnessError
-from harness.core.record import DIRECTION, LOWER_IS_BETTER_ACCURACY, RunRecord
-from harness.output.printers import rows_to_csv
+from harness.core.record import RunRecord
+from harness.output.measurements import Measurement, measurements
+from harness.output.significance import Significance, Stat, accuracy_significance, perf_significance
 
-
-Stat = Literal["mwu", "bootstrap"]
 
 AXIS_KINDS = ("model", "quantization", "backend")
-SINGLE_VALUE_PERF = ("peak_rss_mib", "peak_uss_mib", "peak_vram_mib", "gpu_energy_j", "cpu_energy_j")
-METRIC_UNITS = {"tps": "t/s", "ms": "ms", "mib": "MiB", "j": "J"}
 
 
 class CompareError(HarnessError):
@@ -45,98 +41,6 @@ class GateFailed(HarnessError):
     """--fail-on found a flagged regression; the table has been printed already."""
 
     exit_code = 1
-
-
-# ---------------------------------------------------------------------------- measurements
-
-
-@dataclass
-class Measurement:
-    kind: Literal["perf", "load", "model_load", "accuracy"]
-    test: str
-    metric: str
-    samples: list[float]
-    direction: int
-    unit: str
-    record: RunRecord
-    source: str
-    stderr: float | None = None
-    n: int | None = None
-    num_fewshot: int | None = None
-    filter: str | None = None
-    config_hash: str | None = None  # task config hash of an accuracy entry, when recorded
-    center: Literal["mean", "median"] = "mean"  # serving latencies are read at the median
-
-    @property
-    def value(self) -> float:
-        if self.center == "median":
-            import statistics
-
-            return statistics.median(self.samples)
-        return sum(self.samples) / len(self.samples)
-
-
-def _unit(metric: str) -> str:
-    tail = metric.rsplit("_", 1)[-1].lower()
-    return METRIC_UNITS.get(tail, "")
-
-
-def _finite(v: float | None) -> float | None:
-    """A figure compare can use: None for a missing, infinite or NaN one."""
-    return v if v is not None and math.isfinite(v) else None
-
-
-def measurements(record: RunRecord, source: str = "") -> list[Measurement]:
-    """Every comparable figure of one record."""
-    out: list[Measurement] = []
-    for p in record.perf:
-        kind = re.match(r"[a-z]+", p.test)
-        # llama-bench's pp512+tg128 is its own kind of test (pg_tps), not a prompt-processing figure
-        prefix = "pg" if "+" in p.test.partition(" @ ")[0] else kind.group(0) if kind else p.test
-        if p.samples_tps:
-            out.append(Measurement("perf", p.test, f"{prefix}_tps", list(p.samples_tps), DIRECTION["tps_mean"], "t/s", record, source))
-        if p.samples_ttft_ms:
-            out.append(Measurement("perf", p.test, "ttft_ms", list(p.samples_ttft_ms), DIRECTION["ttft_ms_mean"], "ms", record, source))
-        for name in SINGLE_VALUE_PERF:
-            v = getattr(p, name)
-            if v is not None:
-                out.append(Measurement("perf", p.test, name, [float(v)], DIRECTION[name], _unit(name), record, source))
-    if record.model_load is not None:
-        out.append(Measurement("model_load", "load", "load_ms", [record.model_load.load_ms], DIRECTION["load_ms"], "ms", record, source))
-        if record.model_load.rss_after_load_mib is not None:
-            out.append(Measurement("model_load", "load", "rss_after_load_mib", [record.model_load.rss_after_load_mib],
-                                   DIRECTION["rss_after_load_mib"], "MiB", record, source))
-    for a in record.accuracy:
-        value = _finite(a.value)
-        if value is None:
-            continue
-        hib = a.higher_is_better
-        direction = (+1 if hib else -1) if hib is not None else (-1 if a.metric in LOWER_IS_BETTER_ACCURACY else +1)
-        out.append(Measurement(
-            "accuracy", a.task, a.metric, [value], direction, "", record, source,
-            stderr=_finite(a.stderr), n=a.n, num_fewshot=a.num_fewshot,
-            filter=None if a.filter in ("", "none") else a.filter, config_hash=a.task_config_hash or None,
-        ))
-    for point in record.load:
-        # the load shape is part of the identity: same label, API and lengths
-        test = f"{point.label} {point.api} in={point.input_len if point.input_len is not None else 'dataset'} out={point.output_len}"
-        for name in ("request_throughput_per_s", "output_tokens_per_s", "total_tokens_per_s", "goodput_per_s"):
-            v = getattr(point, name)
-            if v is not None:
-                out.append(Measurement("load", test, name, [float(v)], DIRECTION[name], "/s", record, source))
-        out.append(Measurement("load", test, "errors", [float(point.errors)], DIRECTION["errors"], "", record, source))
-        ok = [s for s in point.samples if s.ok]
-        per_request = {
-            "ttft_ms_median": [s.ttft_ms for s in ok if s.ttft_ms is not None],
-            "tpot_ms_median": [s.tpot_ms for s in ok if s.tpot_ms is not None],
-            "itl_ms_median": [x for s in ok for x in s.itl_ms],
-            "e2el_ms_median": [s.e2el_ms for s in ok if s.e2el_ms is not None],
-        }
-        for name, samples in per_request.items():
-            if samples:
-                out.append(Measurement("load", test, name, [float(x) for x in samples], DIRECTION[name], "ms", record, source,
-                                       center="median"))
-    return out
 
 
 # ---------------------------------------------------------------------------- identity and axis
@@ -266,76 +170,6 @@ def join_key(m: Measurement, axis: Axis | None) -> tuple:
         skip = set(axis.keys) if axis and axis.kind == "setting" else set()
         settings = tuple(sorted((k, v) for k, v in _settings(r).items() if k not in skip))
     return (model, backend, settings, m.kind, m.test, m.metric, m.filter, m.num_fewshot)
-
-
-# ---------------------------------------------------------------------------- statistics
-
-
-@dataclass
-class Significance:
-    method: str
-    p: float | None = None
-    ci_low: float | None = None  # of head/base (perf) or of the difference (accuracy)
-    ci_high: float | None = None
-    significant: bool | None = None  # None: cannot be tested
-    why_untested: str | None = None
-
-
-def _min_mwu_p(n1: int, n2: int) -> float:
-    """The smallest two-sided p an exact Mann-Whitney U test can reach with these sizes."""
-    return min(1.0, 2.0 / math.comb(n1 + n2, n1))
-
-
-def perf_significance(base: list[float], head: list[float], alpha: float, stat: Stat) -> Significance:
-    import numpy as np
-    from scipy import stats
-
-    if len(base) < 2 or len(head) < 2:
-        return Significance(stat, why_untested=f"{len(base)} vs {len(head)} values: a test needs raw samples (repeat the run)")
-    sig = Significance(stat)
-    if len(set(base) | set(head)) == 1:
-        sig.p, sig.significant, sig.ci_low, sig.ci_high = 1.0, False, 1.0, 1.0
-        return sig
-    sig.p = float(stats.mannwhitneyu(head, base, alternative="two-sided").pvalue)
-    if min(np.mean(base), np.mean(head)) > 0:
-        res = stats.bootstrap(
-            (np.asarray(base), np.asarray(head)),
-            lambda b, h, axis: np.mean(h, axis=axis) / np.mean(b, axis=axis),
-            vectorized=True, n_resamples=2000, confidence_level=1 - alpha, method="percentile",
-            rng=np.random.default_rng(0),
-        )
-        sig.ci_low, sig.ci_high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if stat == "mwu":
-        if _min_mwu_p(len(base), len(head)) > alpha:
-            sig.why_untested = f"{len(base)} vs {len(head)} samples cannot reach p < {alpha:g} (use more --reps)"
-            sig.significant = None
-        else:
-            sig.significant = sig.p < alpha
-    else:
-        if sig.ci_low is None:
-            sig.why_untested = "ratio undefined (a mean is not positive)"
-        else:
-            sig.significant = not (sig.ci_low <= 1.0 <= sig.ci_high)
-    return sig
-
-
-def accuracy_significance(base: Measurement, head: Measurement, alpha: float) -> Significance:
-    from scipy import stats
-
-    sig = Significance("z (combined stderr)")
-    if base.stderr is None or head.stderr is None:
-        sig.why_untested = "no stderr recorded"
-        return sig
-    delta = head.value - base.value
-    se = math.hypot(base.stderr, head.stderr)
-    if se == 0:
-        sig.p = 1.0 if delta == 0 else 0.0
-    else:
-        sig.p = float(2 * stats.norm.sf(abs(delta) / se))
-        z = float(stats.norm.isf(alpha / 2))
-        sig.ci_low, sig.ci_high = delta - z * se, delta + z * se
-    sig.significant = sig.p < alpha
-    return sig
 
 
 # ---------------------------------------------------------------------------- thresholds and gates
@@ -634,16 +468,6 @@ def _verdict(row: Row, sig: Significance, limit: Threshold) -> tuple[str, bool]:
     return ("improved" if better else "regressed"), True
 
 
-def gate_failures(comparisons: list[Comparison]) -> list[str]:
-    fails = []
-    for c in comparisons:
-        for r in c.rows:
-            if r.gate_failed:
-                fails.append(f"{r.test} {r.metric} {_fmt_change(r)} (p={_fmt_p(r.p)}) fails --fail-on {r.gate}")
-        fails.extend(w for w in c.warnings if w.startswith("--fail-on ") and "missing from head" in w)
-    return fails
-
-
 def check_gate_matches(comparisons: list[Comparison], rules: list[GateRule]) -> None:
     """A gate that matches nothing would pass silently: refuse it."""
     gated = {r.gate.split(":")[0] for c in comparisons for r in c.rows if r.gate}
@@ -652,139 +476,3 @@ def check_gate_matches(comparisons: list[Comparison], rules: list[GateRule]) -> 
     if unmatched:
         metrics = sorted({r.metric.split(" ")[0] for c in comparisons for r in c.rows})
         raise ConfigError(f"--fail-on {', '.join(unmatched)}: no compared measurement has that metric; metrics here: {', '.join(metrics)}")
-
-
-# ---------------------------------------------------------------------------- printing
-
-
-def fmt_num(v: float | None) -> str:
-    if v is None:
-        return ""
-    a = abs(v)
-    return f"{v:.0f}" if a >= 1000 else f"{v:.1f}" if a >= 100 else f"{v:.2f}" if a >= 1 else f"{v:.3g}"
-
-
-def _fmt_value(v: float | None, sd: float | None) -> str:
-    return fmt_num(v) + (f" ± {fmt_num(sd)}" if sd is not None else "")
-
-
-def _fmt_change(r: Row) -> str:
-    if r.change is None:
-        return ""
-    return f"{r.change:+.1f}%" if r.change_unit == "%" else f"{r.change:+.1f} pt"
-
-
-def _fmt_p(p: float | None) -> str:
-    return "" if p is None else f"{p:.2g}" if p >= 0.001 else "<0.001"
-
-
-def _fmt_ci(r: Row) -> str:
-    if r.ci_low is None:
-        return ""
-    if r.kind == "accuracy":
-        return f"[{r.ci_low:+.1f}, {r.ci_high:+.1f}]" + (" pt" if r.change_unit == "pt" else "")
-    return f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"
-
-
-def _verdict_cell(r: Row, md: bool) -> str:
-    text = r.verdict + (" (gate)" if r.gate_failed else "")
-    return f"**{text}**" if md and r.flagged else text
-
-
-def table_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
-    setting_keys = sorted({k for r in c.rows for k in r.settings})
-    header = ["head", "model", "backend", *setting_keys, "test", "metric"]
-    if c.axis:
-        header += [f"{c.axis} base", f"{c.axis} head"]
-    header += ["base value", "head value", "change", "threshold", "p-value", "95% CI", "verdict"]
-    rows = []
-    for r in c.rows:
-        cells = [r.head_label, r.model, r.backend, *[r.settings.get(k, "") for k in setting_keys], r.test,
-                 r.metric + (f" ({r.unit})" if r.unit else "")]
-        if c.axis:
-            cells += [r.axis_base or "", r.axis_head or ""]
-        cells += [_fmt_value(r.base, r.base_sd), _fmt_value(r.head, r.head_sd), _fmt_change(r), r.threshold,
-                  _fmt_p(r.p), _fmt_ci(r), r.verdict + (" (gate)" if r.gate_failed else "")]
-        rows.append(cells)
-    return header, rows
-
-
-def _summary(rows: list[Row]) -> str:
-    counts: dict[str, int] = defaultdict(int)
-    for r in rows:
-        counts[r.verdict] += 1
-    order = ["regressed", "improved", "not significant", "within threshold", "untested", "not compared"]
-    return ", ".join(f"{counts[v]} {v}" for v in order if counts[v])
-
-
-def markdown(comparisons: list[Comparison]) -> str:
-    from harness.output.printers import _md_table
-
-    out = []
-    for c in comparisons:
-        header, rows = table_rows(c)
-        constant = {i for i in range(len(header)) if len({row[i] for row in rows}) <= 1}
-        keep_always = {header.index(h) for h in ("test", "metric", "base value", "head value", "change", "verdict")}
-        shown = [i for i in range(len(header)) if i not in constant or i in keep_always]
-        title = f"**harness compare** base → {c.head_label}"
-        if c.axis:
-            b, h = c.axis_values or ([], [])
-            title += f": **{c.axis}** {', '.join(b)} → {', '.join(h)}"
-        else:
-            title += ": same configurations"
-        out.append(title)
-        skip = {"head", "p-value", "95% CI", f"{c.axis} base", f"{c.axis} head"}
-        fixed = [f"{header[i]} {rows[0][i]}" for i in sorted(constant - keep_always) if rows and rows[0][i]
-                 and header[i] not in skip]
-        if fixed:
-            out.append("")
-            out.append("common: " + " · ".join(fixed))
-        out.append("")
-        out.append(f"{_summary(c.rows)}.")
-        for w in c.warnings:
-            out.append("")
-            out.append(f"> warning: {w}")
-        out.append("")
-        right = {n for n, i in enumerate(shown) if header[i] in ("base value", "head value", "change", "p-value")}
-        md_rows = []
-        for row_obj, row in zip(c.rows, rows):
-            cells = [row[i] for i in shown]
-            vi = [header[i] for i in shown].index("verdict")
-            cells[vi] = _verdict_cell(row_obj, md=True)
-            md_rows.append(cells)
-        out.append(_md_table([header[i] for i in shown], md_rows, right))
-        stat = ("two-sided Mann-Whitney U on raw samples" if c.stat == "mwu" else "bootstrap interval of head/base excluding 1")
-        out.append("")
-        out.append(f"Flagged only when the change exceeds its threshold and is significant at alpha {c.alpha:g} "
-                   f"(performance: {stat}; accuracy: change against the combined stderr). "
-                   "95% CI: bootstrap interval of head/base for performance, of the change for accuracy.")
-        for title, items in (("only in base", c.only_base), ("only in head", c.only_head)):
-            if items:
-                out.append("")
-                out.append(f"{title} ({len(items)}): " + "; ".join(items[:10]) + (" ..." if len(items) > 10 else ""))
-        out.append("")
-    return "\n".join(out).rstrip() + "\n"
-
-
-def _row_dict(c: Comparison, r: Row) -> dict[str, Any]:
-    d = asdict(r)
-    d["axis"] = c.axis
-    d.update({f"setting_{k}": v for k, v in d.pop("settings").items()})
-    return d
-
-
-def csv_text(comparisons: list[Comparison]) -> str:
-    rows = [_row_dict(c, r) for c in comparisons for r in c.rows]
-    return rows_to_csv(rows)
-
-
-def json_text(comparisons: list[Comparison]) -> str:
-    data = []
-    for c in comparisons:
-        d = {k: v for k, v in asdict(c).items() if k != "rows"}
-        d["rows"] = [asdict(r) for r in c.rows]
-        data.append(d)
-    return json.dumps(data[0] if len(data) == 1 else data, indent=2)
-
-
-PRINTERS = {"md": markdown, "csv": csv_text, "json": json_text}

@@ -62,7 +62,7 @@ def _shown_settings(records: list[RunRecord]) -> list[SettingMeta]:
     return shown
 
 
-def _md_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
+def md_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
@@ -90,7 +90,7 @@ def perf_markdown(records: list[RunRecord]) -> str:
             rows.append(base + [p.test, f"{p.tps_mean:.2f} ± {p.tps_stddev:.2f}", ttft, rss] + roof)
         for f in r.failures:
             rows.append(base + ["FAILED", f.cause, "", ""] + ([""] if show_roof else []))
-    return _md_table(header, rows, right)
+    return md_table(header, rows, right)
 
 
 def _ms(v: float | None) -> str:
@@ -125,7 +125,7 @@ def load_markdown(records: list[RunRecord]) -> str:
     notes = [f"run {r.run_id} is incomplete: the harness was stopped outright after {len(r.load)} load point"
              f"{'s' if len(r.load) != 1 else ''}; these are the points it finished"
              for r in records if r.load and r.status == "incomplete"]
-    return "\n\n".join([_md_table(header, rows, right)] + notes)
+    return "\n\n".join([md_table(header, rows, right)] + notes)
 
 
 def _ordered_accuracy(r: RunRecord) -> list[tuple[int, Any]]:
@@ -195,7 +195,7 @@ def accuracy_markdown(records: list[RunRecord]) -> str:
         line = _eval_cost_line(r)
         if line:
             notes.append(line)
-    return "\n\n".join([_md_table(header, rows, right)] + notes)
+    return "\n\n".join([md_table(header, rows, right)] + notes)
 
 
 def markdown(records: list[RunRecord]) -> str:
@@ -323,7 +323,7 @@ def table_text(fmt: str, header: list[str], rows: list[list[Any]], right: set[in
         return json.dumps([dict(zip(header, r)) for r in rows], indent=2)
     if fmt == "csv":
         return rows_to_csv([dict(zip(header, r)) for r in rows]).rstrip("\n")
-    return _md_table(header, [["" if c is None else str(c) for c in r] for r in rows], set(right))
+    return md_table(header, [["" if c is None else str(c) for c in r] for r in rows], set(right))
 
 
 # ------------------------------------------------------------- sweeps (harness sweep)
@@ -341,7 +341,7 @@ def sweep_markdown(summary) -> str:
         header.append("node")
         for row, c in zip(rows, summary.cells):
             row.append(f"{c.node['hostname']} {c.node['ip']} {c.node['node_id'][:12]}" if c.node else "")
-    return head + "\n\n" + _md_table(header, rows, {3})
+    return head + "\n\n" + md_table(header, rows, {3})
 
 
 def sweep_rows(summary) -> list[dict[str, Any]]:
@@ -398,7 +398,7 @@ def sweep_plan_markdown(plan) -> str:
             action = "run"
         est = "-" if c.key in plan.resume.kept else format_duration(c.estimate_s) + ("" if c.estimate_source == "measured" else " *")
         rows.append([str(c.index), c.kind, c.label, f"{c.timeout_s:g}", est, action])
-    table = _md_table(["#", "kind", "cell", "timeout s", "estimate", "action"], rows, {3, 4})
+    table = md_table(["#", "kind", "cell", "timeout s", "estimate", "action"], rows, {3, 4})
     to_run = sum(1 for c in plan.cells if c.key not in plan.resume.kept)
     unknown = plan.unknown_estimates
     total = f"about {format_duration(plan.total_estimate_s)}" + (f" plus {unknown} cell(s) of unknown length" if unknown else "")

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 from harness.core.record import RunRecord
-from harness.output.compare import file_label, fmt_num, fmt_setting, join_key, measurements, relative_change
+from harness.output.compare import file_label, fmt_setting, join_key, relative_change
+from harness.output.compare_printers import fmt_num
+from harness.output.measurements import measurements
 
 
 def _trend_keys(backend: str) -> set[str]:
