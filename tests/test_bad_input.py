@@ -103,3 +103,15 @@ def test_env_fingerprint(cli):
     assert env["backends"]["llamacpp"]["version"] == "0.3.36"
     assert env["env"] == {"OMP_NUM_THREADS": "2"}
     assert "hunter2" not in res.stdout
+
+
+@pytest.mark.parametrize("command", [["bench"], ["eval", "--suite", "quick"],
+                                     ["load", "--base-url", "http://127.0.0.1:9/v1"]])
+def test_out_that_is_a_file(cli, tmp_path, command):
+    """Each command that writes records refuses an --out that is a file, before it measures."""
+    out = tmp_path / "results"
+    out.write_text("not a folder\n")
+    res = cli(*command, "--out", str(out))
+    assert res.code == 2
+    _assert_refused(res, tmp_path / "nothing", f"--out {out} is a file; give a folder for result files")
+    assert out.read_text() == "not a folder\n"

@@ -17,6 +17,7 @@ from harness.core.config import PerfTests
 from harness.core.errors import BackendNotInstalled, ConfigError
 from harness.execution.plan import build_plan
 from harness.execution.runner import OnEvent, Outcome, run_plan
+from harness.output.store import check_writable_dir
 
 
 class BenchRequest(BaseModel):
@@ -70,14 +71,6 @@ def parse_set_options(items: list[str] | None) -> dict[str, list[Any]]:
     return grid
 
 
-def check_out_dir(out_dir: Path) -> None:
-    from harness.output.store import check_writable_dir
-
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} is a file; give a folder for result files")
-    check_writable_dir(out_dir)
-
-
 def run_bench(request: BenchRequest, on_event: OnEvent | None = None) -> Outcome:
     if request.reps < 1:
         raise ConfigError("--reps must be at least 1")
@@ -87,7 +80,7 @@ def run_bench(request: BenchRequest, on_event: OnEvent | None = None) -> Outcome
         raise ConfigError("--batch-pp and --batch-tg must be at least 1")
     backend_cls = registry.get(request.backend)
     check_installed(backend_cls)
-    check_out_dir(request.out_dir)
+    check_writable_dir(request.out_dir)
     backend_cls.check_setting_names(k for k, v in request.grid.items() if v)
     if (request.pp or request.tg) and not serves(backend_cls, None, "bench"):
         raise ConfigError(f"harness bench's pp/tg tests run on token ids, which needs {missing_for(backend_cls, None, 'bench')}; "

@@ -20,12 +20,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.core import registry
 from harness.core.backend import setting_error
-from harness.commands.bench import check_installed, check_out_dir
+from harness.commands.bench import check_installed
 from harness.core.errors import BackendNotInstalled, ConfigError
 from harness.core.models import ModelInfo
 from harness.core.record_factory import failed_record, new_run_id
 from harness.execution.runner import OnEvent, Outcome, run_job
 from harness.measurement.suites import TaskConfigError, bundled_tasks_dir, check_tasks_dir, select_tasks
+from harness.output.store import check_writable_dir
 
 # Bump when the adapter would answer the same request differently (it keys the request cache).
 ADAPTER_VERSION = 2
@@ -114,7 +115,7 @@ def prepare(request: EvalRequest):
     lm_eval_version = check_lm_eval()
     backend_cls = registry.get(request.backend)
     check_installed(backend_cls)
-    check_out_dir(request.out_dir)
+    check_writable_dir(request.out_dir)
     if request.mc_scoring not in ("loglikelihood", "letters"):
         raise ConfigError(f"--mc-scoring must be loglikelihood or letters (got '{request.mc_scoring}')")
     selection = select_tasks(request.tasks, request.suite, request.limit, request.allow_code_execution)

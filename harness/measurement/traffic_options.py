@@ -210,8 +210,6 @@ def validate(req: TrafficRequest) -> list[Profile]:
         raise ConfigError("give --input-len N (random prompts of N tokens) or --dataset FILE")
     if req.requests is None and req.duration_s is None:
         raise ConfigError("bound each load point with --requests N or --duration SECONDS")
-    if req.out_dir.exists() and not req.out_dir.is_dir():
-        raise ConfigError(f"--out {req.out_dir} is a file; give a folder for result files")
     from harness.output.store import check_writable_dir
 
     check_writable_dir(req.out_dir)  # before a server is started or a request is sent

@@ -114,6 +114,8 @@ def _check_summary_paths(path: Path, summary: SweepRecord) -> SweepRecord:
 def check_writable_dir(out_dir: Path, option: str = "--out") -> None:
     """Before anything is measured: ``out_dir`` (or the folder it would be made in) can be
     written, so a read-only or forbidden folder is refused before the work, not after it."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ResultFileError(f"{option} {out_dir} is a file; give a folder for result files")
     parent = out_dir
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
