@@ -45,16 +45,23 @@ def run_traffic(req: TrafficRequest, on_event: OnEvent | None = None) -> Traffic
         if report.refused:
             raise _refused(report.refused)
         if not report.records:
-            failure = report.failure()
-            last = (failure.stderr_tail or "").strip().splitlines()[-1:]
-            error = HarnessError(f"the load test's worker ended without its record: {failure.cause}"
-                                 + (f"; its last error output: {last[0][-300:]}" if last else ""))
-            error.exit_code = EXIT_INTERNAL if report.exit.code == 3 else EXIT_FAILED
-            raise error
+            raise WorkerEnded(report.failure(), crashed=report.exit.code == 3)
         return TrafficOutcome(report.records[0], store.write(report.records[0]))
     except BaseException as exc:
         store.stopped(exc)
         raise
+
+
+class WorkerEnded(HarnessError):
+    """The worker ended without its record: killed, out of memory, or a bug (exit 3, its
+    traceback on stderr). The partial record keeps the worker's last error output."""
+
+    def __init__(self, failure: Failure, crashed: bool):
+        last = (failure.stderr_tail or "").strip().splitlines()[-1:]
+        super().__init__(f"the load test's worker ended without its record: {failure.cause}"
+                         + (f"; its last error output: {last[0][-300:]}" if last else ""))
+        self.stderr_tail = failure.stderr_tail
+        self.exit_code = EXIT_INTERNAL if crashed else EXIT_FAILED
 
 
 def _refused(event: Refused) -> HarnessError:
@@ -96,7 +103,8 @@ class PointStore:
             cause = str(exc) or type(exc).__name__
         n = len(self.record.load)
         record = self.record.model_copy(deep=True)
-        record.failures.append(Failure(cause=f"stopped after {n} load point{'s' if n > 1 else ''}: {cause}"))
+        record.failures.append(Failure(cause=f"stopped after {n} load point{'s' if n > 1 else ''}: {cause}",
+                                       stderr_tail=exc.stderr_tail if isinstance(exc, WorkerEnded) else None))
         record.status = "partial"
         try:
             self.write(record)
