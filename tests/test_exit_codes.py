@@ -67,6 +67,25 @@ def test_an_internal_error_is_one_line_naming_the_log_that_holds_the_traceback(c
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bug_in_the_load_test_worker_is_an_internal_error_with_the_workers_traceback(cli, tmp_path):
+    """The bug raises in the worker process (a plugin's server_version): still status 3 and one
+    line, and the log file holds the worker's traceback, not the harness's."""
+    cache = tmp_path / "cache"
+    r = cli("load", "--serve", "toy", "--model", "smollm2-135m", "--requests", "1", "--output-len", "2",
+            "--out", str(tmp_path / "out"),
+            env={"PYTHONPATH": str(Path(__file__).parent / "meta_plugins"), "HARNESS_CACHE_DIR": str(cache),
+                 "TOY_FAULT": "bug_in_server_version"})
+    assert r.code == 3, r.stderr
+    (line,) = _error_lines(r.stderr)
+    m = re.fullmatch(r"error: internal error \(the load test's worker: KeyError: 'version'\); the traceback is in "
+                     r"(\S+) \(please include it in a bug report\)", line)
+    assert m, line
+    text = Path(m.group(1)).read_text()
+    assert "harness.execution.traffic_worker" in text and "in server_version" in text
+    assert "command: harness load --serve toy" in text
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
 # ------------------------------------------------------------------ files that cannot be written
 
 

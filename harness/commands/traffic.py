@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.core.errors import EXIT_FAILED, EXIT_INTERNAL, HarnessError
+from harness.core.errors import EXIT_FAILED, HarnessError, WorkerBug
 from harness.core.events import Event, PointDone, Refused
 from harness.core.record import Failure, RunRecord
 from harness.execution import interrupts
@@ -40,28 +40,34 @@ def run_traffic(req: TrafficRequest, on_event: OnEvent | None = None) -> Traffic
         if on_event:
             on_event(event)
 
+    worker_tail = None  # the worker's last error output, when it ended without its record
     try:
         report = run_job("harness.execution.traffic_worker", req, collect)
         if report.refused:
             raise _refused(report.refused)
         if not report.records:
-            raise WorkerEnded(report.failure(), crashed=report.exit.code == 3)
+            failure = report.failure()
+            worker_tail = failure.stderr_tail
+            raise _ended(failure, crashed=report.exit.code == 3)
         return TrafficOutcome(report.records[0], store.write(report.records[0]))
     except BaseException as exc:
-        store.stopped(exc)
+        store.stopped(exc, worker_tail)
         raise
 
 
-class WorkerEnded(HarnessError):
-    """The worker ended without its record: killed, out of memory, or a bug (exit 3, its
-    traceback on stderr). The partial record keeps the worker's last error output."""
-
-    def __init__(self, failure: Failure, crashed: bool):
-        last = (failure.stderr_tail or "").strip().splitlines()[-1:]
-        super().__init__(f"the load test's worker ended without its record: {failure.cause}"
-                         + (f"; its last error output: {last[0][-300:]}" if last else ""))
-        self.stderr_tail = failure.stderr_tail
-        self.exit_code = EXIT_INTERNAL if crashed else EXIT_FAILED
+def _ended(failure: Failure, crashed: bool) -> Exception:
+    """Why the worker ended without its record: a bug (exit 3: its traceback on stderr) is an
+    internal error; a kill, a signal or running out of memory is a failed measurement."""
+    tail = (failure.stderr_tail or "").strip()
+    last = tail.splitlines()[-1][-300:] if tail else ""
+    if crashed:
+        error: Exception = WorkerBug(f"the load test's worker: {last or failure.cause}",
+                                     f"the load test's worker (harness.execution.traffic_worker):\n{tail}")
+    else:
+        error = HarnessError(f"the load test's worker ended without its record: {failure.cause}"
+                             + (f"; its last error output: {last}" if last else ""))
+        error.exit_code = EXIT_FAILED
+    return error
 
 
 def _refused(event: Refused) -> HarnessError:
@@ -93,7 +99,7 @@ class PointStore:
         self.points_on_disk = len(record.load)
         return self.path
 
-    def stopped(self, exc: BaseException) -> None:
+    def stopped(self, exc: BaseException, stderr_tail: str | None = None) -> None:
         """The run ends early: the finished points stay, with why the rest are missing."""
         if self.record is None or not self.record.load:
             return
@@ -104,7 +110,7 @@ class PointStore:
         n = len(self.record.load)
         record = self.record.model_copy(deep=True)
         record.failures.append(Failure(cause=f"stopped after {n} load point{'s' if n > 1 else ''}: {cause}",
-                                       stderr_tail=exc.stderr_tail if isinstance(exc, WorkerEnded) else None))
+                                       stderr_tail=stderr_tail))
         record.status = "partial"
         try:
             self.write(record)

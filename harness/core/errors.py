@@ -50,6 +50,17 @@ class ResultFileError(HarnessError):
     pass
 
 
+class WorkerBug(Exception):
+    """A bug that raised in a worker process, not here: the CLI treats it as an internal
+    error here (status 3), with ``summary`` (the worker's last error line) in its one line and
+    the worker's ``traceback`` in the log file."""
+
+    def __init__(self, summary: str, traceback: str):
+        super().__init__(summary)
+        self.summary = summary
+        self.traceback = traceback
+
+
 class MeasurementFailed(HarnessError):
     """The run was set up right but could not measure (a server failing every request)."""
 

@@ -9,6 +9,8 @@ matrices, ``--threads`` and ``harness load --serve`` come from a backend's decla
 
 from __future__ import annotations
 
+import os
+
 from harness.core.backend import Backend, BackendSettings, TextGenerator, setting
 from harness.core.errors import BackendError
 
@@ -40,6 +42,8 @@ class ToyBackend(TextGenerator, Backend):
 
     @classmethod
     def server_version(cls, python: str) -> str:
+        if os.environ.get("TOY_FAULT") == "bug_in_server_version":  # a plugin's bug, met in the load-test worker
+            return {}["version"]
         return "toy 0.0.0 server"
 
     def load(self):
