@@ -113,5 +113,6 @@ def test_out_that_is_a_file(cli, tmp_path, command):
     out.write_text("not a folder\n")
     res = cli(*command, "--out", str(out))
     assert res.code == 2
-    _assert_refused(res, tmp_path / "nothing", f"--out {out} is a file; give a folder for result files")
-    assert out.read_text() == "not a folder\n"
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert line == f"error: --out {out} is a file; give a folder for result files", res.stderr
+    assert out.read_text() == "not a folder\n" and list(tmp_path.iterdir()) == [out]

@@ -155,10 +155,13 @@ def _internal_error(exc: BaseException) -> int:
 
     from harness.core.errors import WorkerBug
 
-    trace = exc.traceback if isinstance(exc, WorkerBug) else traceback.format_exc()
+    if isinstance(exc, WorkerBug):  # raised in a worker process: its own traceback, not ours
+        summary, trace = str(exc), exc.traceback
+    else:
+        summary, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
     text = redact(f"harness {__version__}\ncommand: harness {' '.join(sys.argv[1:])}\n\n{trace}")
     where = _write_crash_log(text)
-    summary = redact((exc.summary if isinstance(exc, WorkerBug) else f"{type(exc).__name__}: {exc}").splitlines()[0][:300])
+    summary = redact(summary.splitlines()[0][:300])
     if where is None:
         print(f"error: internal error ({summary}); the traceback could not be written to a log file, so here it is:",
               file=sys.stderr)

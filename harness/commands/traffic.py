@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.core.errors import EXIT_FAILED, HarnessError, WorkerBug
+from harness.core.errors import HarnessError, MeasurementFailed, WorkerBug
 from harness.core.events import Event, PointDone, Refused
 from harness.core.record import Failure, RunRecord
 from harness.execution import interrupts
@@ -61,13 +61,10 @@ def _ended(failure: Failure, crashed: bool) -> Exception:
     tail = (failure.stderr_tail or "").strip()
     last = tail.splitlines()[-1][-300:] if tail else ""
     if crashed:
-        error: Exception = WorkerBug(f"the load test's worker: {last or failure.cause}",
-                                     f"the load test's worker (harness.execution.traffic_worker):\n{tail}")
-    else:
-        error = HarnessError(f"the load test's worker ended without its record: {failure.cause}"
+        return WorkerBug(f"the load test's worker: {last or failure.cause}",
+                         f"the load test's worker (harness.execution.traffic_worker):\n{tail}")
+    return MeasurementFailed(f"the load test's worker ended without its record: {failure.cause}"
                              + (f"; its last error output: {last}" if last else ""))
-        error.exit_code = EXIT_FAILED
-    return error
 
 
 def _refused(event: Refused) -> HarnessError:
@@ -101,19 +98,18 @@ class PointStore:
 
     def stopped(self, exc: BaseException, stderr_tail: str | None = None) -> None:
         """The run ends early: the finished points stay, with why the rest are missing."""
-        if self.record is None or not self.record.load:
+        if self.record is None:  # no load point has finished
             return
         if isinstance(exc, KeyboardInterrupt):
             cause = f"interrupted ({'SIGTERM' if isinstance(exc, interrupts.Terminated) else 'SIGINT'})"
         else:
             cause = str(exc) or type(exc).__name__
         n = len(self.record.load)
-        record = self.record.model_copy(deep=True)
-        record.failures.append(Failure(cause=f"stopped after {n} load point{'s' if n > 1 else ''}: {cause}",
-                                       stderr_tail=stderr_tail))
-        record.status = "partial"
+        self.record.failures.append(Failure(cause=f"stopped after {n} load point{'s' if n > 1 else ''}: {cause}",
+                                            stderr_tail=stderr_tail))
+        self.record.status = "partial"
         try:
-            self.write(record)
+            self.write(self.record)
         except (OSError, HarnessError):
             pass  # the file as the last write left it ("incomplete") stays; the first error is the one shown
         if self.path is not None:  # the CLI's one line says where the finished work is

@@ -52,12 +52,11 @@ class ResultFileError(HarnessError):
 
 class WorkerBug(Exception):
     """A bug that raised in a worker process, not here: the CLI treats it as an internal
-    error here (status 3), with ``summary`` (the worker's last error line) in its one line and
-    the worker's ``traceback`` in the log file."""
+    error here (status 3): its message (the worker's last error line) in the one line, the
+    worker's ``traceback`` in the log file."""
 
-    def __init__(self, summary: str, traceback: str):
-        super().__init__(summary)
-        self.summary = summary
+    def __init__(self, message: str, traceback: str):
+        super().__init__(message)
         self.traceback = traceback
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 
-from harness.core.environment import redact
 from harness.core.errors import HarnessError
 from harness.core.events import Channel, Phase, PointDone, RecordDone, Refused, serve_job
 from harness.measurement.traffic import measure_traffic
@@ -26,7 +25,7 @@ def run_traffic_job(req: TrafficRequest, channel: Channel) -> None:
 
 def _answer(exc: Exception) -> Refused | None:
     if isinstance(exc, HarnessError):
-        return Refused(message=redact(str(exc)), exit_code=exc.exit_code)
+        return Refused(message=str(exc), exit_code=exc.exit_code)  # run_worker redacts every line
     return None
 
 
