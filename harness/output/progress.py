@@ -40,7 +40,7 @@ class EventView:
         from rich.console import Console
 
         self.unit, self.failures = unit, failures
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, log_path=False)  # the log line's source would be this file
         self.live = self.console.is_terminal if live is None else live
         self._bars: dict = {}
         self._progress = None
