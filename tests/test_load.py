@@ -254,6 +254,36 @@ def _one_prompt(tmp_path):
     return prompts
 
 
+def test_a_tail_percentile_needs_samples_enough_to_be_shown(cli, tmp_path):
+    """12 requests of one ITL gap each: p90 rests on enough of them and is shown; p99 would lie
+    between the two slowest, so its cell is blank with a note, and the record keeps the figure.
+    With 100 requests every cell is filled and there is no note."""
+    args = ["-c", "4", "--output-len", "2", "--percentile-metrics", "ttft,itl", "--metric-percentiles", "90,99"]
+    with ScriptedServer() as srv:
+        few = cli("load", "--base-url", srv.url, "--dataset", str(_one_prompt(tmp_path)), "--requests", "12", *args,
+                  "--out", str(tmp_path / "few"))
+        enough = cli("load", "--base-url", srv.url, "--dataset", str(_one_prompt(tmp_path)), "--requests", "100", *args,
+                     "--out", str(tmp_path / "enough"))
+    assert few.code == 0 and enough.code == 0, few.stderr + enough.stderr
+
+    def cells(stdout):
+        lines = [ln for ln in stdout.splitlines() if ln.startswith("|")]
+        header = [c.strip() for c in lines[0].strip("|").split("|")]
+        return dict(zip(header, [c.strip() for c in lines[2].strip("|").split("|")]))
+
+    record, _ = _only_record(tmp_path / "few")
+    point = record.load[0]
+    assert point.sample_count("ttft_ms") == 12 and point.sample_count("itl_ms") == 12
+    row = cells(few.stdout)
+    assert row["TTFT p99 ms"] == "" and row["ITL p99 ms"] == ""
+    assert row["TTFT p90 ms"] == f"{point.percentiles['ttft_ms']['p90']:.1f}" and row["ITL p90 ms"] != ""
+    assert point.ttft_ms_p99 is not None and point.percentiles["itl_ms"]["p99"] is not None
+    assert "a blank tail percentile had fewer samples than it needs (p90 10, p99 100)" in few.stdout
+    full = cells(enough.stdout)
+    assert all(full[k] for k in ("TTFT p99 ms", "ITL p99 ms", "TTFT p90 ms")), full
+    assert "a blank tail percentile" not in enough.stdout
+
+
 def test_a_malformed_chunk_is_that_requests_error(cli, tmp_path):
     """The issue's case: {"choices": [null]} crashed harness load with a traceback and no record."""
     with ScriptedServer([None, Stream([{"choices": [None]}])]) as srv:  # None: the warm-up's normal answer

@@ -280,6 +280,11 @@ def test_full_report_renders_in_chromium(cli, real_runs, load_run, tmp_path):
     assert console == [], console
     assert f'data-plots-loaded="{len(pngs)}/{len(pngs)}"' in dom and '<p class="plot-failed">' not in dom
     assert "no load-test data" not in dom and "no accuracy data" not in dom
+    # 2 requests a point and a few repetitions a test: too few for a p99, so the cells are blank and
+    # a note says why (per load point: TTFT p99, TPOT p99 and the goodput of a run without --slo)
+    assert 'id="thin-load"' in dom and 'id="thin-speed"' in dom
+    load_table = dom[dom.index('id="load"'):dom.index('id="thin-load"')]
+    assert load_table.count('<td class="num"></td>') == 3 * 2, load_table
     # open against closed: measured open, measured closed, reported with source and protocol
     assert "best open measured here" in dom and "closed measured here" in dom and "reported (closed)" in dom
     assert "GPT-4 Technical Report, arXiv 2303.08774, Table 2" in dom

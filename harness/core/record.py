@@ -223,6 +223,14 @@ class TrafficPoint(BaseModel):
     samples: list[TrafficSample] = Field(default_factory=list)
     unavailable: dict[str, str] = Field(default_factory=dict)
 
+    def sample_count(self, metric: str) -> int:
+        """How many samples a latency metric's figures rest on: the finished requests that have
+        it (ttft_ms, tpot_ms, e2el_ms), or their gaps between chunks (itl_ms)."""
+        ok = [s for s in self.samples if s.ok]
+        if metric == "itl_ms":
+            return sum(len(s.itl_ms) for s in ok)
+        return sum(getattr(s, metric) is not None for s in ok)
+
 
 # -- accuracy (harness eval); definitions in results/README.md ("Accuracy")
 

@@ -50,16 +50,18 @@ def throughput_vs_concurrency(series: dict[str, list[tuple[float, float]]]) -> b
 
 
 def latency_percentiles(groups: Sequence[tuple[str, dict[str, float]]], title: str, ylabel: str) -> bytes:
-    """Grouped bars: one group per configuration, one bar per percentile."""
+    """Grouped bars: one group per configuration, one bar per percentile that any of them has
+    (a percentile is left out where there are too few samples for it); the title names them."""
     fig, ax = _figure(width=max(6.0, 1.6 * len(groups) + 2), height=4.5)
-    names = ["p50", "p90", "p99"]
+    names = [n for n in ("p50", "p90", "p99") if any(n in vals for _, vals in groups)] or ["p50"]
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        xs = [g + (i - 1) * width for g in range(len(groups))]
-        ax.bar(xs, [vals.get(name, 0.0) for _, vals in groups], width, label=name)
+        xs = [g + (i - (len(names) - 1) / 2) * width for g in range(len(groups))]
+        # a percentile left out (too few samples for it) is no bar, not a bar of zero
+        ax.bar(xs, [vals.get(name, float("nan")) for _, vals in groups], width, label=name)
     ax.set_xticks(range(len(groups)), [_wrap(label) for label, _ in groups], fontsize=7)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(f"{title} ({' / '.join(names)})")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)

@@ -98,7 +98,10 @@ def _ms(v: float | None) -> str:
 
 
 def load_markdown(records: list[RunRecord]) -> str:
-    """One row per load point of `harness load` (vLLM's serving metrics; medians, TTFT p99)."""
+    """One row per load point of `harness load` (vLLM's serving metrics; medians, TTFT p99;
+    a tail percentile only from samples enough for it)."""
+    from harness.output.significance import percentile_samples
+
     show_goodput = any(p.goodput_per_s is not None for r in records for p in r.load)
     # --percentile-metrics / --metric-percentiles: one column per metric and percentile asked for
     extra: list[tuple[str, str]] = []
@@ -110,21 +113,33 @@ def load_markdown(records: list[RunRecord]) -> str:
         [f"{m.removesuffix('_ms').upper()} {q} ms" for m, q in extra]
     right = set(range(4, len(header)))
     rows = []
+    blanked = False
+
+    def tail(p, metric: str, q: str, value: float | None) -> str:
+        nonlocal blanked
+        if value is not None and p.sample_count(metric) < percentile_samples(float(q.removeprefix("p"))):
+            blanked = True
+            return ""
+        return _ms(value)
+
     for r in records:
         label = model_label(r)
         server = r.backend.settings.get("served_by") or "remote"
         for p in r.load:
             row = [label, server, p.api, p.label, _fmt(p.input_len), str(p.output_len), f"{p.completed}/{p.requests}",
                    f"{p.request_throughput_per_s:.2f}", f"{p.output_tokens_per_s:.2f}", f"{p.total_tokens_per_s:.2f}",
-                   _ms(p.ttft_ms_median), _ms(p.ttft_ms_p99), _ms(p.tpot_ms_median), _ms(p.itl_ms_median),
-                   _ms(p.e2el_ms_median)]
+                   _ms(p.ttft_ms_median), tail(p, "ttft_ms", "p99", p.ttft_ms_p99), _ms(p.tpot_ms_median),
+                   _ms(p.itl_ms_median), _ms(p.e2el_ms_median)]
             if show_goodput:
                 row.append("" if p.goodput_per_s is None else f"{p.goodput_per_s:.2f}")
-            row += [_ms(p.percentiles.get(m, {}).get(q)) for m, q in extra]
+            row += [tail(p, m, q, p.percentiles.get(m, {}).get(q)) for m, q in extra]
             rows.append(row)
     notes = [f"run {r.run_id} is incomplete: the harness was stopped outright after {len(r.load)} load point"
              f"{'s' if len(r.load) != 1 else ''}; these are the points it finished"
              for r in records if r.load and r.status == "incomplete"]
+    if blanked:  # the figures stay in the record (--format json or csv), as vllm bench serve's would
+        notes.append("a blank tail percentile had fewer samples than it needs (p90 10, p99 100); with fewer it lies "
+                     "between the two slowest and says no more than the maximum: give --requests 100 or more")
     return "\n\n".join([md_table(header, rows, right)] + notes)
 
 

@@ -134,7 +134,16 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def percentiles(xs: list[float]) -> dict[str, float]:
-    return {"p50": _pct(xs, 50), "p90": _pct(xs, 90), "p99": _pct(xs, 99)} if xs else {}
+    """p50, p90 and p99 of ``xs``, each only where there are samples enough for it."""
+    from harness.output.significance import percentile_samples
+
+    return {f"p{q}": _pct(xs, q) for q in (50, 90, 99) if xs and len(xs) >= percentile_samples(q)}
+
+
+def too_few_for_p99(n: int) -> bool:
+    from harness.output.significance import percentile_samples
+
+    return n < percentile_samples(99)
 
 
 # ---------------------------------------------------------------------------- sections
@@ -172,26 +181,30 @@ def speed_section(records: list[RunRecord], varying: list[str]) -> dict[str, Any
                 ttft_groups.append((f"{label} load {pt.label}", ttft))
             if tpot:
                 tpot_groups.append((f"{label} load {pt.label}", tpot))
-    return {"rows": rows, "ttft_groups": ttft_groups, "tpot_groups": tpot_groups, "roofline": roofline}
+    thin = any(r.get("p50") and not r.get("p99") for r in rows)
+    return {"rows": rows, "ttft_groups": ttft_groups, "tpot_groups": tpot_groups, "roofline": roofline, "thin": thin}
 
 
 def load_section(records: list[RunRecord], varying: list[str]) -> dict[str, Any]:
-    rows, series = [], {}
+    rows, series, thin = [], {}, False
     for r in records:
         label = config_label(r, varying)
         for pt in r.load:
+            few_ttft = too_few_for_p99(pt.sample_count("ttft_ms"))
+            few_tpot = too_few_for_p99(pt.sample_count("tpot_ms"))
+            thin |= few_ttft or few_tpot
             rows.append({
                 "config": label, "point": pt.label, "api": pt.api, "lengths": f"{pt.input_len}/{pt.output_len}",
                 "completed": f"{pt.completed}/{pt.requests}", "errors": pt.errors,
                 "req_s": f"{pt.request_throughput_per_s:.2f}", "out_tps": f"{pt.output_tokens_per_s:.1f}",
-                "ttft": _opt(pt.ttft_ms_median), "ttft_p99": _opt(pt.ttft_ms_p99),
-                "tpot": _opt(pt.tpot_ms_median), "tpot_p99": _opt(pt.tpot_ms_p99),
+                "ttft": _opt(pt.ttft_ms_median), "ttft_p99": "" if few_ttft else _opt(pt.ttft_ms_p99),
+                "tpot": _opt(pt.tpot_ms_median), "tpot_p99": "" if few_tpot else _opt(pt.tpot_ms_p99),
                 "goodput": _opt(pt.goodput_per_s),
             })
             if pt.profile == "concurrency" and pt.concurrency:
                 key = f"{label} · {pt.api} {pt.input_len}/{pt.output_len}"
                 series.setdefault(key, []).append((float(pt.concurrency), pt.output_tokens_per_s))
-    return {"rows": rows, "series": series}
+    return {"rows": rows, "series": series, "thin": thin}
 
 
 def _opt(v: float | None, digits: int = 1) -> str:
@@ -723,11 +736,11 @@ def build_report(records: list[RunRecord], sources: list[Path], inputs: CostInpu
                                        "output tokens/s against concurrent requests")
     if speed["ttft_groups"]:
         rep.plots["ttft"] = Plot("ttft", "Time to first token, percentiles",
-                                 plots.latency_percentiles(speed["ttft_groups"], "Time to first token (p50 / p90 / p99)", "ms"),
+                                 plots.latency_percentiles(speed["ttft_groups"], "Time to first token", "ms"),
                                  "time to first token percentiles per configuration")
     if speed["tpot_groups"]:
         rep.plots["tpot"] = Plot("tpot", "Time per output token, percentiles",
-                                 plots.latency_percentiles(speed["tpot_groups"], "Time per output token (p50 / p90 / p99)", "ms"),
+                                 plots.latency_percentiles(speed["tpot_groups"], "Time per output token", "ms"),
                                  "time per output token percentiles per configuration")
     if acc["points"]:
         rep.plots["accuracy_memory"] = Plot("accuracy_memory", "Accuracy against memory",

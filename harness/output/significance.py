@@ -80,3 +80,10 @@ def accuracy_significance(base: Measurement, head: Measurement, alpha: float) ->
         sig.ci_low, sig.ci_high = delta - z * se, delta + z * se
     sig.significant = sig.p < alpha
     return sig
+
+
+def percentile_samples(q: float) -> int:
+    """The fewest samples from which a tail percentile (q above 50) says more than the maximum:
+    with fewer, numpy's linear q-th percentile lies between the two largest samples. p90 needs
+    10, p99 100; the median and the maximum need one."""
+    return 1 if q <= 50 or q >= 100 else math.ceil(100 / (100 - q) - 1e-9)
