@@ -82,6 +82,30 @@ def _slower_t1(real_runs, tmp_path) -> Path:
     return write_variant(real_runs.file(real_runs.t1), tmp_path / "slower", _slow_down).parent
 
 
+def test_a_change_too_few_samples_can_test_says_why_and_shows_no_interval(cli, real_runs, tmp_path):
+    """Two repetitions a side, all of them slower: a big change that a Mann-Whitney test of 2 vs 2
+    cannot confirm. The table shows no interval for it, and says why it is untested."""
+    def two(d):
+        for p in d["perf"]:
+            p["samples_tps"], p["samples_ms"] = p["samples_tps"][:2], p["samples_ms"][:2]
+            if p.get("samples_ttft_ms"):
+                p["samples_ttft_ms"] = p["samples_ttft_ms"][:2]
+
+    def two_slower(d):
+        _slow_down(d)
+        two(d)
+    base = write_variant(real_runs.file(real_runs.t1), tmp_path / "base", two).parent
+    head = write_variant(real_runs.file(real_runs.t1), tmp_path / "head", two_slower).parent
+    res = cli("compare", str(base), str(head))
+    assert res.code == 0, res.stderr
+    row = next(ln for ln in res.stdout.splitlines() if ln.startswith("| tg16") and "tg_tps" in ln)
+    assert "untested" in row and "[" not in row, row  # no "[low, high]" interval
+    assert "2 vs 2 samples cannot reach p < 0.05 (use more --reps): " in res.stdout and "tg16 tg_tps" in res.stdout
+    rows = _rows(cli("compare", str(base), str(head), "--format", "json"))
+    assert rows[("tg16", "tg_tps")]["why_untested"].startswith("2 vs 2 samples cannot reach")
+    assert rows[("tg16", "tg_tps")]["ci_low"] is not None  # the raw interval stays in the machine-readable rows
+
+
 def test_a_real_slowdown_is_flagged(cli, real_runs, tmp_path):
     # every slowed sample lies below every original one, so the exact Mann-Whitney p is its
     # floor for five against five, 2/252

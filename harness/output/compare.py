@@ -257,6 +257,7 @@ class Row:
     gate: str | None = None  # the --fail-on rule that gates this row
     gate_failed: bool = False
     note: str | None = None
+    why_untested: str | None = None  # why a change beyond its threshold could not be tested
 
     @property
     def regression(self) -> bool:
@@ -443,6 +444,8 @@ def _row(b: Measurement, h: Measurement, axis: Axis | None, head_label: str, thr
                           f"so write {rule.key}:{worse}{rule.threshold.amount:g}{'%' if rule.threshold.unit == '%' else 'pt'}")
     row.threshold = limit.show()
     row.verdict, row.flagged = _verdict(row, sig, limit)
+    if row.verdict == "untested":
+        row.why_untested = sig.why_untested or "no relative change (the base is 0)"
     if rule:
         row.gate = f"{rule.key}:{rule.threshold.show()}"
         row.gate_failed = row.regression

@@ -34,7 +34,7 @@ def _fmt_p(p: float | None) -> str:
 
 
 def _fmt_ci(r: Row) -> str:
-    if r.ci_low is None:
+    if r.ci_low is None or r.why_untested:  # an interval from samples too few to test is no evidence
         return ""
     if r.kind == "accuracy":
         return f"[{r.ci_low:+.1f}, {r.ci_high:+.1f}]" + (" pt" if r.change_unit == "pt" else "")
@@ -111,6 +111,13 @@ def markdown(comparisons: list[Comparison]) -> str:
         out.append(f"Flagged only when the change exceeds its threshold and is significant at alpha {c.alpha:g} "
                    f"(performance: {stat}; accuracy: change against the combined stderr). "
                    "95% CI: bootstrap interval of head/base for performance, of the change for accuracy.")
+        untested: dict[str, list[str]] = {}
+        for r in c.rows:
+            if r.why_untested:
+                untested.setdefault(r.why_untested, []).append(f"{r.test} {r.metric}")
+        for why, items in untested.items():
+            out.append("")
+            out.append(f"untested ({len(items)}), {why}: " + "; ".join(items[:10]) + (" ..." if len(items) > 10 else ""))
         for title, items in (("only in base", c.only_base), ("only in head", c.only_head)):
             if items:
                 out.append("")
