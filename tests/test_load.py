@@ -284,6 +284,29 @@ def test_a_tail_percentile_needs_samples_enough_to_be_shown(cli, tmp_path):
     assert "a blank tail percentile" not in enough.stdout
 
 
+def test_the_next_point_starts_only_once_the_last_is_on_disk(tmp_path):
+    """The worker waits for the parent to handle each finished point: a slow disk (here a
+    handler that takes 1 s) delays the next point instead of sharing the machine with it."""
+    from harness.commands.traffic import run_traffic
+    from harness.core.events import PointDone
+    from harness.measurement.traffic_options import TrafficRequest
+
+    handled = []
+
+    def slow_disk(event):
+        if isinstance(event, PointDone):
+            time.sleep(1.0)
+            handled.append(time.monotonic())
+
+    with ScriptedServer() as srv:
+        req = TrafficRequest(base_url=srv.url, dataset=_one_prompt(tmp_path), input_len=None, concurrency=[1, 2],
+                             requests=2, warmup=0, output_len=2, out_dir=tmp_path / "out")
+        outcome = run_traffic(req, slow_disk)
+        arrivals = [s["t"] for s in srv.posts()]
+    assert [p.label for p in outcome.record.load] == ["c=1", "c=2"] and len(arrivals) == 4
+    assert len(handled) == 2 and arrivals[2] > handled[0]  # c=2's first request came after c=1 was handled
+
+
 def test_a_malformed_chunk_is_that_requests_error(cli, tmp_path):
     """The issue's case: {"choices": [null]} crashed harness load with a traceback and no record."""
     with ScriptedServer([None, Stream([{"choices": [None]}])]) as srv:  # None: the warm-up's normal answer

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Annotated, Callable, Literal, TypeVar, Union
+from typing import Annotated, Callable, ClassVar, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -26,6 +26,9 @@ from harness.core.record import RunRecord
 
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # the worker waits until the parent has handled the event (harness.execution.runner.run_worker
+    # answers it on the worker's stdin) before it goes on
+    awaits_parent: ClassVar[bool] = False
 
     index: int | None = None
 
@@ -93,6 +96,9 @@ class PointDone(_Event):
 
     event: Literal["point"] = "point"
     record: RunRecord
+    # the file is rewritten before the next point starts, as in one process: the parent's
+    # redacting and writing never share the machine with a timed request
+    awaits_parent: ClassVar[bool] = True
 
 
 Event = Annotated[Union[Loading, Phase, RepDone, RequestsDone, CaseFailed, Refused, RecordDone, PointDone],
@@ -106,19 +112,31 @@ def parse_event(line: str) -> Event:
 
 
 class Channel:
-    """The worker's side: events go to the process's original stdout, one JSON line each.
+    """The worker's side: events go to the process's original stdout, one JSON line each;
+    the parent's lines (the job, then an answer to each event that awaits it) come on its
+    original stdin.
 
     Everything else written to stdout from then on (an engine's C code printing to fd 1)
-    is moved to stderr, so it can never corrupt the channel."""
+    is moved to stderr, so it can never corrupt the channel; what the worker starts reads
+    an empty stdin, never the parent's lines."""
 
     def __init__(self) -> None:
         self._out = os.fdopen(os.dup(1), "w", buffering=1)
         os.dup2(2, 1)
         sys.stdout = sys.stderr
+        self._in = os.fdopen(os.dup(0), "r")
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+
+    def job_text(self) -> str:
+        return self._in.readline()
 
     def send(self, event: _Event) -> None:
         self._out.write(event.model_dump_json() + "\n")
         self._out.flush()
+        if event.awaits_parent:
+            self._in.readline()  # "" when the parent is gone: nothing left to wait for
 
 
 JobT = TypeVar("JobT", bound=BaseModel)
@@ -130,7 +148,7 @@ def serve_job(job_type: type[JobT], run: Callable[[JobT, Channel], None],
     ``answer`` turns into an event ends the job with that event (exit 0: the harness reads
     it); any other is a crash, its traceback (secrets removed) on stderr, exit 3."""
     channel = Channel()
-    job = job_type.model_validate_json(sys.stdin.read())
+    job = job_type.model_validate_json(channel.job_text())
     try:
         run(job, channel)
     except Exception as exc:

@@ -13,6 +13,7 @@ it started in a session of its own leaves the group, not the tree).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -242,8 +243,9 @@ class WorkerExit:
 
 def run_worker(module: str, job_json: str, on_event: OnEvent, timeout_s: float | None = None,
                stop: Callable[[], str | None] | None = None) -> WorkerExit:
-    """``python -m MODULE`` in a session of its own with the job on stdin; its events
-    (harness.core.events, redacted) go to ``on_event`` as they come.
+    """``python -m MODULE`` in a session of its own with the job on stdin (one line); its events
+    (harness.core.events, redacted) go to ``on_event`` as they come, and an event that awaits
+    the parent is answered on stdin once ``on_event`` has handled it.
 
     ``timeout_s`` bounds its wall-clock time; ``stop`` is polled while it runs and, when it
     returns a reason (say "SIGINT"), ends it early. Either way the worker and everything it
@@ -266,14 +268,17 @@ def run_worker(module: str, job_json: str, on_event: OnEvent, timeout_s: float |
                 lines.put(line)
             lines.put(None)
 
+        def reply(text: str) -> None:
+            try:
+                proc.stdin.write(text)
+                proc.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                pass  # the worker has ended (or its stdin is closed); its exit status says why
+
         threading.Thread(target=pump, daemon=True).start()
         deadline = now_ns() + int(timeout_s * 1e9) if timeout_s else None
         try:
-            try:
-                proc.stdin.write(job_json)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # the worker died at once; its exit status says why
+            reply(job_json + "\n")  # one line: model_dump_json writes none inside
             while True:
                 reason = stop() if stop else None
                 if reason:
@@ -295,6 +300,10 @@ def run_worker(module: str, job_json: str, on_event: OnEvent, timeout_s: float |
                 except ValidationError:
                     continue
                 on_event(event)
+                if event.awaits_parent:
+                    reply("\n")
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
             if ended_by is None:
                 # stdout is closed; a worker that hangs on after that still meets the deadline
                 left = (deadline - now_ns()) / 1e9 if deadline else None
